@@ -1,0 +1,103 @@
+"""`llm-batcher`: the command line of every process kind (api, worker, up)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+from pydantic import ValidationError
+
+from llm_batcher import logs
+from llm_batcher.settings import ApiSettings, CommonSettings, WorkerSettings
+
+S = TypeVar("S", bound=CommonSettings)
+
+
+def load_settings(kind: Callable[..., S], **overrides: object) -> S:
+    """Build settings from the environment (and flags); exit with clear lines if invalid."""
+    try:
+        return kind(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        for err in exc.errors():
+            name = "LLMB_" + str(err["loc"][0]).upper() if err["loc"] else "settings"
+            print(f"llm-batcher: invalid {name}: {err['msg']}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    settings = load_settings(
+        WorkerSettings, max_batch=args.max_batch, window_ms=args.window_ms,
+        health_port=args.health_port,
+    )  # fmt: skip
+    logs.configure(settings.log_level, settings.log_format)
+    asyncio.run(_run_worker(settings))
+    return 0
+
+
+async def _run_worker(settings: WorkerSettings) -> None:
+    from llm_batcher.redis_client import make_redis
+    from llm_batcher.worker.service import Worker
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    redis = make_redis(settings, max_connections=8, socket_timeout_s=15)
+    try:
+        await Worker(settings, redis).run(stop)
+    finally:
+        await redis.aclose()
+
+
+def _cmd_api(args: argparse.Namespace) -> int:
+    settings = load_settings(ApiSettings, host=args.host, port=args.port)
+    logs.configure(settings.log_level, settings.log_format)
+    from llm_batcher.api.server import serve
+
+    return serve(settings)
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from llm_batcher.up import main as up_main
+
+    return up_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llm-batcher",
+        description="Batch LLM requests through Redis and stream the answers as SSE. "
+        "Every setting is also an LLMB_* environment variable (see the README).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    api = sub.add_parser("api", help="serve the HTTP API (GET/POST /generate, test page at /)")
+    api.add_argument("--host", help="listen address (LLMB_HOST)")
+    api.add_argument("--port", type=int, help="listen port (LLMB_PORT)")
+    api.set_defaults(func=_cmd_api)
+
+    worker = sub.add_parser("worker", help="claim tasks and run the LLM on batches")
+    worker.add_argument("--max-batch", type=int, help="most tasks in a batch (LLMB_MAX_BATCH)")
+    worker.add_argument("--window-ms", type=int, help="batch window (LLMB_WINDOW_MS)")
+    worker.add_argument("--health-port", type=int, help="health/metrics port (LLMB_HEALTH_PORT)")
+    worker.set_defaults(func=_cmd_worker)
+
+    from llm_batcher.up import add_arguments as add_up_arguments
+
+    up = sub.add_parser("up", help="run the whole system on this machine (Redis, API, workers)")
+    add_up_arguments(up)
+    up.set_defaults(func=_cmd_up)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

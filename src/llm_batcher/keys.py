@@ -1,0 +1,55 @@
+"""Every Redis key and stream name llm-batcher uses, in one place (docs/protocol.md, part 3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+WORKER_GROUP = "workers"
+"""Consumer group of the task stream that all workers share."""
+
+TERMINAL_ENTRY_ID = "1-0"
+"""Result-stream id of a task's one terminal entry (done or error)."""
+
+
+def token_entry_id(index: int) -> str:
+    """Result-stream id of token ``index`` (0-based): ids are positions, so resuming is a range."""
+    return f"0-{index + 1}"
+
+
+def token_index(entry_id: str) -> int:
+    """Inverse of token_entry_id."""
+    return int(entry_id.split("-", 1)[1]) - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Key names under one prefix."""
+
+    prefix: str
+
+    @property
+    def tasks(self) -> str:
+        """Stream of queued tasks, consumed by the WORKER_GROUP."""
+        return f"{self.prefix}:tasks"
+
+    @property
+    def workers(self) -> str:
+        """Sorted set: worker id -> last heartbeat in ms since the epoch."""
+        return f"{self.prefix}:workers"
+
+    @property
+    def dead(self) -> str:
+        """Capped stream of dead-lettered tasks."""
+        return f"{self.prefix}:dead"
+
+    def task(self, task_id: str) -> str:
+        """Hash of one task: context, state, timings, attempt."""
+        return f"{self.prefix}:task:{task_id}"
+
+    def result(self, task_id: str) -> str:
+        """Stream of one task's answer; also the pub/sub channel its entries are announced on."""
+        return f"{self.prefix}:result:{task_id}"
+
+    def task_id_of_channel(self, channel: str) -> str:
+        """The task id a result channel belongs to."""
+        return channel.removeprefix(f"{self.prefix}:result:")

@@ -1,0 +1,147 @@
+"""Configuration from ``LLMB_*`` environment variables: one settings object per process kind.
+
+Settings are built by each entry point at start-up and passed down; nothing here reads the
+environment at import time. Validation failures stop the process with one clear line.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import socket
+import sys
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CommonSettings(BaseSettings):
+    """Settings every process reads."""
+
+    model_config = SettingsConfigDict(env_prefix="LLMB_", extra="ignore", frozen=True)
+
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Redis (or Valkey) URL; a password goes in the URL or LLMB_REDIS_PASSWORD.",
+    )
+    redis_password: str | None = Field(
+        None, description="Redis password, if not in the URL (the chart sets it from a Secret)."
+    )
+    key_prefix: str = Field("llmb", description="Prefix of every Redis key this deployment uses.")
+    result_ttl_s: float = Field(
+        3600, gt=0, description="How long a task's answer stays in Redis for resuming streams."
+    )
+    task_timeout_s: float = Field(
+        300, gt=0, description="Deadline of a task from its arrival; then it ends with `timeout`."
+    )
+    lease_ms: int = Field(
+        5000,
+        ge=500,
+        description="A worker's hold on its tasks; renewed every lease/3. A dead worker's tasks "
+        "go to another worker this long after its last renewal.",
+    )
+    max_attempts: int = Field(
+        3, ge=1, description="Deliveries of one task before it is dead-lettered with an error."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Log level."
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="`json`: one JSON object a line."
+    )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        if not value or any(c in value for c in " {}\n"):
+            raise ValueError("must be non-empty, without spaces or braces")
+        return value
+
+
+class ApiSettings(CommonSettings):
+    """Settings of `llm-batcher api`."""
+
+    host: str = Field("127.0.0.1", description="Address the API listens on.")
+    port: int = Field(8000, ge=0, le=65535, description="Port the API listens on.")
+    max_queue: int = Field(
+        10000, ge=1, description="Tasks queued or running above which /generate answers 503."
+    )
+    max_context_bytes: int = Field(
+        131072, ge=1, description="Largest context in UTF-8 bytes; larger ones get 413."
+    )
+    ping_s: float = Field(15, gt=0, description="Interval of SSE comment pings on idle streams.")
+    retry_ms: int = Field(
+        1000, ge=0, description="SSE `retry:` sent to clients: how soon EventSource reconnects."
+    )
+    shutdown_grace_s: float = Field(
+        20, ge=0, description="On SIGTERM, how long open streams may finish before being closed."
+    )
+    redis_max_connections: int = Field(
+        8, ge=2, description="Redis connections of one API process (plus one for pub/sub)."
+    )
+    redis_timeout_s: float = Field(
+        1.0, gt=0, description="Timeout of one Redis call; past it /generate answers 503."
+    )
+
+
+class WorkerSettings(CommonSettings):
+    """Settings of `llm-batcher worker`."""
+
+    max_batch: int = Field(4, ge=1, le=256, description="Most tasks in one LLM batch.")
+    window_ms: int = Field(
+        50, ge=0, description="How long a batch waits for more tasks after its first one."
+    )
+    llm_command: str = Field(
+        "llm-mock", description="LLM command (no shell); context files are appended as arguments."
+    )
+    batch_timeout_s: float = Field(
+        120, gt=0, description="Deadline of one LLM run; a child still running is killed."
+    )
+    drain_s: float = Field(
+        25, ge=0, description="On SIGTERM, how long the running batch may take to finish."
+    )
+    tmp_dir: str | None = Field(
+        None, description="Where per-batch context files go (default: the system temp folder)."
+    )
+    health_host: str = Field("127.0.0.1", description="Address of the worker's health server.")
+    health_port: int = Field(
+        8001, ge=0, le=65535, description="Port of /healthz, /readyz, /metrics (0: any free)."
+    )
+    worker_id: str = Field("", description="Name of this worker in Redis (default: host-pid).")
+
+    @field_validator("llm_command")
+    @classmethod
+    def _check_command(cls, value: str) -> str:
+        if not shlex.split(value):
+            raise ValueError("must name a program")
+        return value
+
+    @model_validator(mode="after")
+    def _default_worker_id(self) -> WorkerSettings:
+        if not self.worker_id:
+            object.__setattr__(self, "worker_id", f"{socket.gethostname()}-{os.getpid()}")
+        return self
+
+    @property
+    def llm_argv(self) -> list[str]:
+        """The LLM command as an argument vector.
+
+        A bare program name not on PATH is looked up beside this Python interpreter, so that
+        `.venv/bin/llm-batcher worker` finds `.venv/bin/llm-mock` without an activated venv.
+        """
+        argv = shlex.split(self.llm_command)
+        if os.sep not in argv[0] and shutil.which(argv[0]) is None:
+            beside = Path(sys.executable).parent / argv[0]
+            if beside.exists():
+                argv[0] = str(beside)
+        return argv

@@ -1,0 +1,1 @@
+"""The batching worker: claims tasks from Redis, runs the LLM on batches, relays its output."""

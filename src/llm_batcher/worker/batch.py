@@ -1,0 +1,204 @@
+"""Running one batch: start the LLM child, relay its tokens to Redis as they appear, end tasks.
+
+Phases: run the child → apply each chunk of output to the per-task state → flush new tokens and
+finished tasks to Redis → on a child failure, decide per task between a retry on its own and an
+error. A task whose first token has not reached Redis yet is retried alone, so one poison
+context fails by itself and its batch-mates complete; a task cut mid-stream ends with an error
+naming the cause, never with a silently truncated answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from llm_batcher.codec import ChildLine, TokenLine
+from llm_batcher.queue import StartedTask, TaskQueue, error_data
+from llm_batcher.settings import WorkerSettings
+from llm_batcher.worker.child import ChildFailure, LlmChild
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+ERROR_CODES = {
+    "crashed": "llm_crashed",
+    "hung": "llm_timeout",
+    "bad_output": "llm_bad_output",
+    "truncated": "llm_truncated",
+    "spawn": "llm_unavailable",
+}
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class TaskRun:
+    """One task's progress within one batch."""
+
+    task: StartedTask
+    parts: list[str] = field(default_factory=list)  # every token of this attempt
+    pending: list[str] = field(default_factory=list)  # tokens not yet in Redis
+    finished: bool = False  # the child said this context is complete
+    closed: bool = False  # nothing more to do: terminal written, or no longer ours
+    first_token_ms: int | None = None
+
+    @property
+    def produced(self) -> int:
+        return len(self.parts)
+
+    @property
+    def visible_tokens(self) -> int:
+        """Tokens clients may already have seen (earlier attempts included)."""
+        return max(self.task.tokens_written, self.produced - len(self.pending))
+
+
+class BatchRunner:
+    """Runs batches for one worker."""
+
+    def __init__(self, queue: TaskQueue, settings: WorkerSettings) -> None:
+        self.queue = queue
+        self.settings = settings
+
+    async def run(self, tasks: list[StartedTask], batch_id: str) -> list[StartedTask]:
+        """Run one batch to its end; returns the tasks to retry, each in a batch of its own."""
+        runs = [TaskRun(t, first_token_ms=t.first_token_ms) for t in tasks]
+        log.info(
+            "batch %s: running %d task(s): %s",
+            batch_id, len(runs), " ".join(t.task_id for t in tasks),
+            extra={"batch_id": batch_id},
+        )  # fmt: skip
+        started = time.monotonic()
+        try:
+            async with LlmChild.run(
+                self.settings.llm_argv,
+                [t.context for t in tasks],
+                tmp_root=self.settings.tmp_dir,
+                timeout_s=self.settings.batch_timeout_s,
+            ) as child:
+                async for lines in child.chunks():
+                    _apply(runs, lines)
+                    await self._flush(runs, batch_id)
+            if not all(r.finished for r in runs):
+                raise ChildFailure("truncated", "the LLM exited without finishing every context")
+        except ChildFailure as failure:
+            await self._flush(runs, batch_id)
+            return await self._fail(runs, failure, batch_id)
+        log.info(
+            "batch %s: done in %.0f ms",
+            batch_id, (time.monotonic() - started) * 1000, extra={"batch_id": batch_id},
+        )  # fmt: skip
+        return []
+
+    async def _flush(self, runs: list[TaskRun], batch_id: str) -> None:
+        """Write new tokens, then the `done` of every task the child finished."""
+        batch_size = len(runs)
+        await asyncio.gather(*(self._append(r) for r in runs if r.pending and not r.closed))
+        await asyncio.gather(
+            *(self._done(r, batch_size, batch_id) for r in runs if r.finished and not r.closed)
+        )
+
+    async def _append(self, run: TaskRun) -> None:
+        tokens, run.pending = run.pending, []
+        first_index = run.produced - len(tokens)
+        stamp = now_ms()
+        written = await _retrying(
+            lambda: self.queue.append(run.task, first_index, tokens, stamp), run.task.task_id
+        )
+        if written < 0:
+            run.closed = True
+            log.warning(
+                "task %s is no longer this worker's (%d); dropping its output",
+                run.task.task_id, written, extra={"task_id": run.task.task_id},
+            )  # fmt: skip
+        elif run.first_token_ms is None:
+            run.first_token_ms = stamp
+
+    async def _done(self, run: TaskRun, batch_size: int, batch_id: str) -> None:
+        task, end = run.task, now_ms()
+        data = {
+            "task_id": task.task_id,
+            "text": "".join(run.parts),
+            "tokens": run.produced,
+            "batch_size": batch_size,
+            "queue_ms": task.started_ms - task.created_ms,
+            "ttft_ms": (run.first_token_ms or end) - task.created_ms,
+            "total_ms": end - task.created_ms,
+            "attempt": task.attempt,
+            "worker": self.settings.worker_id,
+            "batch_id": batch_id,
+        }
+        payload = json.dumps(data, ensure_ascii=False)
+        await _retrying(lambda: self.queue.finish(task, "done", "", payload), task.task_id)
+        run.closed = True
+        log.info(
+            "task %s done: %d tokens, total %d ms",
+            task.task_id, run.produced, data["total_ms"],
+            extra={"task_id": task.task_id, "batch_id": batch_id},
+        )  # fmt: skip
+
+    async def _fail(
+        self, runs: list[TaskRun], failure: ChildFailure, batch_id: str
+    ) -> list[StartedTask]:
+        code = ERROR_CODES.get(failure.cause, "llm_failed")
+        retry: list[StartedTask] = []
+        for run in (r for r in runs if not r.closed):
+            if len(runs) > 1 and run.visible_tokens == 0:
+                retry.append(run.task)
+                continue
+            message = f"{failure.message} (after {run.visible_tokens} tokens)"
+            data = error_data(code, message)
+            await _retrying(
+                lambda t=run.task, d=data: self.queue.finish(t, "error", code, d), run.task.task_id
+            )
+            run.closed = True
+            log.warning(
+                "task %s failed: %s: %s",
+                run.task.task_id, code, message,
+                extra={"task_id": run.task.task_id, "batch_id": batch_id},
+            )  # fmt: skip
+        if retry:
+            log.warning(
+                "batch %s failed (%s); retrying %d task(s) that had no token yet, each alone",
+                batch_id, failure.cause, len(retry), extra={"batch_id": batch_id},
+            )  # fmt: skip
+        return retry
+
+
+def _apply(runs: list[TaskRun], lines: list[ChildLine]) -> None:
+    """Apply decoded output lines to the runs; a token after `finish` breaks the protocol."""
+    for line in lines:
+        run = runs[line.index]
+        if run.finished:
+            raise ChildFailure("bad_output", f"output for context {line.index} after its finish")
+        if isinstance(line, TokenLine):
+            run.parts.append(line.token)
+            run.pending.append(line.token)
+        else:
+            run.finished = True
+
+
+async def _retrying(call: Callable[[], Awaitable[T]], task_id: str, budget_s: float = 30.0) -> T:
+    """Run a Redis write, retrying through a short outage; every script here is idempotent."""
+    delay, deadline = 0.05, time.monotonic() + budget_s
+    while True:
+        try:
+            return await call()
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning(
+                "Redis unavailable writing task %s (%s); retrying in %.2f s",
+                task_id, exc, delay, extra={"task_id": task_id},
+            )  # fmt: skip
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)

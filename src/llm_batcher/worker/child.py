@@ -1,0 +1,176 @@
+"""Spawning and supervising the LLM child process of one batch.
+
+Contexts go to the child in files (base64, docs/protocol.md part 1) in a private directory
+(mode 0700, files 0600) that is removed when the batch ends, however it ends. The child runs in a
+process group of its own so that a hung child and anything it started can be killed together;
+it is always reaped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import tempfile
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable
+from pathlib import Path
+from typing import TypeVar
+
+from llm_batcher.codec import ChildLine, ProtocolError, decode_line, encode_context_file
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+BATCH_DIR_PREFIX = "llmb-batch-"
+MAX_LINE_BYTES = 4 * 1024 * 1024
+_KILL_GRACE_S = 2.0
+
+
+class ChildFailure(Exception):
+    """The LLM child failed the batch. ``cause``: crashed, hung, bad_output, truncated, spawn."""
+
+    def __init__(self, cause: str, message: str) -> None:
+        super().__init__(message)
+        self.cause = cause
+        self.message = message
+
+
+class LlmChild:
+    """A running LLM child: read its output in chunks of decoded lines."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, batch_size: int, deadline: float) -> None:
+        self.proc = proc
+        self.batch_size = batch_size
+        self.deadline = deadline
+        self._stderr_tail: deque[bytes] = deque(maxlen=20)
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def run(
+        cls, argv: list[str], contexts: list[str], *, tmp_root: str | None, timeout_s: float
+    ) -> AsyncIterator[LlmChild]:
+        """Start ``argv + context files``; on exit kill what is left and remove the files."""
+        batch_dir = Path(tempfile.mkdtemp(prefix=f"{BATCH_DIR_PREFIX}{os.getpid()}-", dir=tmp_root))
+        try:
+            paths = _write_context_files(batch_dir, contexts)
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *argv, *paths,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE,
+                    start_new_session=True,
+                )  # fmt: skip
+            except OSError as exc:
+                raise ChildFailure("spawn", f"cannot start {argv[0]!r}: {exc}") from exc
+            child = cls(proc, len(contexts), asyncio.get_running_loop().time() + timeout_s)
+            stderr_reader = asyncio.create_task(child._read_stderr())
+            try:
+                yield child
+            finally:
+                await child._kill()
+                await asyncio.wait_for(stderr_reader, _KILL_GRACE_S)
+        finally:
+            shutil.rmtree(batch_dir, ignore_errors=True)
+
+    async def chunks(self) -> AsyncIterator[list[ChildLine]]:
+        """Decoded stdout lines, in chunks of what was available at once, until a clean exit.
+
+        Raises ChildFailure when the child writes a malformed line, outlives the batch deadline,
+        or exits non-zero.
+        """
+        assert self.proc.stdout is not None
+        buffer = b""
+        while True:
+            data = await self._before_deadline(self.proc.stdout.read(65536))
+            if not data:
+                break
+            buffer += data
+            *lines, buffer = buffer.split(b"\n")
+            if len(buffer) > MAX_LINE_BYTES:
+                raise ChildFailure("bad_output", f"a line longer than {MAX_LINE_BYTES} bytes")
+            if lines:
+                yield [self._decode(line) for line in lines]
+        if buffer:
+            raise ChildFailure("bad_output", "output ended in the middle of a line")
+        code = await self._before_deadline(self.proc.wait())
+        if code != 0:
+            raise ChildFailure("crashed", f"the LLM exited with status {code}{self._stderr()}")
+
+    def _decode(self, line: bytes) -> ChildLine:
+        try:
+            return decode_line(line, self.batch_size)
+        except ProtocolError as exc:
+            raise ChildFailure("bad_output", f"malformed output: {exc}{self._stderr()}") from exc
+
+    async def _before_deadline(self, awaitable: Awaitable[T]) -> T:
+        remaining = self.deadline - asyncio.get_running_loop().time()
+        try:
+            return await asyncio.wait_for(awaitable, max(remaining, 0))
+        except TimeoutError:
+            raise ChildFailure(
+                "hung", f"the LLM did not finish within the batch deadline{self._stderr()}"
+            ) from None
+
+    def _stderr(self) -> str:
+        tail = b"".join(self._stderr_tail).decode("utf-8", "replace").strip()
+        return f"; stderr: {tail[-500:]}" if tail else ""
+
+    async def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        async for line in self.proc.stderr:
+            self._stderr_tail.append(line)
+
+    async def _kill(self) -> None:
+        """Terminate the child's process group, then kill it, and always reap the child."""
+        if self.proc.returncode is None:
+            _signal_group(self.proc.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), _KILL_GRACE_S)
+            except TimeoutError:
+                _signal_group(self.proc.pid, signal.SIGKILL)
+                await self.proc.wait()
+        else:  # the leader is gone; its group may not be
+            _signal_group(self.proc.pid, signal.SIGKILL)
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _write_context_files(batch_dir: Path, contexts: list[str]) -> list[str]:
+    paths = []
+    for i, context in enumerate(contexts):
+        path = batch_dir / f"context-{i}.b64"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(encode_context_file(context))
+        paths.append(str(path))
+    return paths
+
+
+def remove_stale_batch_dirs(tmp_root: str | None) -> int:
+    """Remove batch directories left by worker processes that no longer exist (after SIGKILL)."""
+    root = Path(tmp_root or tempfile.gettempdir())
+    removed = 0
+    for path in root.glob(f"{BATCH_DIR_PREFIX}*"):
+        pid_text = path.name.removeprefix(BATCH_DIR_PREFIX).split("-", 1)[0]
+        if pid_text.isdigit() and not _alive(int(pid_text)) and path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,211 @@
+"""The worker process: one top-level coroutine that claims batches and runs them.
+
+Shutdown order (SIGTERM or SIGINT sets the stop event):
+1. stop claiming: the claim loop sees the stop event within one idle poll (at most a second);
+2. the running batch (and the retries it started) may finish within ``drain_s``;
+3. past that, it is cancelled: the LLM child's process group is killed, its files removed, and the
+   tasks this worker still holds are handed back at once for another worker to resume;
+4. the worker leaves the live set, stops its heartbeat and health server, and closes Redis.
+SIGKILL skips all of it: other workers take its tasks over once its lease runs out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from llm_batcher.keys import Keys
+from llm_batcher.queue import Claim, StartedTask, TaskQueue
+from llm_batcher.settings import WorkerSettings
+from llm_batcher.worker.batch import BatchRunner, now_ms
+from llm_batcher.worker.child import remove_stale_batch_dirs
+from llm_batcher.worker.health import HealthServer
+
+log = logging.getLogger(__name__)
+
+_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+class Worker:
+    """Claims tasks, forms batches and runs them until stopped."""
+
+    def __init__(self, settings: WorkerSettings, redis: Redis) -> None:
+        self.settings = settings
+        self.id = settings.worker_id
+        self.queue = TaskQueue(redis, Keys(settings.key_prefix), result_ttl_s=settings.result_ttl_s)
+        self.runner = BatchRunner(self.queue, settings)
+        self.held: dict[str, str] = {}  # entry id -> task id, for lease renewal and hand-back
+        self.idle_block_ms = min(1000, settings.lease_ms // 3)
+        self.redis_ok_at = 0.0  # monotonic time of the last successful Redis call
+        self.stopping = False
+        self.health = HealthServer(settings.health_host, settings.health_port, self._readiness)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set, then shut down in the documented order."""
+        removed = remove_stale_batch_dirs(self.settings.tmp_dir)
+        if removed:
+            log.info("removed %d batch folder(s) left by dead workers", removed)
+        port = await self.health.start()
+        log.info(
+            "worker %s ready: health on %s:%d, batches of up to %d, window %d ms",
+            self.id, self.settings.health_host, port, self.settings.max_batch,
+            self.settings.window_ms,
+        )  # fmt: skip
+        heartbeat = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
+        try:
+            await self._claim_loop(stop)
+        finally:
+            self.stopping = True
+            await self._hand_back()
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+            with contextlib.suppress(*_REDIS_DOWN):
+                await self.queue.leave(self.id)
+            await self.health.close()
+            log.info("worker %s stopped", self.id)
+
+    # --- claiming -------------------------------------------------------------------------
+
+    async def _claim_loop(self, stop: asyncio.Event) -> None:
+        backoff = 0.1
+        while not stop.is_set():
+            try:
+                claims = await self._gather(stop)
+                self._mark_redis_ok()
+                backoff = 0.1
+            except _REDIS_DOWN as exc:
+                log.warning("Redis unavailable (%s); retrying in %.1f s", exc, backoff)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            if claims:
+                await self._run_with_drain(claims, stop)
+
+    async def _gather(self, stop: asyncio.Event) -> list[Claim]:
+        """Take tasks for one batch: taken-over tasks first, then new ones within the window."""
+        size = self.settings.max_batch
+        claims = await self.queue.reclaim_expired(self.id, size, self.settings.lease_ms)
+        if claims:
+            log.info("took over %d task(s) from a silent worker", len(claims))
+        else:
+            claims = await self.queue.read_new(self.id, size, self.idle_block_ms)
+        self._hold(claims)
+        window_end = time.monotonic() + self.settings.window_ms / 1000
+        while claims and len(claims) < size and not stop.is_set():
+            remaining_ms = int((window_end - time.monotonic()) * 1000)
+            if remaining_ms <= 0:
+                break
+            more = await self.queue.read_new(self.id, size - len(claims), remaining_ms)
+            self._hold(more)
+            claims += more
+        return claims
+
+    def _hold(self, claims: list[Claim]) -> None:
+        self.held.update((c.entry_id, c.task_id) for c in claims)
+
+    # --- running ----------------------------------------------------------------------------
+
+    async def _run_with_drain(self, claims: list[Claim], stop: asyncio.Event) -> None:
+        """Run a batch; once stopping, give it drain_s, then cancel it (its tasks are handed back)."""
+        batch = asyncio.create_task(self._process(claims), name="batch")
+        stopped = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({batch, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if not batch.done():
+                log.info("stopping: letting the running batch finish (up to %.0f s)",
+                         self.settings.drain_s)
+                await asyncio.wait({batch}, timeout=self.settings.drain_s)
+            if not batch.done():
+                log.warning("drain time over: cancelling the running batch")
+                batch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await batch
+        except BaseException:
+            batch.cancel()
+            raise
+        finally:
+            stopped.cancel()
+
+    async def _process(self, claims: list[Claim]) -> None:
+        """Start the claimed tasks, run them as one batch, then run failed ones alone."""
+        try:
+            started = await self._start_all(claims)
+            batch_id = uuid.uuid4().hex[:12]
+            retry = await self.runner.run(started, batch_id) if started else []
+            for task in retry:
+                again = await self._start_all([Claim(task.entry_id, task.task_id)])
+                if again:
+                    await self.runner.run(again, f"{batch_id}-solo-{task.task_id[:8]}")
+        except _REDIS_DOWN as exc:
+            # Tasks stay in the pending list and are resumed once Redis is back.
+            log.error("Redis failed during a batch (%s); its tasks will be taken over", exc)
+            return
+        except RedisError:
+            log.exception("unexpected Redis error during a batch")
+            return
+        for claim in claims:
+            self.held.pop(claim.entry_id, None)
+
+    async def _start_all(self, claims: list[Claim]) -> list[StartedTask]:
+        started = []
+        for claim in claims:
+            result = await self.queue.start(
+                claim, worker=self.id, now_ms=now_ms(), max_attempts=self.settings.max_attempts
+            )
+            if isinstance(result, StartedTask):
+                started.append(result)
+            else:
+                self.held.pop(claim.entry_id, None)
+                log.info("task %s not run: %s", claim.task_id, result,
+                         extra={"task_id": claim.task_id})
+        return started
+
+    # --- leases, health, shutdown ------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.settings.lease_ms / 3000
+        while True:
+            try:
+                await self.queue.heartbeat(self.id, now_ms(), self.settings.lease_ms)
+                lost = await self.queue.renew(self.id, list(self.held))
+                self._mark_redis_ok()
+                for entry_id in lost:
+                    task_id = self.held.pop(entry_id, None)
+                    log.info("task %s is no longer held by this worker", task_id,
+                             extra={"task_id": task_id})
+            except _REDIS_DOWN as exc:
+                log.warning("heartbeat failed: %s", exc)
+            await asyncio.sleep(interval)
+
+    def _mark_redis_ok(self) -> None:
+        self.redis_ok_at = time.monotonic()
+
+    def _readiness(self) -> tuple[bool, dict[str, object]]:
+        redis_age_s = time.monotonic() - self.redis_ok_at
+        redis_ok = redis_age_s < self.settings.lease_ms / 1000
+        detail: dict[str, object] = {
+            "worker": self.id, "redis": redis_ok, "stopping": self.stopping, "held": len(self.held)
+        }
+        return redis_ok and not self.stopping, detail
+
+    async def _hand_back(self) -> None:
+        if not self.held:
+            return
+        entries = list(self.held)
+        try:
+            await self.queue.release(self.id, entries, self.settings.lease_ms)
+            log.info("handed back %d task(s) for other workers", len(entries))
+        except _REDIS_DOWN as exc:
+            log.warning("could not hand back %d task(s) (%s); they return after the lease",
+                        len(entries), exc)
+        self.held.clear()

@@ -1,0 +1,87 @@
+"""Batch formation: full batches start at once, partial ones after the window, bursts are shared."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from redis.asyncio import Redis
+
+from tests.helpers import answer, make_queue, start_worker, submit, terminal, wait_result
+
+FAST = "@mock ttft_ms=0 itl_ms=0\n"
+
+
+async def test_four_tasks_run_as_one_batch_at_once(
+    redis: Redis, redis_url: str, key_prefix: str, tmp_path: Path
+) -> None:
+    queue = make_queue(redis, key_prefix)
+    await queue.ensure_group()
+    ids = [await submit(queue, f"{FAST}context number {i}") for i in range(4)]
+    worker, _ = await start_worker(redis_url, key_prefix, tmp_path, window_ms=5000)
+    try:
+        results = [await wait_result(queue, t) for t in ids]
+    finally:
+        worker.stop()
+    for i, entries in enumerate(results):
+        done = terminal(entries)
+        assert done.kind == "done", done
+        assert done.data is not None
+        assert done.data["batch_size"] == 4
+        # started at once although the window is 5 s: a full batch does not wait
+        assert done.data["total_ms"] < 4000
+        assert answer(entries) == f"context number {i}"
+        assert done.data["text"] == answer(entries)
+
+
+async def test_one_task_runs_alone_after_the_window(
+    redis: Redis, redis_url: str, key_prefix: str, tmp_path: Path
+) -> None:
+    queue = make_queue(redis, key_prefix)
+    worker, _ = await start_worker(redis_url, key_prefix, tmp_path, window_ms=300)
+    try:
+        task_id = await submit(queue, f"{FAST}alone")
+        done = terminal(await wait_result(queue, task_id))
+    finally:
+        worker.stop()
+    assert done.kind == "done"
+    assert done.data is not None
+    assert done.data["batch_size"] == 1
+    assert done.data["queue_ms"] >= 300 - 5  # waited for the window
+
+
+async def test_six_tasks_run_as_four_then_two(
+    redis: Redis, redis_url: str, key_prefix: str, tmp_path: Path
+) -> None:
+    queue = make_queue(redis, key_prefix)
+    await queue.ensure_group()
+    ids = [await submit(queue, f"{FAST}six {i}") for i in range(6)]
+    worker, _ = await start_worker(redis_url, key_prefix, tmp_path, window_ms=200)
+    try:
+        results = [terminal(await wait_result(queue, t)) for t in ids]
+    finally:
+        worker.stop()
+    sizes = [r.data["batch_size"] for r in results if r.data]
+    assert sizes == [4, 4, 4, 4, 2, 2]
+    assert len({r.data["batch_id"] for r in results if r.data}) == 2
+
+
+async def test_two_workers_share_a_burst(
+    redis: Redis, redis_url: str, key_prefix: str, tmp_path: Path
+) -> None:
+    queue = make_queue(redis, key_prefix)
+    workers = [
+        (await start_worker(redis_url, key_prefix, tmp_path, window_ms=100))[0] for _ in range(2)
+    ]
+    try:
+        slow = "@mock ttft_ms=400 itl_ms=0\n"
+        ids = await asyncio.gather(*(submit(queue, f"{slow}burst {i}") for i in range(8)))
+        results = [await wait_result(queue, t) for t in ids]
+    finally:
+        for w in workers:
+            w.stop()
+    dones = [terminal(r) for r in results]
+    assert all(d.kind == "done" for d in dones)
+    assert [answer(r) for r in results] == [f"burst {i}" for i in range(8)]
+    assert len({d.data["worker"] for d in dones if d.data}) == 2
+    assert max(d.data["batch_size"] for d in dones if d.data) <= 4

@@ -151,6 +151,11 @@ class TaskQueue:
         raw = await self.redis.xrange(self.keys.result(task_id), min=f"(0-{index + 1}", max="+")
         return [_entry(eid, fields) for eid, fields in raw]
 
+    async def deadline_of(self, task_id: str) -> int | None:
+        """The task's deadline in ms since the epoch; None if Redis does not know the task."""
+        value = await self.redis.hget(self.keys.task(task_id), "deadline_ms")
+        return int(value) if value is not None else None
+
     async def task_exists(self, task_id: str) -> bool:
         """Whether Redis still knows the task (it expires after the result TTL)."""
         return bool(await self.redis.exists(self.keys.task(task_id)))

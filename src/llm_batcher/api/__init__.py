@@ -1,0 +1,1 @@
+"""The HTTP API: SSE /generate, health endpoints and the test page."""

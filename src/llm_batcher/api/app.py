@@ -1,0 +1,63 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from llm_batcher import __version__
+from llm_batcher.api.errors import install_error_handlers
+from llm_batcher.api.hub import ResultHub
+from llm_batcher.api.routes import STATIC_DIR, router
+from llm_batcher.api.state import AppState
+from llm_batcher.keys import Keys
+from llm_batcher.queue import TaskQueue
+from llm_batcher.redis_client import make_redis
+from llm_batcher.settings import ApiSettings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: ApiSettings) -> FastAPI:
+    """Build the app; Redis is opened in the lifespan, not here."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # One bounded pool for the whole process: the hub's pub/sub connection plus commands.
+        redis = make_redis(
+            settings,
+            max_connections=settings.redis_max_connections,
+            socket_timeout_s=settings.redis_timeout_s * 5,
+            pool_timeout_s=settings.redis_timeout_s,
+        )
+        keys = Keys(settings.key_prefix)
+        queue = TaskQueue(redis, keys, result_ttl_s=settings.result_ttl_s)
+        hub = ResultHub(redis, keys)
+        app.state.llmb = AppState(settings=settings, redis=redis, queue=queue, hub=hub)
+        try:
+            await queue.ensure_group()
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            log.warning("Redis unreachable at start-up (%s); /readyz fails until it is back", exc)
+        await hub.start()
+        try:
+            yield
+        finally:
+            await hub.stop()
+            await redis.aclose()
+
+    app = FastAPI(
+        title="llm-batcher",
+        version=__version__,
+        description="Batches LLM requests through Redis and streams the answers as SSE.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app

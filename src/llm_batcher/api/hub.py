@@ -1,0 +1,169 @@
+"""One pub/sub reader per API process that fans result entries out to the waiting streams.
+
+Each task's result stream is announced on a channel of the same name (scripts.py). The hub holds
+one pub/sub connection for the whole process, whatever the number of open streams; a stream
+subscribes to its task's channel, then reads what was written before from the result stream
+(backfill), so nothing falls between the two. Pub/sub loses what is published while the
+connection is down: after every reconnect the hub tells each stream to backfill again (RESYNC).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from llm_batcher.keys import Keys
+from llm_batcher.queue import ResultEntry
+
+log = logging.getLogger(__name__)
+
+RESYNC = "resync"
+"""Queued to every subscription after a reconnect: messages may have been lost; read Redis."""
+CLOSE = "close"
+"""Queued to every subscription when the server shuts down: end the stream, no terminal event."""
+
+Item = ResultEntry | str
+
+
+class Subscription:
+    """The entries announced for one task, as one stream sees them."""
+
+    def __init__(self, task_id: str) -> None:
+        self.task_id = task_id
+        self.items: asyncio.Queue[Item] = asyncio.Queue()
+
+    async def get(self, timeout_s: float) -> Item | None:
+        """The next announced entry or marker; None after timeout_s of silence."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await self.items.get()
+        except TimeoutError:
+            return None
+
+
+class _ReconnectAwarePubSub(PubSub):
+    """redis-py reconnects and resubscribes by itself; the hub must know when it did."""
+
+    hub: ResultHub | None = None
+
+    async def on_connect(self, connection: Any) -> None:
+        await super().on_connect(connection)
+        if self.hub is not None:
+            self.hub.connected()
+
+
+class ResultHub:
+    """Multiplexes every open stream of this process over one pub/sub connection."""
+
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        self.keys = keys
+        self._pubsub = _ReconnectAwarePubSub(redis.connection_pool, ignore_subscribe_messages=False)
+        self._pubsub.hub = self
+        self._subs: dict[str, set[Subscription]] = {}
+        self._confirmed: dict[str, asyncio.Event] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self._ever_connected = False
+        self.closing = False
+
+    @property
+    def open_streams(self) -> int:
+        return sum(len(s) for s in self._subs.values())
+
+    async def start(self) -> None:
+        self._reader = asyncio.create_task(self._read_loop(), name="result-hub")
+
+    async def stop(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        await self._pubsub.aclose()
+
+    def close_all(self) -> None:
+        """Tell every open stream to end without a terminal event (server shutdown)."""
+        self.closing = True
+        self._broadcast(CLOSE)
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, task_id: str, timeout_s: float) -> AsyncIterator[Subscription]:
+        """Subscribe to a task's entries; returns once Redis confirmed the subscription."""
+        sub = Subscription(task_id)
+        channel = self.keys.result(task_id)
+        first = task_id not in self._subs
+        self._subs.setdefault(task_id, set()).add(sub)
+        try:
+            if first:
+                confirmed = self._confirmed[channel] = asyncio.Event()
+                await self._pubsub.subscribe(channel)
+                async with asyncio.timeout(timeout_s):
+                    await confirmed.wait()
+            else:
+                await self._wait_confirmed(channel, timeout_s)
+            yield sub
+        finally:
+            subs = self._subs.get(task_id)
+            if subs is not None:
+                subs.discard(sub)
+                if not subs:
+                    del self._subs[task_id]
+                    self._confirmed.pop(channel, None)
+                    with contextlib.suppress(RedisConnectionError, RedisTimeoutError, OSError):
+                        await self._pubsub.unsubscribe(channel)
+
+    async def _wait_confirmed(self, channel: str, timeout_s: float) -> None:
+        event = self._confirmed.get(channel)
+        if event is not None:
+            async with asyncio.timeout(timeout_s):
+                await event.wait()
+
+    def connected(self) -> None:
+        """Called on every (re)connection of the pub/sub connection."""
+        if self._ever_connected:
+            log.info("pub/sub reconnected; %d stream(s) re-read their results", self.open_streams)
+            self._broadcast(RESYNC)
+        self._ever_connected = True
+
+    def _broadcast(self, item: str) -> None:
+        for subs in self._subs.values():
+            for sub in subs:
+                sub.items.put_nowait(item)
+
+    async def _read_loop(self) -> None:
+        backoff = 0.1
+        while True:
+            if not self._pubsub.subscribed:
+                await asyncio.sleep(0.05)  # nothing to read until the first subscription
+                continue
+            try:
+                message = await self._pubsub.get_message(timeout=1.0)
+                backoff = 0.1
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                log.warning("pub/sub connection lost (%s); reconnecting in %.1f s", exc, backoff)
+                self._broadcast(RESYNC)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            if message is not None:
+                self._dispatch(message)
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        channel = message["channel"].decode()
+        kind = message["type"]
+        if kind == "subscribe":
+            event = self._confirmed.get(channel)
+            if event is not None:
+                event.set()
+        elif kind == "message":
+            subs = self._subs.get(self.keys.task_id_of_channel(channel))
+            if subs:
+                entry = ResultEntry.from_message(message["data"].decode())
+                for sub in subs:
+                    sub.items.put_nowait(entry)

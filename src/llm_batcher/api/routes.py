@@ -1,0 +1,203 @@
+"""HTTP routes: /generate (GET and POST), health, and the test page."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import FileResponse, JSONResponse
+from pydantic import BaseModel, Field, ValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from sse_starlette import EventSourceResponse
+
+from llm_batcher.api.errors import ApiError
+from llm_batcher.api.state import AppState
+from llm_batcher.api.stream import StreamState, TaskStream
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+STATIC_DIR = Path(__file__).parent / "static"
+
+_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
+_SSE_HEADERS = {"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"}
+
+
+class GenerateRequest(BaseModel):
+    """Body of POST /generate."""
+
+    model_config = {"extra": "forbid"}
+    context: str = Field(min_length=1, description="The prompt; echoed back by the mock LLM.")
+
+
+def _state(request: Request) -> AppState:
+    state: AppState = request.app.state.llmb
+    return state
+
+
+@router.get("/", include_in_schema=False)
+async def test_page() -> FileResponse:
+    return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/healthz", tags=["health"])
+async def healthz() -> dict[str, str]:
+    """The process is alive."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", tags=["health"])
+async def readyz(request: Request) -> JSONResponse:
+    """Ready: not shutting down, Redis reachable, and at least one live worker."""
+    state = _state(request)
+    detail: dict[str, object] = {"draining": state.draining, "redis": False, "workers": 0}
+    try:
+        async with asyncio.timeout(state.settings.redis_timeout_s):
+            await state.redis.ping()
+            detail["redis"] = True
+            detail["workers"] = await state.queue.live_workers(
+                _now_ms(), state.settings.lease_ms
+            )
+    except _REDIS_DOWN as exc:
+        detail["error"] = f"Redis unreachable: {exc or type(exc).__name__}"
+    ready = detail["redis"] and detail["workers"] and not state.draining
+    return JSONResponse({"ready": bool(ready), **detail}, status_code=200 if ready else 503)
+
+
+@router.get(
+    "/generate",
+    tags=["generate"],
+    response_class=EventSourceResponse,
+    responses={200: {"content": {"text/event-stream": {}}}, 413: {}, 422: {}, 503: {}},
+)
+async def generate_get(
+    request: Request,
+    context: Annotated[str | None, Query(description="The prompt (URL-encoded).")] = None,
+    last_event_id: Annotated[
+        str | None,
+        Query(description="Resume a stream after this event id (same as Last-Event-ID)."),
+    ] = None,
+    last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+) -> EventSourceResponse:
+    """Queue a task and stream its answer as Server-Sent Events (see the README's contract)."""
+    resume = last_event_id_header or last_event_id
+    if resume:
+        return await _resume(_state(request), resume)
+    return await _submit(_state(request), context)
+
+
+@router.post(
+    "/generate",
+    tags=["generate"],
+    response_class=EventSourceResponse,
+    responses={200: {"content": {"text/event-stream": {}}}, 413: {}, 422: {}, 503: {}},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": GenerateRequest.model_json_schema()}},
+        }
+    },
+)
+async def generate_post(
+    request: Request,
+    last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+) -> EventSourceResponse:
+    """The same stream for a JSON body `{"context": "..."}`, for contexts too long for a URL."""
+    state = _state(request)
+    if last_event_id_header:
+        return await _resume(state, last_event_id_header)
+    body = await _read_body(request, state.settings.max_context_bytes * 6 + 4096)
+    try:
+        payload = GenerateRequest.model_validate_json(body)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}"
+                             for e in exc.errors())
+        raise ApiError(422, "invalid_body", f'expected JSON {{"context": "..."}}: {problems}')
+    return await _submit(state, payload.context)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing (413) more than ``limit`` bytes without reading it all."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, "context_too_large", f"the body is larger than {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "context_too_large", f"the body is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _submit(state: AppState, context: str | None) -> EventSourceResponse:
+    settings = state.settings
+    if not context:
+        raise ApiError(422, "missing_context", "the context parameter is missing or empty")
+    size = len(context.encode("utf-8", "surrogatepass"))
+    if size > settings.max_context_bytes:
+        raise ApiError(
+            413, "context_too_large",
+            f"the context is {size} bytes; the limit is {settings.max_context_bytes}",
+        )  # fmt: skip
+    if state.draining:
+        raise ApiError(503, "shutting_down", "this API replica is shutting down",
+                       {"Retry-After": "1"})
+    task_id = str(uuid.uuid4())
+    now = _now_ms()
+    deadline = now + int(settings.task_timeout_s * 1000)
+    try:
+        async with asyncio.timeout(settings.redis_timeout_s):
+            queued = await state.queue.submit(
+                task_id, context, now_ms=now, deadline_ms=deadline, max_queue=settings.max_queue
+            )
+    except _REDIS_DOWN as exc:
+        raise ApiError(503, "redis_unavailable", f"Redis is unreachable: {exc or 'timeout'}",
+                       {"Retry-After": "2"}) from exc
+    if not queued:
+        raise ApiError(503, "queue_full", f"{settings.max_queue} tasks are waiting; retry later",
+                       {"Retry-After": "5"})
+    log.info("task %s queued (%d bytes)", task_id, size, extra={"task_id": task_id})
+    stream = StreamState(task_id, next_index=0, deadline_ms=deadline, created_here=True)
+    return _respond(state, stream)
+
+
+async def _resume(state: AppState, last_event_id: str) -> EventSourceResponse:
+    task_id, index = _parse_event_id(last_event_id)
+    try:
+        async with asyncio.timeout(state.settings.redis_timeout_s):
+            deadline = await state.queue.deadline_of(task_id)
+    except _REDIS_DOWN as exc:
+        raise ApiError(503, "redis_unavailable", f"Redis is unreachable: {exc or 'timeout'}",
+                       {"Retry-After": "2"}) from exc
+    if deadline is None:
+        raise ApiError(404, "unknown_task", f"task {task_id} is unknown or expired")
+    log.info("task %s resumed after token %d", task_id, index, extra={"task_id": task_id})
+    return _respond(state, StreamState(task_id, next_index=index + 1, deadline_ms=deadline))
+
+
+def _parse_event_id(value: str) -> tuple[str, int]:
+    task_id, _, index = value.strip().rpartition(":")
+    try:
+        return str(uuid.UUID(task_id)), int(index)
+    except ValueError:
+        raise ApiError(
+            422, "invalid_last_event_id", "Last-Event-ID must look like <task_id>:<index>"
+        ) from None
+
+
+def _respond(state: AppState, stream: StreamState) -> EventSourceResponse:
+    events = TaskStream(state.queue, state.hub, state.settings, stream).events()
+    return EventSourceResponse(
+        events, ping=state.settings.ping_s, headers=_SSE_HEADERS, send_timeout=30
+    )
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+

@@ -1,0 +1,199 @@
+"""The SSE stream of one task: `task`, then `token`s in order, then one `done` or `error`.
+
+Tokens reach the stream from two sources: pub/sub announcements (fast path) and reads of the
+task's result stream (backfill: at the start, after a resume, after a reconnect, or when an
+announcement shows a gap). Entry ids are positions, so both paths merge by index: an entry below
+the next expected index is a duplicate and is skipped; one above it means something was missed
+and triggers a backfill. Nothing is held back to group tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from sse_starlette import ServerSentEvent
+
+from llm_batcher.api.hub import CLOSE, RESYNC, ResultHub
+from llm_batcher.queue import ResultEntry, TaskQueue
+from llm_batcher.settings import ApiSettings
+
+log = logging.getLogger(__name__)
+
+_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+_LIVENESS_CHECK_S = 5.0  # silence after which the stream checks that its task still exists
+_OUTAGE_LIMIT_S = 10.0  # Redis unreachable for this long ends the stream with an error
+
+
+class _Closed(Exception):
+    """The server is shutting down: end the stream without a terminal event."""
+
+
+@dataclass
+class StreamState:
+    task_id: str
+    next_index: int  # index of the next token to send
+    deadline_ms: int
+    terminal_sent: bool = False
+    created_here: bool = False  # this request submitted the task (so may cancel it)
+
+
+class TaskStream:
+    """Produces the SSE events of one task for one client."""
+
+    def __init__(
+        self, queue: TaskQueue, hub: ResultHub, settings: ApiSettings, state: StreamState
+    ) -> None:
+        self.queue = queue
+        self.hub = hub
+        self.settings = settings
+        self.state = state
+        self._outage_since: float | None = None
+
+    async def events(self) -> AsyncIterator[ServerSentEvent]:
+        """The whole stream; on a client disconnect before any token, cancel a task it queued."""
+        state = self.state
+        try:
+            yield ServerSentEvent(
+                event="task",
+                id=f"{state.task_id}:{state.next_index - 1}",
+                data=json.dumps({"task_id": state.task_id}),
+                retry=self.settings.retry_ms,
+            )
+            async with self.hub.subscribe(state.task_id, self.settings.redis_timeout_s * 5) as sub:
+                pending = await self._backfill()
+                while not state.terminal_sent:
+                    for event in self._emit(pending):
+                        yield event
+                    if state.terminal_sent:
+                        break
+                    pending = await self._next(await sub.get(self._wait_s()))
+        except _Closed:
+            log.info("stream of task %s closed for shutdown", state.task_id,
+                     extra={"task_id": state.task_id})
+        except _REDIS_DOWN as exc:
+            yield self._error("redis_unavailable", f"Redis is unreachable: {exc}")
+        finally:
+            if not state.terminal_sent and state.created_here and state.next_index == 0:
+                if not self.hub.closing:
+                    self.hub_spawn_cancel()
+
+    def hub_spawn_cancel(self) -> None:
+        """Cancel the task in the background: the client has gone, this coroutine is ending."""
+        task_id = self.state.task_id
+        spawn_background(self.queue.cancel(task_id), f"cancel {task_id}")
+
+    # --- phases -----------------------------------------------------------------------------
+
+    async def _next(self, item: ResultEntry | str | None) -> list[ResultEntry]:
+        """Turn what the subscription gave into entries to emit (reading Redis when needed)."""
+        if item == CLOSE:
+            raise _Closed
+        if item is None:  # silence: enforce the deadline, check the task still exists
+            if _now_ms() >= self.state.deadline_ms:
+                await self.queue.expire(self.state.task_id, "the task did not finish in time")
+            return await self._backfill()
+        if item == RESYNC or not isinstance(item, ResultEntry):
+            return await self._backfill()
+        if item.is_terminal or item.index == self.state.next_index:
+            if not item.is_terminal or self._complete(item):
+                return [item]
+            return await self._backfill()
+        if item.index < self.state.next_index:
+            return []  # already sent (it came through the backfill)
+        return await self._backfill()  # a gap: an announcement was missed
+
+    def _complete(self, terminal: ResultEntry) -> bool:
+        """Whether every token before this terminal entry was sent."""
+        data = terminal.data or {}
+        return terminal.kind == "done" and data.get("tokens") == self.state.next_index
+
+    async def _backfill(self) -> list[ResultEntry]:
+        """Read the result stream after the last sent token; notice lost tasks and outages."""
+        while True:
+            try:
+                entries = await self.queue.results_after(
+                    self.state.task_id, self.state.next_index - 1
+                )
+                if not entries and not await self.queue.task_exists(self.state.task_id):
+                    return [_lost_entry()]
+                self._outage_since = None
+                return entries
+            except _REDIS_DOWN:
+                now = time.monotonic()
+                self._outage_since = self._outage_since or now
+                if now - self._outage_since > _OUTAGE_LIMIT_S or self.hub.closing:
+                    raise
+                await asyncio.sleep(0.25)
+
+    def _emit(self, entries: list[ResultEntry]) -> list[ServerSentEvent]:
+        events = []
+        state = self.state
+        for entry in entries:
+            if entry.is_terminal:
+                state.terminal_sent = True
+                events.append(self._terminal(entry))
+                break
+            if entry.index != state.next_index:
+                continue  # a duplicate (< next); a gap (> next) cannot come from a range read
+            events.append(
+                ServerSentEvent(
+                    event="token",
+                    id=f"{state.task_id}:{entry.index}",
+                    data=json.dumps({"text": entry.text}, ensure_ascii=False),
+                )
+            )
+            state.next_index += 1
+        return events
+
+    def _terminal(self, entry: ResultEntry) -> ServerSentEvent:
+        data = entry.data or {}
+        log.info(
+            "task %s ended: %s %s", self.state.task_id, entry.kind,
+            data.get("code") or f"{data.get('tokens')} tokens in {data.get('total_ms')} ms",
+            extra={"task_id": self.state.task_id},
+        )  # fmt: skip
+        return ServerSentEvent(event=entry.kind, data=json.dumps(data, ensure_ascii=False))
+
+    def _error(self, code: str, message: str) -> ServerSentEvent:
+        self.state.terminal_sent = True
+        log.warning("task %s: %s: %s", self.state.task_id, code, message,
+                    extra={"task_id": self.state.task_id})
+        return ServerSentEvent(
+            event="error", data=json.dumps({"code": code, "message": message})
+        )
+
+    def _wait_s(self) -> float:
+        to_deadline = (self.state.deadline_ms - _now_ms()) / 1000
+        return max(0.0, min(_LIVENESS_CHECK_S, to_deadline))
+
+
+def _lost_entry() -> ResultEntry:
+    message = "the task is unknown to Redis: it expired, or Redis lost its data in a restart"
+    return ResultEntry("1-0", "error", data={"code": "lost", "message": message})
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+_background: set[asyncio.Task[object]] = set()
+
+
+def spawn_background(coro: object, what: str) -> None:
+    """Run a coroutine beyond the request that started it; failures are logged, never lost."""
+    task: asyncio.Task[object] = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+    _background.add(task)
+
+    def _done(t: asyncio.Task[object]) -> None:
+        _background.discard(t)
+        if not t.cancelled() and t.exception() is not None:
+            log.warning("background %s failed: %s", what, t.exception())
+
+    task.add_done_callback(_done)

@@ -8,8 +8,11 @@ from __future__ import annotations
 import logging
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
+
+from llm_batcher.procs import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +59,14 @@ class EmbeddedRedis:
     def start(self, timeout_s: float = 10.0) -> None:
         """Start the server and wait until it answers PING."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        # A session of its own: a Ctrl-C meant for `llm-batcher up` must not stop Redis before
+        # the API and the workers have drained.
         self.process = subprocess.Popen(
-            self.argv(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            self.argv(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,
         )
         deadline = time.monotonic() + timeout_s
         while not self._answers_ping():

@@ -1,0 +1,113 @@
+"""Supervising child processes for `llm-batcher up`: prefixed logs, readiness, restarts, stop.
+
+Each child runs in a session of its own so that a Ctrl-C in the terminal reaches only the
+supervisor, which then stops the children in order. On Linux each child also gets SIGTERM if the
+supervisor itself dies, so nothing outlives it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httpx
+
+from llm_batcher.procs import die_with_parent
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ChildSpec:
+    """What to run, what to call it, and how to tell it is ready."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    ready_url: str | None = None
+    stop_timeout_s: float = 30.0
+
+
+@dataclass
+class Supervised:
+    """One child kept running until stop() is called."""
+
+    spec: ChildSpec
+    say: Callable[[str], None]
+    proc: asyncio.subprocess.Process | None = None
+    restarts: int = 0
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    _stopping: bool = False
+    _helpers: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def run(self) -> None:
+        """Start the child, restart it whenever it dies, until stopped."""
+        backoff = 0.5
+        while not self._stopping:
+            await self._start()
+            assert self.proc is not None
+            code = await self.proc.wait()
+            if self._stopping:
+                break
+            self.ready.clear()
+            self.restarts += 1
+            self.say(f"!! {self.spec.name} exited with status {code}; restarting in {backoff:.1f} s")
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 10.0)
+
+    async def _start(self) -> None:
+        preexec = die_with_parent if sys.platform.startswith("linux") else None
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.spec.argv,
+            env=self.spec.env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=preexec,
+        )
+        # Kept in a field: a task nobody references may be garbage-collected mid-run.
+        self._helpers = [asyncio.create_task(self._pump(self.proc))]
+        if self.spec.ready_url:
+            self._helpers.append(asyncio.create_task(self._watch_ready(self.proc)))
+        else:
+            self.ready.set()
+
+    async def _pump(self, proc: asyncio.subprocess.Process) -> None:
+        """Copy the child's output, each line prefixed with its name."""
+        assert proc.stdout is not None
+        width = 10
+        async for raw in proc.stdout:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            sys.stdout.write(f"{self.spec.name:<{width}} | {line}\n")
+            sys.stdout.flush()
+
+    async def _watch_ready(self, proc: asyncio.subprocess.Process) -> None:
+        assert self.spec.ready_url
+        async with httpx.AsyncClient(timeout=1.0) as client:
+            while proc.returncode is None:
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get(self.spec.ready_url)).status_code == 200:
+                        self.ready.set()
+                        return
+                await asyncio.sleep(0.1)
+
+    async def stop(self) -> int | None:
+        """SIGTERM the child, wait for it to drain, SIGKILL it if it takes too long."""
+        self._stopping = True
+        proc = self.proc
+        if proc is None or proc.returncode is not None:
+            return proc.returncode if proc else None
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return await asyncio.wait_for(proc.wait(), self.spec.stop_timeout_s)
+        except TimeoutError:
+            self.say(f"!! {self.spec.name} did not stop in {self.spec.stop_timeout_s:.0f} s; killing")
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            return await proc.wait()

@@ -1,0 +1,255 @@
+"""`llm-mock FILE...`: the mock LLM child process (docs/protocol.md, part 2).
+
+It is spawned once per batch, so it imports only the standard library and its own pure modules;
+`python -X importtime -m llm_batcher.mock.cli` shows the cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from llm_batcher.codec import decode_context_file, encode_finish, encode_token
+from llm_batcher.mock.directives import (
+    DIRECTIVE_WORD,
+    MAX_COUNT,
+    MAX_MS,
+    Directive,
+    FailMode,
+    parse_count,
+    split_context,
+)
+from llm_batcher.mock.schedule import ContextPlan, Event, EventKind, build_timeline
+from llm_batcher.mock.tokens import filler, tokenize
+
+# Importing typing costs milliseconds on every batch; mypy honours a local TYPE_CHECKING.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NoReturn
+
+EXIT_OK = 0
+EXIT_BROKEN_PIPE = 1
+EXIT_USAGE = 2
+EXIT_FAILED = 3
+GARBAGE_LINE = b"%%garbage%%\n"
+HANG_POLL_S = 0.5
+DEFAULT_TTFT_MS = "200-600"
+DEFAULT_ITL_MS = "20-60"
+DEFAULT_EXTRA_TOKENS = "0"
+
+
+class UsageError(Exception):
+    """Bad arguments, environment or context file: reported in one line, exit status 2."""
+
+
+@dataclass(frozen=True, slots=True)
+class MockConfig:
+    """The command-line and environment settings; ranges are inclusive (min, max) pairs."""
+
+    ttft_ms: tuple[int, int]
+    itl_ms: tuple[int, int]
+    extra_tokens: int
+    seed: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """One context file: the whole text, its directive if any, and the body to echo."""
+
+    text: str
+    directive: Directive | None
+    body: str
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the mock on the context files in ``argv``; return the process exit status."""
+    # A parent that ignores these signals passes that on through exec; the mock must still die.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    parent_pid = os.getppid()
+    try:
+        paths, config = parse_args(argv)
+        contexts = [load_context(path) for path in paths]
+    except UsageError as exc:
+        _say(f"error: {exc}")
+        return EXIT_USAGE
+    timeline = build_timeline(build_plans(contexts, config))
+    try:
+        return play(timeline, _stdout_writer(), parent_pid)
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def parse_args(argv: Sequence[str] | None) -> tuple[list[str], MockConfig]:
+    """Parse the command line, falling back to LLMB_MOCK_* variables; UsageError if invalid."""
+    parser = _Parser(prog="llm-mock", description="Mock LLM: echo each context as tokens.")
+    parser.add_argument("files", nargs="+", metavar="FILE", help="base64 context file")
+    parser.add_argument("--ttft-ms", metavar="MIN-MAX", help=f"default {DEFAULT_TTFT_MS}")
+    parser.add_argument("--itl-ms", metavar="MIN-MAX", help=f"default {DEFAULT_ITL_MS}")
+    parser.add_argument("--extra-tokens", metavar="N", help="filler tokens after the echo")
+    parser.add_argument("--seed", type=int, help="seed for reproducible random delays")
+    args = parser.parse_args(argv)
+    try:
+        config = MockConfig(
+            ttft_ms=parse_range(*_setting(args.ttft_ms, "--ttft-ms", DEFAULT_TTFT_MS)),
+            itl_ms=parse_range(*_setting(args.itl_ms, "--itl-ms", DEFAULT_ITL_MS)),
+            extra_tokens=parse_count(
+                *_setting(args.extra_tokens, "--extra-tokens", DEFAULT_EXTRA_TOKENS), MAX_COUNT
+            ),
+            seed=args.seed,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return list(args.files), config
+
+
+def _setting(cli_value: str | None, flag: str, default: str) -> tuple[str, str]:
+    """(name to blame, raw value) from the flag, else LLMB_MOCK_<NAME>, else the default."""
+    if cli_value is not None:
+        return flag, cli_value
+    env_name = "LLMB_MOCK_" + flag.removeprefix("--").replace("-", "_").upper()
+    env_value = os.environ.get(env_name)
+    if env_value is not None:
+        return env_name, env_value.strip()
+    return flag, default
+
+
+def parse_range(name: str, raw: str) -> tuple[int, int]:
+    """Parse `MIN-MAX` or `N` milliseconds into an inclusive (min, max) pair."""
+    low_raw, dash, high_raw = raw.partition("-")
+    try:
+        low = parse_count(name, low_raw, MAX_MS)
+        high = parse_count(name, high_raw, MAX_MS) if dash else low
+    except ValueError:
+        raise ValueError(
+            f"{name}={raw!r} is not MIN-MAX or N (whole milliseconds, 0 to {MAX_MS})"
+        ) from None
+    if low > high:
+        raise ValueError(f"{name}={raw!r}: MIN is greater than MAX")
+    return low, high
+
+
+def load_context(path: str) -> Context:
+    """Read and decode one context file and its directive; UsageError names the file."""
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        text = decode_context_file(data)
+    except ValueError as exc:
+        raise UsageError(f"{path}: not a base64-encoded UTF-8 context: {exc}") from None
+    try:
+        directive, body = split_context(text)
+    except ValueError as exc:
+        raise UsageError(f"{path}: bad {DIRECTIVE_WORD} directive: {exc}") from None
+    return Context(text, directive, body)
+
+
+def build_plans(contexts: Sequence[Context], config: MockConfig) -> list[ContextPlan]:
+    """Each context's tokens and delays; the same seed gives the same delays."""
+    rng = random.Random(config.seed)
+    plans = []
+    for context in contexts:
+        # Drawn for every context, even when a directive overrides them, so that one
+        # context's directive does not change the delays of the others.
+        ttft_ms = rng.randint(*config.ttft_ms)
+        itl_ms = rng.randint(*config.itl_ms)
+        plans.append(plan_context(context, config, ttft_ms, itl_ms))
+    return plans
+
+
+def plan_context(context: Context, config: MockConfig, ttft_ms: int, itl_ms: int) -> ContextPlan:
+    """The plan of one context, its directive taking precedence over the drawn delays."""
+    directive = context.directive
+    if directive is None:
+        tokens = tokenize(context.body) + filler(config.extra_tokens, context.text)
+        return ContextPlan(tuple(tokens), ttft_ms, itl_ms)
+    tokens = tokenize(context.body) + filler(directive.extra_tokens or 0, context.text)
+    return ContextPlan(
+        tokens=tuple(tokens),
+        ttft_ms=ttft_ms if directive.ttft_ms is None else directive.ttft_ms,
+        itl_ms=itl_ms if directive.itl_ms is None else directive.itl_ms,
+        fail=directive.fail,
+        fail_after=directive.fail_after or 0,
+    )
+
+
+def play(timeline: Sequence[Event], emit: Callable[[bytes], None], parent_pid: int) -> int:
+    """Write the timeline in real time; return the exit status (a hang returns once orphaned)."""
+    start_s = time.monotonic()
+    for event in timeline:
+        # Sleeping until an absolute time keeps write and scheduling delays from adding up.
+        delay_s = start_s + event.t_ms / 1000 - time.monotonic()
+        if delay_s > 0:
+            time.sleep(delay_s)
+        if event.kind is EventKind.TOKEN:
+            emit(encode_token(event.index, event.payload))
+        elif event.kind is EventKind.FINISH:
+            emit(encode_finish(event.index, event.payload))
+        elif event.payload == FailMode.GARBAGE:
+            emit(GARBAGE_LINE)
+        else:
+            return _fail(event, parent_pid)
+    return EXIT_OK
+
+
+def _fail(event: Event, parent_pid: int) -> int:
+    if event.payload == FailMode.EXIT:
+        _say(f"context {event.index}: fail=exit, exiting with status {EXIT_FAILED}")
+        return EXIT_FAILED
+    _say(f"context {event.index}: fail=hang, no more output")
+    wait_until_orphaned(parent_pid)
+    _say("parent process is gone, exiting")
+    return EXIT_FAILED
+
+
+def wait_until_orphaned(parent_pid: int, poll_s: float = HANG_POLL_S) -> None:
+    """Block until the parent changes, so a hung mock does not outlive the worker that ran it."""
+    while os.getppid() == parent_pid:
+        time.sleep(poll_s)
+
+
+def _stdout_writer() -> Callable[[bytes], None]:
+    out = sys.stdout.buffer
+
+    def emit(line: bytes) -> None:
+        out.write(line)
+        out.flush()
+
+    return emit
+
+
+def _silence_stdout() -> None:
+    # Unwritten bytes stay buffered and would fail again, with a traceback, when the
+    # interpreter flushes stdout at exit; send them to /dev/null instead.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def _say(message: str) -> None:
+    line = "llm-mock: " + " ".join(message.splitlines()) + "\n"
+    try:
+        sys.stderr.write(line)
+        sys.stderr.flush()
+    except OSError:
+        # Diagnostics are best effort: a closed stderr must not change the exit status.
+        return
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""The mock's timeline: when each context of the batch writes each token, finishes or fails.
+
+Pure: every context runs concurrently, the way a batched model serves them, so a batch of four
+takes about as long as a batch of one. Times are integer milliseconds from the start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from llm_batcher.mock.directives import FailMode
+
+
+class EventKind(StrEnum):
+    TOKEN = "token"
+    FINISH = "finish"
+    FAIL = "fail"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One step of the timeline; ``payload`` is the token, the finish reason or the fail mode."""
+
+    t_ms: int
+    kind: EventKind
+    index: int
+    payload: str
+
+
+@dataclass(frozen=True, slots=True)
+class ContextPlan:
+    """What one context writes and when; ``fail`` strikes once ``fail_after`` tokens are out."""
+
+    tokens: tuple[str, ...]
+    ttft_ms: int
+    itl_ms: int
+    fail: FailMode | None = None
+    fail_after: int = 0
+
+
+def context_events(index: int, plan: ContextPlan) -> list[Event]:
+    """The events of one context, in the order it performs them.
+
+    Token ``i`` is written at ``ttft_ms + i * itl_ms`` and the finish right after the last token
+    (at ``ttft_ms`` for an empty answer). The failure comes at the time token ``fail_after``
+    would be written: `exit` and `hang` replace everything from there on, `garbage` slips in
+    before it. A context with at most ``fail_after`` tokens finishes first, then fails.
+    """
+    count = len(plan.tokens)
+    events = [
+        Event(plan.ttft_ms + i * plan.itl_ms, EventKind.TOKEN, index, token)
+        for i, token in enumerate(plan.tokens)
+    ]
+    finish_ms = plan.ttft_ms + max(count - 1, 0) * plan.itl_ms
+    events.append(Event(finish_ms, EventKind.FINISH, index, "stop"))
+    if plan.fail is None:
+        return events
+    k = plan.fail_after
+    failure = Event(plan.ttft_ms + k * plan.itl_ms, EventKind.FAIL, index, plan.fail.value)
+    if k >= count:
+        return [*events, failure]
+    if plan.fail is FailMode.GARBAGE:
+        return [*events[:k], failure, *events[k:]]
+    return [*events[:k], failure]
+
+
+def build_timeline(plans: Sequence[ContextPlan]) -> list[Event]:
+    """All contexts' events merged by time; ties go to the lower index, then to context order."""
+    events = [event for index, plan in enumerate(plans) for event in context_events(index, plan)]
+    return sorted(events, key=lambda event: (event.t_ms, event.index))

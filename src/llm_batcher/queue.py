@@ -106,7 +106,7 @@ class TaskQueue:
                 raise
 
     async def depth(self) -> QueueDepth:
-        """Waiting = in the stream but not delivered; in flight = delivered, not yet acknowledged."""
+        """Waiting: in the stream, not delivered. In flight: delivered, not yet acknowledged."""
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.xlen(self.keys.tasks)
             pipe.xpending(self.keys.tasks, WORKER_GROUP)
@@ -129,7 +129,7 @@ class TaskQueue:
         self, task_id: str, context: str, *, now_ms: int, deadline_ms: int, max_queue: int
     ) -> bool:
         """Queue a task; False (and nothing queued) when max_queue tasks are queued or running."""
-        args = [task_id, context, now_ms, deadline_ms, max_queue, self.ttl_ms]
+        args: list[str | int] = [task_id, context, now_ms, deadline_ms, max_queue, self.ttl_ms]
         keys = [self.keys.tasks, self.keys.task(task_id)]
         return bool(await self._submit(keys=keys, args=args))
 
@@ -143,12 +143,14 @@ class TaskQueue:
 
     async def _abort_if(self, task_id: str, states: str, code: str, message: str) -> bool:
         keys = [self.keys.task(task_id), self.keys.result(task_id), self.keys.tasks]
-        args = [states, code, error_data(code, message), self.ttl_ms]
+        args: list[str | int] = [states, code, error_data(code, message), self.ttl_ms]
         return bool(await self._abort(keys=keys, args=args))
 
     async def results_after(self, task_id: str, index: int) -> list[ResultEntry]:
         """Result entries after token ``index`` (-1: from the start), terminal entry included."""
-        raw = await self.redis.xrange(self.keys.result(task_id), min=f"(0-{index + 1}", max="+")
+        raw: Any = await self.redis.xrange(
+            self.keys.result(task_id), min=f"(0-{index + 1}", max="+"
+        )
         return [_entry(eid, fields) for eid, fields in raw]
 
     async def deadline_of(self, task_id: str) -> int | None:
@@ -165,7 +167,7 @@ class TaskQueue:
     async def read_new(self, consumer: str, count: int, block_ms: int | None) -> list[Claim]:
         """Claim up to ``count`` never-delivered tasks, waiting up to block_ms (None: no wait)."""
         try:
-            reply = await self.redis.xreadgroup(
+            reply: Any = await self.redis.xreadgroup(
                 WORKER_GROUP, consumer, {self.keys.tasks: ">"}, count=count, block=block_ms
             )
         except ResponseError as exc:
@@ -180,7 +182,7 @@ class TaskQueue:
     async def reclaim_expired(self, consumer: str, count: int, lease_ms: int) -> list[Claim]:
         """Take over up to ``count`` tasks whose holder has not renewed them for a lease."""
         try:
-            reply = await self.redis.xautoclaim(
+            reply: Any = await self.redis.xautoclaim(
                 self.keys.tasks, WORKER_GROUP, consumer, lease_ms, "0-0", count=count
             )
         except ResponseError as exc:
@@ -205,7 +207,15 @@ class TaskQueue:
         ]
         timeout = error_data("timeout", "the task's deadline passed before a worker started it")
         dead = error_data("dead_letter", f"the task was delivered {max_attempts} times")
-        args = [now_ms, max_attempts, worker, self.ttl_ms, timeout, dead, claim.task_id]
+        args: list[str | int] = [
+            now_ms,
+            max_attempts,
+            worker,
+            self.ttl_ms,
+            timeout,
+            dead,
+            claim.task_id,
+        ]
         reply = await self._start(keys=keys, args=args)
         if _text(reply[0]) != "run":
             if _text(reply[0]) == "missing":  # expired or lost with a Redis restart
@@ -229,13 +239,13 @@ class TaskQueue:
     ) -> int:
         """Write tokens from position first_index on; <0 if the task is no longer this attempt's."""
         keys = [self.keys.task(task.task_id), self.keys.result(task.task_id)]
-        args = [task.attempt, now_ms, first_index, self.ttl_ms, *tokens]
+        args: list[str | int] = [task.attempt, now_ms, first_index, self.ttl_ms, *tokens]
         return int(await self._append(keys=keys, args=args))
 
     async def finish(self, task: StartedTask, state: str, code: str, data: str) -> int:
         """End this attempt's task with `done` or `error`; <0 if it was not ours to end."""
         keys = [self.keys.task(task.task_id), self.keys.result(task.task_id), self.keys.tasks]
-        args = [task.attempt, state, code, data, self.ttl_ms]
+        args: list[str | int] = [task.attempt, state, code, data, self.ttl_ms]
         return int(await self._finish(keys=keys, args=args))
 
     async def renew(self, consumer: str, entry_ids: list[str]) -> list[str]:
@@ -253,7 +263,7 @@ class TaskQueue:
                 WORKER_GROUP,
                 consumer,
                 0,
-                entry_ids,
+                list[int | bytes | str | memoryview](entry_ids),
                 idle=lease_ms * 10,
                 justid=True,
             )

@@ -56,7 +56,7 @@ class Supervised:
                 break
             self.ready.clear()
             self.restarts += 1
-            self.say(f"!! {self.spec.name} exited with status {code}; restarting in {backoff:.1f} s")
+            self.say(f"!! {self.spec.name} exited with status {code}; restart in {backoff:.1f} s")
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 10.0)
 
@@ -107,7 +107,8 @@ class Supervised:
         try:
             return await asyncio.wait_for(proc.wait(), self.spec.stop_timeout_s)
         except TimeoutError:
-            self.say(f"!! {self.spec.name} did not stop in {self.spec.stop_timeout_s:.0f} s; killing")
+            limit = self.spec.stop_timeout_s
+            self.say(f"!! {self.spec.name} still running after {limit:.0f} s: killing it")
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             return await proc.wait()

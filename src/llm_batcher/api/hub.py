@@ -71,6 +71,8 @@ class ResultHub:
         self._confirmed: dict[str, asyncio.Event] = {}
         self._reader: asyncio.Task[None] | None = None
         self._ever_connected = False
+        self._idle = asyncio.Event()  # set while no stream is open
+        self._idle.set()
         self.closing = False
 
     @property
@@ -85,7 +87,16 @@ class ResultHub:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
-        await self._pubsub.aclose()
+        await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until no stream is open; False if some still are after timeout_s."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
 
     def close_all(self) -> None:
         """Tell every open stream to end without a terminal event (server shutdown)."""
@@ -99,6 +110,7 @@ class ResultHub:
         channel = self.keys.result(task_id)
         first = task_id not in self._subs
         self._subs.setdefault(task_id, set()).add(sub)
+        self._idle.clear()
         try:
             if first:
                 confirmed = self._confirmed[channel] = asyncio.Event()
@@ -114,6 +126,8 @@ class ResultHub:
                 subs.discard(sub)
                 if not subs:
                     del self._subs[task_id]
+                    if not self._subs:
+                        self._idle.set()
                     self._confirmed.pop(channel, None)
                     with contextlib.suppress(RedisConnectionError, RedisTimeoutError, OSError):
                         await self._pubsub.unsubscribe(channel)

@@ -60,9 +60,7 @@ async def readyz(request: Request) -> JSONResponse:
         async with asyncio.timeout(state.settings.redis_timeout_s):
             await state.redis.ping()
             detail["redis"] = True
-            detail["workers"] = await state.queue.live_workers(
-                _now_ms(), state.settings.lease_ms
-            )
+            detail["workers"] = await state.queue.live_workers(_now_ms(), state.settings.lease_ms)
     except _REDIS_DOWN as exc:
         detail["error"] = f"Redis unreachable: {exc or type(exc).__name__}"
     ready = detail["redis"] and detail["workers"] and not state.draining
@@ -115,9 +113,12 @@ async def generate_post(
     try:
         payload = GenerateRequest.model_validate_json(body)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}"
-                             for e in exc.errors())
-        raise ApiError(422, "invalid_body", f'expected JSON {{"context": "..."}}: {problems}')
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ApiError(
+            422, "invalid_body", f'expected JSON {{"context": "..."}}: {problems}'
+        ) from None
     return await _submit(state, payload.context)
 
 
@@ -146,8 +147,9 @@ async def _submit(state: AppState, context: str | None) -> EventSourceResponse:
             f"the context is {size} bytes; the limit is {settings.max_context_bytes}",
         )  # fmt: skip
     if state.draining:
-        raise ApiError(503, "shutting_down", "this API replica is shutting down",
-                       {"Retry-After": "1"})
+        raise ApiError(
+            503, "shutting_down", "this API replica is shutting down", {"Retry-After": "1"}
+        )
     task_id = str(uuid.uuid4())
     now = _now_ms()
     deadline = now + int(settings.task_timeout_s * 1000)
@@ -157,11 +159,19 @@ async def _submit(state: AppState, context: str | None) -> EventSourceResponse:
                 task_id, context, now_ms=now, deadline_ms=deadline, max_queue=settings.max_queue
             )
     except _REDIS_DOWN as exc:
-        raise ApiError(503, "redis_unavailable", f"Redis is unreachable: {exc or 'timeout'}",
-                       {"Retry-After": "2"}) from exc
+        raise ApiError(
+            503,
+            "redis_unavailable",
+            f"Redis is unreachable: {exc or 'timeout'}",
+            {"Retry-After": "2"},
+        ) from exc
     if not queued:
-        raise ApiError(503, "queue_full", f"{settings.max_queue} tasks are waiting; retry later",
-                       {"Retry-After": "5"})
+        raise ApiError(
+            503,
+            "queue_full",
+            f"{settings.max_queue} tasks are waiting; retry later",
+            {"Retry-After": "5"},
+        )
     log.info("task %s queued (%d bytes)", task_id, size, extra={"task_id": task_id})
     stream = StreamState(task_id, next_index=0, deadline_ms=deadline, created_here=True)
     return _respond(state, stream)
@@ -173,8 +183,12 @@ async def _resume(state: AppState, last_event_id: str) -> EventSourceResponse:
         async with asyncio.timeout(state.settings.redis_timeout_s):
             deadline = await state.queue.deadline_of(task_id)
     except _REDIS_DOWN as exc:
-        raise ApiError(503, "redis_unavailable", f"Redis is unreachable: {exc or 'timeout'}",
-                       {"Retry-After": "2"}) from exc
+        raise ApiError(
+            503,
+            "redis_unavailable",
+            f"Redis is unreachable: {exc or 'timeout'}",
+            {"Retry-After": "2"},
+        ) from exc
     if deadline is None:
         raise ApiError(404, "unknown_task", f"task {task_id} is unknown or expired")
     log.info("task %s resumed after token %d", task_id, index, extra={"task_id": task_id})
@@ -200,4 +214,3 @@ def _respond(state: AppState, stream: StreamState) -> EventSourceResponse:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from types import FrameType
 
 import uvicorn
@@ -49,14 +48,13 @@ class DrainingServer(uvicorn.Server):
             return
         state.draining = True
         hub = state.hub
-        log.info("shutting down: %d open stream(s) may finish within %.0f s",
-                 hub.open_streams, self.grace_s)
-        deadline = time.monotonic() + self.grace_s
-        while hub.open_streams and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-        if hub.open_streams:
-            log.info("closing %d stream(s) for their clients to resume elsewhere",
-                     hub.open_streams)
+        log.info(
+            "shutting down: %d open stream(s) may finish within %.0f s",
+            hub.open_streams,
+            self.grace_s,
+        )
+        if not await hub.wait_idle(self.grace_s):
+            log.info("closing %d stream(s) for their clients to resume elsewhere", hub.open_streams)
         hub.close_all()
         self.should_exit = True
 

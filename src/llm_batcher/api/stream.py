@@ -75,14 +75,17 @@ class TaskStream:
                         break
                     pending = await self._next(await sub.get(self._wait_s()))
         except _Closed:
-            log.info("stream of task %s closed for shutdown", state.task_id,
-                     extra={"task_id": state.task_id})
+            log.info(
+                "stream of task %s closed for shutdown",
+                state.task_id,
+                extra={"task_id": state.task_id},
+            )
         except _REDIS_DOWN as exc:
             yield self._error("redis_unavailable", f"Redis is unreachable: {exc}")
         finally:
-            if not state.terminal_sent and state.created_here and state.next_index == 0:
-                if not self.hub.closing:
-                    self.hub_spawn_cancel()
+            gone_before_start = state.created_here and state.next_index == 0
+            if gone_before_start and not state.terminal_sent and not self.hub.closing:
+                self.hub_spawn_cancel()
 
     def hub_spawn_cancel(self) -> None:
         """Cancel the task in the background: the client has gone, this coroutine is ending."""
@@ -163,11 +166,14 @@ class TaskStream:
 
     def _error(self, code: str, message: str) -> ServerSentEvent:
         self.state.terminal_sent = True
-        log.warning("task %s: %s: %s", self.state.task_id, code, message,
-                    extra={"task_id": self.state.task_id})
-        return ServerSentEvent(
-            event="error", data=json.dumps({"code": code, "message": message})
+        log.warning(
+            "task %s: %s: %s",
+            self.state.task_id,
+            code,
+            message,
+            extra={"task_id": self.state.task_id},
         )
+        return ServerSentEvent(event="error", data=json.dumps({"code": code, "message": message}))
 
     def _wait_s(self) -> float:
         to_deadline = (self.state.deadline_ms - _now_ms()) / 1000

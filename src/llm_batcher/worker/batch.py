@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TypeVar
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -158,7 +159,7 @@ class BatchRunner:
             message = f"{failure.message} (after {run.visible_tokens} tokens)"
             data = error_data(code, message)
             await _retrying(
-                lambda t=run.task, d=data: self.queue.finish(t, "error", code, d), run.task.task_id
+                partial(self.queue.finish, run.task, "error", code, data), run.task.task_id
             )
             run.closed = True
             log.warning(

@@ -22,7 +22,9 @@ _REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Servic
 class HealthServer:
     """Serves the worker's state to probes and Prometheus."""
 
-    def __init__(self, host: str, port: int, readiness: Callable[[], tuple[bool, dict[str, object]]]):
+    def __init__(
+        self, host: str, port: int, readiness: Callable[[], tuple[bool, dict[str, object]]]
+    ) -> None:
         self.host = host
         self.port = port
         self.readiness = readiness
@@ -43,7 +45,7 @@ class HealthServer:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-            method, path, *_ = request.split(b" ", 2) + [b"", b""]
+            method, path, *_ = [*request.split(b" ", 2), b"", b""]
             status, ctype, body = self._route(method.decode(), path.decode().split("?", 1)[0])
             head = (
                 f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {ctype}\r\n"

@@ -116,14 +116,16 @@ class Worker:
     # --- running ----------------------------------------------------------------------------
 
     async def _run_with_drain(self, claims: list[Claim], stop: asyncio.Event) -> None:
-        """Run a batch; once stopping, give it drain_s, then cancel it (its tasks are handed back)."""
+        """Run a batch; once stopping, give it drain_s, then cancel it (tasks are handed back)."""
         batch = asyncio.create_task(self._process(claims), name="batch")
         stopped = asyncio.create_task(stop.wait())
         try:
             await asyncio.wait({batch, stopped}, return_when=asyncio.FIRST_COMPLETED)
             if not batch.done():
-                log.info("stopping: letting the running batch finish (up to %.0f s)",
-                         self.settings.drain_s)
+                log.info(
+                    "stopping: letting the running batch finish (up to %.0f s)",
+                    self.settings.drain_s,
+                )
                 await asyncio.wait({batch}, timeout=self.settings.drain_s)
             if not batch.done():
                 log.warning("drain time over: cancelling the running batch")
@@ -166,8 +168,9 @@ class Worker:
                 started.append(result)
             else:
                 self.held.pop(claim.entry_id, None)
-                log.info("task %s not run: %s", claim.task_id, result,
-                         extra={"task_id": claim.task_id})
+                log.info(
+                    "task %s not run: %s", claim.task_id, result, extra={"task_id": claim.task_id}
+                )
         return started
 
     # --- leases, health, shutdown ------------------------------------------------------------
@@ -181,8 +184,11 @@ class Worker:
                 self._mark_redis_ok()
                 for entry_id in lost:
                     task_id = self.held.pop(entry_id, None)
-                    log.info("task %s is no longer held by this worker", task_id,
-                             extra={"task_id": task_id})
+                    log.info(
+                        "task %s is no longer held by this worker",
+                        task_id,
+                        extra={"task_id": task_id},
+                    )
             except _REDIS_DOWN as exc:
                 log.warning("heartbeat failed: %s", exc)
             await asyncio.sleep(interval)
@@ -194,7 +200,10 @@ class Worker:
         redis_age_s = time.monotonic() - self.redis_ok_at
         redis_ok = redis_age_s < self.settings.lease_ms / 1000
         detail: dict[str, object] = {
-            "worker": self.id, "redis": redis_ok, "stopping": self.stopping, "held": len(self.held)
+            "worker": self.id,
+            "redis": redis_ok,
+            "stopping": self.stopping,
+            "held": len(self.held),
         }
         return redis_ok and not self.stopping, detail
 
@@ -206,6 +215,9 @@ class Worker:
             await self.queue.release(self.id, entries, self.settings.lease_ms)
             log.info("handed back %d task(s) for other workers", len(entries))
         except _REDIS_DOWN as exc:
-            log.warning("could not hand back %d task(s) (%s); they return after the lease",
-                        len(entries), exc)
+            log.warning(
+                "could not hand back %d task(s) (%s); they return after the lease",
+                len(entries),
+                exc,
+            )
         self.held.clear()

@@ -42,6 +42,11 @@ class Keys:
         """Capped stream of dead-lettered tasks."""
         return f"{self.prefix}:dead"
 
+    @property
+    def stats(self) -> str:
+        """Sorted set of finished tasks' timings (score: end time in ms), for /stats."""
+        return f"{self.prefix}:stats"
+
     def task(self, task_id: str) -> str:
         """Hash of one task: context, state, timings, attempt."""
         return f"{self.prefix}:task:{task_id}"

@@ -84,10 +84,13 @@ def error_data(code: str, message: str) -> str:
 class TaskQueue:
     """Redis operations on tasks; one instance per process, shared by all its coroutines."""
 
-    def __init__(self, redis: Redis, keys: Keys, *, result_ttl_s: float) -> None:
+    def __init__(
+        self, redis: Redis, keys: Keys, *, result_ttl_s: float, stats_window_s: float = 300
+    ) -> None:
         self.redis = redis
         self.keys = keys
         self.ttl_ms = int(result_ttl_s * 1000)
+        self.stats_window_ms = int(stats_window_s * 1000)
         self._submit = redis.register_script(scripts.SUBMIT)
         self._start = redis.register_script(scripts.START)
         self._append = redis.register_script(scripts.APPEND)
@@ -142,8 +145,19 @@ class TaskQueue:
         return await self._abort_if(task_id, "queued,running", "timeout", message)
 
     async def _abort_if(self, task_id: str, states: str, code: str, message: str) -> bool:
-        keys = [self.keys.task(task_id), self.keys.result(task_id), self.keys.tasks]
-        args: list[str | int] = [states, code, error_data(code, message), self.ttl_ms]
+        keys = [
+            self.keys.task(task_id),
+            self.keys.result(task_id),
+            self.keys.tasks,
+            self.keys.stats,
+        ]
+        args: list[str | int] = [
+            states,
+            code,
+            error_data(code, message),
+            self.ttl_ms,
+            self.stats_window_ms,
+        ]
         return bool(await self._abort(keys=keys, args=args))
 
     async def results_after(self, task_id: str, index: int) -> list[ResultEntry]:
@@ -204,6 +218,7 @@ class TaskQueue:
             self.keys.result(claim.task_id),
             self.keys.tasks,
             self.keys.dead,
+            self.keys.stats,
         ]
         timeout = error_data("timeout", "the task's deadline passed before a worker started it")
         dead = error_data("dead_letter", f"the task was delivered {max_attempts} times")
@@ -215,6 +230,7 @@ class TaskQueue:
             timeout,
             dead,
             claim.task_id,
+            self.stats_window_ms,
         ]
         reply = await self._start(keys=keys, args=args)
         if _text(reply[0]) != "run":
@@ -244,8 +260,13 @@ class TaskQueue:
 
     async def finish(self, task: StartedTask, state: str, code: str, data: str) -> int:
         """End this attempt's task with `done` or `error`; <0 if it was not ours to end."""
-        keys = [self.keys.task(task.task_id), self.keys.result(task.task_id), self.keys.tasks]
-        args: list[str | int] = [task.attempt, state, code, data, self.ttl_ms]
+        keys = [
+            self.keys.task(task.task_id),
+            self.keys.result(task.task_id),
+            self.keys.tasks,
+            self.keys.stats,
+        ]
+        args: list[str | int] = [task.attempt, state, code, data, self.ttl_ms, self.stats_window_ms]
         return int(await self._finish(keys=keys, args=args))
 
     async def renew(self, consumer: str, entry_ids: list[str]) -> list[str]:

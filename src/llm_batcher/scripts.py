@@ -8,13 +8,48 @@ worker now owns.
 
 Task states: queued -> running -> done | error. `error` carries a code in the hash and in the
 terminal result entry.
+
+Every script that can end a task records the outcome in the stats sorted set (for /stats), so
+each task is counted exactly once, whoever ends it. By convention those scripts take the stats
+key as their last KEYS entry and the stats window (ms) as their last ARGV entry.
 """
 
 from __future__ import annotations
 
 # Shared helpers, prepended to every script that ends a task.
 _PRELUDE = """
+local STATS_KEY = KEYS[#KEYS]
+local STATS_WINDOW_MS = tonumber(ARGV[#ARGV])
+local STATS_MAX = 50000
+
+local function record(task, state, code, data)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local f = redis.call('HMGET', task, 'created_ms', 'started_ms', 'first_token_ms', 'worker',
+    'context')
+  local rec
+  if state == 'done' then
+    local d = cjson.decode(data)
+    rec = {queue_ms = d.queue_ms, ttft_ms = d.ttft_ms, total_ms = d.total_ms,
+      batch_size = d.batch_size, worker = d.worker}
+  else
+    local created = tonumber(f[1]) or now
+    rec = {queue_ms = f[2] and (tonumber(f[2]) - created) or cjson.null,
+      ttft_ms = f[3] and (tonumber(f[3]) - created) or cjson.null,
+      total_ms = now - created, batch_size = cjson.null, worker = f[4] or cjson.null}
+  end
+  rec.task_id = string.match(task, ':task:(.+)$')
+  rec.at_ms = now
+  rec.outcome = state
+  rec.code = code
+  rec.preview = string.sub(f[5] or '', 1, 120)
+  redis.call('ZADD', STATS_KEY, now, cjson.encode(rec))
+  redis.call('ZREMRANGEBYSCORE', STATS_KEY, '-inf', now - STATS_WINDOW_MS)
+  redis.call('ZREMRANGEBYRANK', STATS_KEY, 0, -STATS_MAX - 1)
+end
+
 local function finish(task, result, tasks, state, code, data, ttl)
+  record(task, state, code, data)
   redis.call('HSET', task, 'state', state, 'code', code)
   redis.call('XADD', result, '1-0', 'kind', state, 'data', data)
   redis.call('PEXPIRE', result, ttl)
@@ -44,8 +79,8 @@ redis.call('PEXPIRE', KEYS[2], ARGV[6])
 return entry
 """
 
-# KEYS: task hash, result stream, tasks stream, dead stream.
-# ARGV: now_ms, max_attempts, worker, ttl_ms, timeout_data, dead_data, task_id
+# KEYS: task hash, result stream, tasks stream, dead stream, stats.
+# ARGV: now_ms, max_attempts, worker, ttl_ms, timeout_data, dead_data, task_id, stats_window_ms
 # Returns {'run', attempt, context, tokens, created_ms, started_ms, first_token_ms}
 # or {reason} with reason one of missing, final, timeout, dead.
 START = (
@@ -105,7 +140,8 @@ end
 return n
 """
 
-# KEYS: task hash, result stream, tasks stream. ARGV: attempt, state, code, data, ttl_ms
+# KEYS: task hash, result stream, tasks stream, stats.
+# ARGV: attempt, state, code, data, ttl_ms, stats_window_ms
 # A worker ends its task. Returns 1, or -1 fenced out, -2 already final, -3 missing.
 FINISH = (
     _PRELUDE
@@ -119,7 +155,8 @@ return 1
 """
 )
 
-# KEYS: task hash, result stream, tasks stream. ARGV: states (comma-separated), code, data, ttl_ms
+# KEYS: task hash, result stream, tasks stream, stats.
+# ARGV: states (comma-separated), code, data, ttl_ms, stats_window_ms
 # Ends a task with an error if its state is one of the given ones (cancel: queued; deadline:
 # queued,running). Returns 1 if it did, else 0.
 ABORT = (

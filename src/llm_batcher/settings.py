@@ -46,6 +46,9 @@ class CommonSettings(BaseSettings):
     max_attempts: int = Field(
         3, ge=1, description="Deliveries of one task before it is dead-lettered with an error."
     )
+    stats_window_s: float = Field(
+        300, gt=0, description="Sliding window of /stats (latency quantiles, slowest requests)."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Log level."
     )

@@ -37,7 +37,9 @@ def create_app(settings: ApiSettings) -> FastAPI:
             pool_timeout_s=settings.redis_timeout_s,
         )
         keys = Keys(settings.key_prefix)
-        queue = TaskQueue(redis, keys, result_ttl_s=settings.result_ttl_s)
+        queue = TaskQueue(
+            redis, keys, result_ttl_s=settings.result_ttl_s, stats_window_s=settings.stats_window_s
+        )
         hub = ResultHub(redis, keys)
         app.state.llmb = AppState(settings=settings, redis=redis, queue=queue, hub=hub)
         try:

@@ -40,7 +40,12 @@ class Worker:
     def __init__(self, settings: WorkerSettings, redis: Redis) -> None:
         self.settings = settings
         self.id = settings.worker_id
-        self.queue = TaskQueue(redis, Keys(settings.key_prefix), result_ttl_s=settings.result_ttl_s)
+        self.queue = TaskQueue(
+            redis,
+            Keys(settings.key_prefix),
+            result_ttl_s=settings.result_ttl_s,
+            stats_window_s=settings.stats_window_s,
+        )
         self.runner = BatchRunner(self.queue, settings)
         self.held: dict[str, str] = {}  # entry id -> task id, for lease renewal and hand-back
         self.idle_block_ms = min(1000, settings.lease_ms // 3)

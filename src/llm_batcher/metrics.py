@@ -1,0 +1,94 @@
+"""Prometheus metrics of the API and the workers (names follow Prometheus conventions).
+
+Metric objects are module-level, as prometheus-client intends; they hold no configuration and
+open nothing. Labels stay bounded: outcomes, error codes, causes and batch sizes, never a task id
+or a context.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# Latencies of a batched LLM: tens of milliseconds (first token of a warm batch) to minutes.
+_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
+_BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128, 256)
+_WINDOW_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2)
+
+# --- API ------------------------------------------------------------------------------------
+
+REQUESTS = Counter(
+    "llm_batcher_requests_total",
+    "Requests to /generate by outcome: done, error, rejected, cancelled, closed (by shutdown),"
+    " disconnected (client left mid-stream). `code` is the error code or refusal code.",
+    ["outcome", "code"],
+)
+OPEN_STREAMS = Gauge("llm_batcher_open_streams", "SSE streams open on this API process.")
+TTFT = Histogram(
+    "llm_batcher_time_to_first_token_seconds",
+    "From a request's arrival to its first token, for tasks that produced one.",
+    buckets=_LATENCY_BUCKETS,
+)
+REQUEST_DURATION = Histogram(
+    "llm_batcher_request_duration_seconds",
+    "From a request's arrival to its `done` event.",
+    buckets=_LATENCY_BUCKETS,
+)
+QUEUE_WAIT = Histogram(
+    "llm_batcher_queue_wait_seconds",
+    "From a request's arrival to the start of its batch.",
+    buckets=_LATENCY_BUCKETS,
+)
+TOKENS_SENT = Counter("llm_batcher_tokens_sent_total", "Token events sent to clients.")
+
+# --- queue (exported by the API, which always runs; refreshed from Redis) ---------------------
+
+QUEUE_DEPTH = Gauge(
+    "llm_batcher_queue_depth", "Tasks waiting that no worker holds yet (the autoscaling signal)."
+)
+QUEUE_IN_FLIGHT = Gauge("llm_batcher_queue_in_flight", "Tasks held by workers, not yet finished.")
+WORKERS_LIVE = Gauge("llm_batcher_workers_live", "Workers with a heartbeat younger than a lease.")
+REDIS_UP = Gauge("llm_batcher_redis_up", "1 if the last Redis check of this process succeeded.")
+
+# --- worker -----------------------------------------------------------------------------------
+
+BATCH_SIZE = Histogram(
+    "llm_batcher_batch_size", "Tasks per LLM batch (mean = sum / count).", buckets=_BATCH_BUCKETS
+)
+BATCH_DURATION = Histogram(
+    "llm_batcher_batch_duration_seconds",
+    "Wall time of one LLM run, from spawn to exit.",
+    buckets=_LATENCY_BUCKETS,
+)
+WINDOW_WAIT = Histogram(
+    "llm_batcher_batch_window_wait_seconds",
+    "Time a batch waited for more tasks after its first one.",
+    buckets=_WINDOW_BUCKETS,
+)
+TASKS_RETRIED = Counter(
+    "llm_batcher_tasks_retried_total", "Tasks retried alone after their batch failed."
+)
+TASKS_TAKEN_OVER = Counter(
+    "llm_batcher_tasks_taken_over_total", "Tasks taken over from a worker whose lease lapsed."
+)
+TASKS_DEAD_LETTERED = Counter(
+    "llm_batcher_tasks_dead_lettered_total", "Tasks ended after too many deliveries."
+)
+TASKS_FINISHED = Counter(
+    "llm_batcher_tasks_finished_total",
+    "Tasks a worker ended, by state and code.",
+    ["state", "code"],
+)
+LLM_FAILURES = Counter(
+    "llm_batcher_llm_failures_total",
+    "Failed LLM runs by cause: crashed, hung, bad_output, truncated, spawn.",
+    ["cause"],
+)
+TOKENS_RELAYED = Counter(
+    "llm_batcher_tokens_relayed_total",
+    "Tokens a worker wrote to Redis (duplicates skipped on a retry are not counted).",
+)
+IN_FLIGHT = Gauge("llm_batcher_worker_in_flight_tasks", "Tasks this worker holds.")
+HEARTBEAT_AGE = Gauge(
+    "llm_batcher_worker_heartbeat_age_seconds",
+    "Seconds since this worker's last successful heartbeat.",
+)

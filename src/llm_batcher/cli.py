@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -61,6 +62,23 @@ def _cmd_api(args: argparse.Namespace) -> int:
     return serve(settings)
 
 
+def _cmd_stats(args: argparse.Namespace) -> int:
+    import httpx
+
+    from llm_batcher.stats import format_table
+
+    url = args.url.rstrip("/") + "/stats"
+    try:
+        response = httpx.get(url, timeout=5)
+        response.raise_for_status()
+    except httpx.HTTPError as exc:
+        print(f"llm-batcher stats: cannot read {url}: {exc}", file=sys.stderr)
+        return 1
+    report = response.json()
+    print(json.dumps(report, indent=2) if args.json else format_table(report))
+    return 0
+
+
 def _cmd_up(args: argparse.Namespace) -> int:
     from llm_batcher.up import main as up_main
 
@@ -85,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--window-ms", type=int, help="batch window (LLMB_WINDOW_MS)")
     worker.add_argument("--health-port", type=int, help="health/metrics port (LLMB_HEALTH_PORT)")
     worker.set_defaults(func=_cmd_worker)
+
+    stats = sub.add_parser("stats", help="print latency quantiles and the slowest requests")
+    stats.add_argument(
+        "--url", default="http://127.0.0.1:8000", help="the API (default http://127.0.0.1:8000)"
+    )
+    stats.add_argument("--json", action="store_true", help="print the raw JSON report")
+    stats.set_defaults(func=_cmd_stats)
 
     from llm_batcher.up import add_arguments as add_up_arguments
 

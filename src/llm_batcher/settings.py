@@ -89,6 +89,9 @@ class ApiSettings(CommonSettings):
     shutdown_grace_s: float = Field(
         20, ge=0, description="On SIGTERM, how long open streams may finish before being closed."
     )
+    stats_slowest: int = Field(
+        10, ge=0, le=1000, description="How many of the slowest requests /stats lists."
+    )
     redis_max_connections: int = Field(
         8, ge=2, description="Redis connections of one API process (plus one for pub/sub)."
     )

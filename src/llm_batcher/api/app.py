@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
@@ -11,7 +13,7 @@ from fastapi.staticfiles import StaticFiles
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from llm_batcher import __version__
+from llm_batcher import __version__, metrics
 from llm_batcher.api.errors import install_error_handlers
 from llm_batcher.api.hub import ResultHub
 from llm_batcher.api.routes import STATIC_DIR, router
@@ -22,6 +24,8 @@ from llm_batcher.redis_client import make_redis
 from llm_batcher.settings import ApiSettings
 
 log = logging.getLogger(__name__)
+
+QUEUE_METRICS_INTERVAL_S = 1.0
 
 
 def create_app(settings: ApiSettings) -> FastAPI:
@@ -47,9 +51,13 @@ def create_app(settings: ApiSettings) -> FastAPI:
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             log.warning("Redis unreachable at start-up (%s); /readyz fails until it is back", exc)
         await hub.start()
+        refresher = asyncio.create_task(_refresh_queue_metrics(queue, settings), name="metrics")
         try:
             yield
         finally:
+            refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refresher
             await hub.stop()
             await redis.aclose()
 
@@ -63,3 +71,21 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
+
+
+async def _refresh_queue_metrics(queue: TaskQueue, settings: ApiSettings) -> None:
+    """Keep the queue gauges current. The API exports them because it always runs, while
+    workers may be scaled to zero; every replica exports the same values (aggregate with max)."""
+    while True:
+        try:
+            async with asyncio.timeout(settings.redis_timeout_s * 2):
+                depth = await queue.depth()
+                workers = await queue.live_workers(int(time.time() * 1000), settings.lease_ms)
+            metrics.QUEUE_DEPTH.set(depth.waiting)
+            metrics.QUEUE_IN_FLIGHT.set(depth.in_flight)
+            metrics.WORKERS_LIVE.set(workers)
+            metrics.REDIS_UP.set(1)
+        except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError) as exc:
+            metrics.REDIS_UP.set(0)
+            log.debug("queue metrics not refreshed: %s", exc)
+        await asyncio.sleep(QUEUE_METRICS_INTERVAL_S)

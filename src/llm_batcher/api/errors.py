@@ -5,6 +5,8 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from llm_batcher import metrics
+
 
 class ApiError(Exception):
     """A request the API refuses: HTTP status, a stable code, and a message for people."""
@@ -22,6 +24,8 @@ class ApiError(Exception):
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        if request.url.path == "/generate":
+            metrics.REQUESTS.labels("rejected", exc.code).inc()
         return JSONResponse(
             {"detail": exc.message, "code": exc.code}, status_code=exc.status, headers=exc.headers
         )

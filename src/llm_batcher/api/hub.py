@@ -74,6 +74,11 @@ class ResultHub:
         self._idle = asyncio.Event()  # set while no stream is open
         self._idle.set()
         self.closing = False
+        # redis-py's PubSub is not safe for concurrent first use: every caller that finds it
+        # unconnected takes a pool connection of its own and the last one wins, so the
+        # subscriptions sent on the others are never read and the pool runs dry (32 streams
+        # opened at once waited 5 s, then failed). One (un)subscribe at a time.
+        self._command_lock = asyncio.Lock()
 
     @property
     def open_streams(self) -> int:
@@ -114,7 +119,8 @@ class ResultHub:
         try:
             if first:
                 confirmed = self._confirmed[channel] = asyncio.Event()
-                await self._pubsub.subscribe(channel)
+                async with self._command_lock:
+                    await self._pubsub.subscribe(channel)
                 async with asyncio.timeout(timeout_s):
                     await confirmed.wait()
             else:
@@ -130,7 +136,8 @@ class ResultHub:
                         self._idle.set()
                     self._confirmed.pop(channel, None)
                     with contextlib.suppress(RedisConnectionError, RedisTimeoutError, OSError):
-                        await self._pubsub.unsubscribe(channel)
+                        async with self._command_lock:
+                            await self._pubsub.unsubscribe(channel)
 
     async def _wait_confirmed(self, channel: str, timeout_s: float) -> None:
         event = self._confirmed.get(channel)

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field, ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -19,6 +20,8 @@ from sse_starlette import EventSourceResponse
 from llm_batcher.api.errors import ApiError
 from llm_batcher.api.state import AppState
 from llm_batcher.api.stream import StreamState, TaskStream
+from llm_batcher.metrics import API_REGISTRY, exposition
+from llm_batcher.stats import collect as collect_stats
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -65,6 +68,36 @@ async def readyz(request: Request) -> JSONResponse:
         detail["error"] = f"Redis unreachable: {exc or type(exc).__name__}"
     ready = detail["redis"] and detail["workers"] and not state.draining
     return JSONResponse({"ready": bool(ready), **detail}, status_code=200 if ready else 503)
+
+
+@router.get("/metrics", tags=["health"], response_class=Response)
+async def prometheus_metrics() -> Response:
+    """Prometheus metrics of this API process, queue depth included."""
+    return Response(exposition(API_REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/stats", tags=["stats"])
+async def stats(request: Request) -> JSONResponse:
+    """Latency quantiles, request counts and the slowest requests of the sliding window,
+    the same on every replica, plus the queue depth and live workers."""
+    state = _state(request)
+    settings = state.settings
+    try:
+        async with asyncio.timeout(settings.redis_timeout_s * 3):
+            report = await collect_stats(
+                state.queue,
+                window_s=settings.stats_window_s,
+                slowest=settings.stats_slowest,
+                lease_ms=settings.lease_ms,
+            )
+    except _REDIS_DOWN as exc:
+        raise ApiError(
+            503,
+            "redis_unavailable",
+            f"Redis is unreachable: {exc or 'timeout'}",
+            {"Retry-After": "2"},
+        ) from exc
+    return JSONResponse(report, headers={"Cache-Control": "no-cache"})
 
 
 @router.get(
@@ -198,7 +231,12 @@ async def _resume(state: AppState, last_event_id: str) -> EventSourceResponse:
 def _parse_event_id(value: str) -> tuple[str, int]:
     task_id, _, index = value.strip().rpartition(":")
     try:
-        return str(uuid.UUID(task_id)), int(index)
+        parsed = str(uuid.UUID(task_id)), int(index)
+        # -1 is the `task` event; an index outside Redis's stream-id range would make the
+        # range read fail after the 200 went out, and EventSource would retry it forever.
+        if not -1 <= parsed[1] < _MAX_TOKEN_INDEX:
+            raise ValueError(index)
+        return parsed
     except ValueError:
         raise ApiError(
             422, "invalid_last_event_id", "Last-Event-ID must look like <task_id>:<index>"

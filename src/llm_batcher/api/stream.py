@@ -20,6 +20,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sse_starlette import ServerSentEvent
 
+from llm_batcher import metrics
 from llm_batcher.api.hub import CLOSE, RESYNC, ResultHub
 from llm_batcher.queue import ResultEntry, TaskQueue
 from llm_batcher.settings import ApiSettings
@@ -59,6 +60,8 @@ class TaskStream:
     async def events(self) -> AsyncIterator[ServerSentEvent]:
         """The whole stream; on a client disconnect before any token, cancel a task it queued."""
         state = self.state
+        outcome = "disconnected"
+        metrics.OPEN_STREAMS.inc()
         try:
             yield ServerSentEvent(
                 event="task",
@@ -75,6 +78,7 @@ class TaskStream:
                         break
                     pending = await self._next(await sub.get(self._wait_s()))
         except _Closed:
+            outcome = "closed"
             log.info(
                 "stream of task %s closed for shutdown",
                 state.task_id,
@@ -83,9 +87,13 @@ class TaskStream:
         except _REDIS_DOWN as exc:
             yield self._error("redis_unavailable", f"Redis is unreachable: {exc}")
         finally:
+            metrics.OPEN_STREAMS.dec()
             gone_before_start = state.created_here and state.next_index == 0
             if gone_before_start and not state.terminal_sent and not self.hub.closing:
+                outcome = "cancelled"
                 self.hub_spawn_cancel()
+            if not state.terminal_sent:
+                metrics.REQUESTS.labels(outcome, "").inc()
 
     def hub_spawn_cancel(self) -> None:
         """Cancel the task in the background: the client has gone, this coroutine is ending."""
@@ -153,10 +161,16 @@ class TaskStream:
                 )
             )
             state.next_index += 1
+        tokens = len(events) - int(state.terminal_sent)
+        if tokens:
+            metrics.TOKENS_SENT.inc(tokens)
         return events
 
     def _terminal(self, entry: ResultEntry) -> ServerSentEvent:
         data = entry.data or {}
+        metrics.REQUESTS.labels(entry.kind, data.get("code") or "").inc()
+        if entry.kind == "done" and self.state.created_here:
+            _observe_latencies(data)
         log.info(
             "task %s ended: %s %s", self.state.task_id, entry.kind,
             data.get("code") or f"{data.get('tokens')} tokens in {data.get('total_ms')} ms",
@@ -166,6 +180,7 @@ class TaskStream:
 
     def _error(self, code: str, message: str) -> ServerSentEvent:
         self.state.terminal_sent = True
+        metrics.REQUESTS.labels("error", code).inc()
         log.warning(
             "task %s: %s: %s",
             self.state.task_id,
@@ -178,6 +193,17 @@ class TaskStream:
     def _wait_s(self) -> float:
         to_deadline = (self.state.deadline_ms - _now_ms()) / 1000
         return max(0.0, min(_LIVENESS_CHECK_S, to_deadline))
+
+
+def _observe_latencies(data: dict[str, object]) -> None:
+    for histogram, field in (
+        (metrics.TTFT, "ttft_ms"),
+        (metrics.REQUEST_DURATION, "total_ms"),
+        (metrics.QUEUE_WAIT, "queue_ms"),
+    ):
+        value = data.get(field)
+        if isinstance(value, int | float):
+            histogram.observe(value / 1000)
 
 
 def _lost_entry() -> ResultEntry:

@@ -21,6 +21,7 @@ from typing import TypeVar
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from llm_batcher import metrics
 from llm_batcher.codec import ChildLine, TokenLine
 from llm_batcher.queue import StartedTask, TaskQueue, error_data
 from llm_batcher.settings import WorkerSettings
@@ -52,6 +53,7 @@ class TaskRun:
     finished: bool = False  # the child said this context is complete
     closed: bool = False  # nothing more to do: terminal written, or no longer ours
     first_token_ms: int | None = None
+    in_redis: int = 0  # tokens of this task in its result stream, as last reported by Redis
 
     @property
     def produced(self) -> int:
@@ -60,7 +62,7 @@ class TaskRun:
     @property
     def visible_tokens(self) -> int:
         """Tokens clients may already have seen (earlier attempts included)."""
-        return max(self.task.tokens_written, self.produced - len(self.pending))
+        return self.in_redis
 
 
 class BatchRunner:
@@ -72,13 +74,16 @@ class BatchRunner:
 
     async def run(self, tasks: list[StartedTask], batch_id: str) -> list[StartedTask]:
         """Run one batch to its end; returns the tasks to retry, each in a batch of its own."""
-        runs = [TaskRun(t, first_token_ms=t.first_token_ms) for t in tasks]
+        runs = [
+            TaskRun(t, first_token_ms=t.first_token_ms, in_redis=t.tokens_written) for t in tasks
+        ]
         log.info(
             "batch %s: running %d task(s): %s",
             batch_id, len(runs), " ".join(t.task_id for t in tasks),
             extra={"batch_id": batch_id},
         )  # fmt: skip
         started = time.monotonic()
+        metrics.BATCH_SIZE.observe(len(runs))
         try:
             async with LlmChild.run(
                 self.settings.llm_argv,
@@ -92,8 +97,11 @@ class BatchRunner:
             if not all(r.finished for r in runs):
                 raise ChildFailure("truncated", "the LLM exited without finishing every context")
         except ChildFailure as failure:
+            metrics.BATCH_DURATION.observe(time.monotonic() - started)
+            metrics.LLM_FAILURES.labels(failure.cause).inc()
             await self._flush(runs, batch_id)
             return await self._fail(runs, failure, batch_id)
+        metrics.BATCH_DURATION.observe(time.monotonic() - started)
         log.info(
             "batch %s: done in %.0f ms",
             batch_id, (time.monotonic() - started) * 1000, extra={"batch_id": batch_id},
@@ -121,8 +129,18 @@ class BatchRunner:
                 "task %s is no longer this worker's (%d); dropping its output",
                 run.task.task_id, written, extra={"task_id": run.task.task_id},
             )  # fmt: skip
-        elif run.first_token_ms is None:
+            return
+        if written > run.in_redis:
+            metrics.TOKENS_RELAYED.inc(written - run.in_redis)
+            run.in_redis = written
+        if run.first_token_ms is None:
             run.first_token_ms = stamp
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "task %s: tokens %d..%d relayed",
+                run.task.task_id, first_index, first_index + len(tokens) - 1,
+                extra={"task_id": run.task.task_id},
+            )  # fmt: skip
 
     async def _done(self, run: TaskRun, batch_size: int, batch_id: str) -> None:
         task, end = run.task, now_ms()
@@ -141,6 +159,7 @@ class BatchRunner:
         payload = json.dumps(data, ensure_ascii=False)
         await _retrying(lambda: self.queue.finish(task, "done", "", payload), task.task_id)
         run.closed = True
+        metrics.TASKS_FINISHED.labels("done", "").inc()
         log.info(
             "task %s done: %d tokens, total %d ms",
             task.task_id, run.produced, data["total_ms"],
@@ -162,12 +181,14 @@ class BatchRunner:
                 partial(self.queue.finish, run.task, "error", code, data), run.task.task_id
             )
             run.closed = True
+            metrics.TASKS_FINISHED.labels("error", code).inc()
             log.warning(
                 "task %s failed: %s: %s",
                 run.task.task_id, code, message,
                 extra={"task_id": run.task.task_id, "batch_id": batch_id},
             )  # fmt: skip
         if retry:
+            metrics.TASKS_RETRIED.inc(len(retry))
             log.warning(
                 "batch %s failed (%s); retrying %d task(s) that had no token yet, each alone",
                 batch_id, failure.cause, len(retry), extra={"batch_id": batch_id},

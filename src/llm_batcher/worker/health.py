@@ -12,7 +12,9 @@ import json
 import logging
 from collections.abc import Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from llm_batcher.metrics import WORKER_REGISTRY, exposition
 
 log = logging.getLogger(__name__)
 
@@ -70,5 +72,5 @@ class HealthServer:
             body = json.dumps({"ready": ready, **detail}).encode() + b"\n"
             return (200 if ready else 503), "application/json", body
         if path == "/metrics":
-            return 200, CONTENT_TYPE_LATEST, generate_latest()
+            return 200, CONTENT_TYPE_LATEST, exposition(WORKER_REGISTRY)
         return 404, "text/plain", b"not found\n"

@@ -22,6 +22,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from llm_batcher import metrics
 from llm_batcher.keys import Keys
 from llm_batcher.queue import Claim, StartedTask, TaskQueue
 from llm_batcher.settings import WorkerSettings
@@ -32,6 +33,7 @@ from llm_batcher.worker.health import HealthServer
 log = logging.getLogger(__name__)
 
 _REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+_ENDED_AT_START = {"dead": "dead_letter", "timeout": "timeout"}  # START ended the task
 
 
 class Worker:
@@ -52,6 +54,10 @@ class Worker:
         self.redis_ok_at = 0.0  # monotonic time of the last successful Redis call
         self.stopping = False
         self.health = HealthServer(settings.health_host, settings.health_port, self._readiness)
+        self.heartbeat_at = time.monotonic()
+        metrics.IN_FLIGHT.set_function(lambda: len(self.held))
+        metrics.HEARTBEAT_AGE.set_function(lambda: time.monotonic() - self.heartbeat_at)
+        metrics.WORKER_REDIS_UP.set_function(lambda: float(self._redis_recent()))
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, then shut down in the documented order."""
@@ -101,11 +107,13 @@ class Worker:
         size = self.settings.max_batch
         claims = await self.queue.reclaim_expired(self.id, size, self.settings.lease_ms)
         if claims:
+            metrics.TASKS_TAKEN_OVER.inc(len(claims))
             log.info("took over %d task(s) from a silent worker", len(claims))
         else:
             claims = await self.queue.read_new(self.id, size, self.idle_block_ms)
         self._hold(claims)
-        window_end = time.monotonic() + self.settings.window_ms / 1000
+        window_start = time.monotonic()
+        window_end = window_start + self.settings.window_ms / 1000
         while claims and len(claims) < size and not stop.is_set():
             remaining_ms = int((window_end - time.monotonic()) * 1000)
             if remaining_ms <= 0:
@@ -113,6 +121,8 @@ class Worker:
             more = await self.queue.read_new(self.id, size - len(claims), remaining_ms)
             self._hold(more)
             claims += more
+        if claims:
+            metrics.WINDOW_WAIT.observe(time.monotonic() - window_start)
         return claims
 
     def _hold(self, claims: list[Claim]) -> None:
@@ -172,6 +182,10 @@ class Worker:
             if isinstance(result, StartedTask):
                 started.append(result)
             else:
+                if result == "dead":
+                    metrics.TASKS_DEAD_LETTERED.inc()
+                if result in _ENDED_AT_START:
+                    metrics.TASKS_FINISHED.labels("error", _ENDED_AT_START[result]).inc()
                 self.held.pop(claim.entry_id, None)
                 log.info(
                     "task %s not run: %s", claim.task_id, result, extra={"task_id": claim.task_id}
@@ -185,6 +199,7 @@ class Worker:
         while True:
             try:
                 await self.queue.heartbeat(self.id, now_ms(), self.settings.lease_ms)
+                self.heartbeat_at = time.monotonic()
                 lost = await self.queue.renew(self.id, list(self.held))
                 self._mark_redis_ok()
                 for entry_id in lost:
@@ -201,9 +216,11 @@ class Worker:
     def _mark_redis_ok(self) -> None:
         self.redis_ok_at = time.monotonic()
 
+    def _redis_recent(self) -> bool:
+        return time.monotonic() - self.redis_ok_at < self.settings.lease_ms / 1000
+
     def _readiness(self) -> tuple[bool, dict[str, object]]:
-        redis_age_s = time.monotonic() - self.redis_ok_at
-        redis_ok = redis_age_s < self.settings.lease_ms / 1000
+        redis_ok = self._redis_recent()
         detail: dict[str, object] = {
             "worker": self.id,
             "redis": redis_ok,

@@ -97,6 +97,7 @@ class TaskQueue:
         self._finish = redis.register_script(scripts.FINISH)
         self._abort = redis.register_script(scripts.ABORT)
         self._renew = redis.register_script(scripts.RENEW)
+        self._depth = redis.register_script(scripts.DEPTH)
 
     # --- both sides -----------------------------------------------------------------------
 
@@ -108,18 +109,11 @@ class TaskQueue:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    async def depth(self) -> QueueDepth:
-        """Waiting: in the stream, not delivered. In flight: delivered, not yet acknowledged."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xlen(self.keys.tasks)
-            pipe.xpending(self.keys.tasks, WORKER_GROUP)
-            try:
-                length, pending = await pipe.execute()
-            except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                return QueueDepth(waiting=await self.redis.xlen(self.keys.tasks), in_flight=0)
-        in_flight = int(pending["pending"])
+    async def depth(self, lease_ms: int) -> QueueDepth:
+        """Waiting: tasks no live worker holds (never delivered, or held by a worker whose lease
+        lapsed). In flight: tasks live workers hold. Correct with no worker at all."""
+        length, pending, stale = await self._depth(keys=[self.keys.tasks], args=[lease_ms, 10000])
+        in_flight = int(pending) - int(stale)
         return QueueDepth(waiting=max(0, int(length) - in_flight), in_flight=in_flight)
 
     async def live_workers(self, now_ms: int, lease_ms: int) -> int:

@@ -186,3 +186,17 @@ for i = 3, #ARGV do
 end
 return lost
 """
+
+# KEYS: tasks stream. ARGV: lease_ms, max entries to inspect.
+# Returns {stream length, pending, pending idle for longer than a lease (their worker is gone)}.
+DEPTH = """
+local length = redis.call('XLEN', KEYS[1])
+local summary = redis.pcall('XPENDING', KEYS[1], 'workers')
+if type(summary) ~= 'table' or summary.err then return {length, 0, 0} end
+local pending = tonumber(summary[1])
+local stale = 0
+if pending > 0 then
+  stale = #redis.call('XPENDING', KEYS[1], 'workers', 'IDLE', ARGV[1], '-', '+', ARGV[2])
+end
+return {length, pending, stale}
+"""

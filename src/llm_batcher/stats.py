@@ -94,7 +94,7 @@ async def collect(
     """Everything /stats shows: the window's figures, queue depth and live workers."""
     records = await read_records(queue.redis, queue.keys, window_s)
     report = summarize(records, window_s=window_s, slowest=slowest)
-    depth = await queue.depth()
+    depth = await queue.depth(lease_ms)
     report["queue_depth"] = depth.waiting
     report["in_flight"] = depth.in_flight
     report["workers"] = await queue.live_workers(int(time.time() * 1000), lease_ms)

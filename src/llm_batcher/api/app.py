@@ -79,7 +79,7 @@ async def _refresh_queue_metrics(queue: TaskQueue, settings: ApiSettings) -> Non
     while True:
         try:
             async with asyncio.timeout(settings.redis_timeout_s * 2):
-                depth = await queue.depth()
+                depth = await queue.depth(settings.lease_ms)
                 workers = await queue.live_workers(int(time.time() * 1000), settings.lease_ms)
             metrics.QUEUE_DEPTH.set(depth.waiting)
             metrics.QUEUE_IN_FLIGHT.set(depth.in_flight)

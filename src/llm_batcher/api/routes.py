@@ -29,6 +29,7 @@ STATIC_DIR = Path(__file__).parent / "static"
 
 _REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
 _SSE_HEADERS = {"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"}
+_MAX_TOKEN_INDEX = 2**63  # token i is result-stream entry 0-(i+1), a 64-bit sequence number
 
 
 class GenerateRequest(BaseModel):

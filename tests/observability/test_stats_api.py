@@ -1,0 +1,54 @@
+"""/stats agrees across API replicas, and `llm-batcher stats` prints it."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from pathlib import Path
+
+import httpx
+from redis.asyncio import Redis
+
+from tests.helpers import BIN, start_api, start_worker
+from tests.observability.support import generate
+
+
+async def test_stats_agree_across_two_api_processes(
+    redis: Redis, redis_url: str, key_prefix: str, tmp_path: Path
+) -> None:
+    worker, _ = await start_worker(redis_url, key_prefix, tmp_path, window_ms=50)
+    api_a, base_a = await start_api(redis_url, key_prefix, tmp_path)
+    api_b, base_b = await start_api(redis_url, key_prefix, tmp_path)
+    try:
+        contexts = [f"@mock ttft_ms={50 * i} itl_ms=0\nstats {i}" for i in range(1, 7)]
+        results = await asyncio.gather(
+            *(generate(base_a if i % 2 else base_b, c) for i, c in enumerate(contexts))
+        )
+        kind, _ = await generate(base_a, "@mock fail=exit\nfails")
+        async with httpx.AsyncClient(timeout=5) as client:
+            report_a = (await client.get(f"{base_a}/stats")).json()
+            report_b = (await client.get(f"{base_b}/stats")).json()
+        printed = await asyncio.to_thread(
+            subprocess.run,
+            [str(BIN / "llm-batcher"), "stats", "--url", base_b],
+            capture_output=True, text=True, timeout=30, check=True,
+        ).stdout  # fmt: skip
+    finally:
+        api_a.stop()
+        api_b.stop()
+        worker.stop()
+
+    assert all(k == "done" for k, _ in results) and kind == "error"
+    for field in ("requests", "ttft_ms", "total_ms", "queue_ms", "slowest"):
+        assert report_a[field] == report_b[field], field
+    assert report_a["requests"]["done"] == 6
+    assert report_a["requests"]["by_code"] == {"llm_crashed": 1}
+    assert report_a["ttft_ms"]["count"] == 6
+    assert report_a["ttft_ms"]["max"] >= 300  # the slowest asked for 300 ms to its first token
+    totals = [s["total_ms"] for s in report_a["slowest"]]
+    assert totals == sorted(totals, reverse=True)
+    previews = {s["context_preview"].split("\n")[-1] for s in report_a["slowest"]}
+    assert previews == {f"stats {i}" for i in range(1, 7)} | {"fails"}
+    assert report_a["workers"] == 1
+    assert report_a["slowest"][0]["task_id"] in printed
+    assert "ttft" in printed and "p99" in printed

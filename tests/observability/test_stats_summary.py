@@ -1,0 +1,58 @@
+"""The pure parts of /stats: quantiles, the window summary and the terminal table."""
+
+from __future__ import annotations
+
+from llm_batcher.stats import PREVIEW_CHARS, format_table, quantiles, summarize
+
+
+def test_quantiles_use_the_nearest_rank() -> None:
+    values = list(range(1, 101))  # 1..100
+    assert quantiles(values) == {"p50": 50, "p90": 90, "p99": 99, "max": 100, "count": 100}
+    assert quantiles([7]) == {"p50": 7, "p90": 7, "p99": 7, "max": 7, "count": 1}
+    assert quantiles([])["p50"] is None
+
+
+def _record(i: int, **kw: object) -> dict[str, object]:
+    base: dict[str, object] = {
+        "task_id": f"t{i}", "at_ms": 1_700_000_000_000 + i, "outcome": "done", "code": "",
+        "queue_ms": i, "ttft_ms": 10 * i, "total_ms": 100 * i, "batch_size": 4,
+        "worker": "w1", "preview": f"context {i}",
+    }  # fmt: skip
+    base.update(kw)
+    return base
+
+
+def test_summary_counts_outcomes_and_lists_the_slowest_first() -> None:
+    records = [_record(i) for i in range(1, 11)]
+    records.append(_record(99, outcome="error", code="llm_crashed", ttft_ms=None, total_ms=50))
+    records.append(_record(98, outcome="error", code="cancelled", ttft_ms=None, total_ms=5))
+    report = summarize(records, window_s=300, slowest=3)
+    assert report["requests"] == {
+        "total": 12, "done": 10, "error": 2, "by_code": {"cancelled": 1, "llm_crashed": 1}
+    }  # fmt: skip
+    # quantiles are over completed requests only
+    assert report["total_ms"]["count"] == 10
+    assert report["total_ms"]["p50"] == 500
+    assert report["ttft_ms"]["max"] == 100
+    assert [s["task_id"] for s in report["slowest"]] == ["t10", "t9", "t8"]
+    assert report["slowest"][0]["at"].endswith("Z")
+
+
+def test_preview_is_truncated_and_hostile_text_stays_data() -> None:
+    hostile = "<script>alert(1)</script>\n\r\x00" + "x" * 500
+    report = summarize([_record(1, preview=hostile)], window_s=60, slowest=5)
+    preview = report["slowest"][0]["context_preview"]
+    assert preview.startswith("<script>") and preview.endswith("…")
+    assert len(preview) == PREVIEW_CHARS + 1
+    table = format_table({**report, "queue_depth": 3, "in_flight": 1, "workers": 2})
+    assert "\x00" not in table and "\r" not in table  # JSON-escaped in the table
+    assert "queue depth 3" in table and "live workers 2" in table
+
+
+def test_table_shows_every_quantile_row() -> None:
+    report = summarize([_record(i) for i in range(1, 5)], window_s=300, slowest=2)
+    table = format_table({**report, "queue_depth": 0, "in_flight": 0, "workers": 1})
+    lines = table.splitlines()
+    assert any(line.startswith("ttft") and "40" in line for line in lines)
+    assert any(line.startswith("total") and "400" in line for line in lines)
+    assert "slowest 2:" in table and "t4" in table

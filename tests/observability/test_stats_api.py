@@ -28,11 +28,15 @@ async def test_stats_agree_across_two_api_processes(
         async with httpx.AsyncClient(timeout=5) as client:
             report_a = (await client.get(f"{base_a}/stats")).json()
             report_b = (await client.get(f"{base_b}/stats")).json()
-        printed = await asyncio.to_thread(
+        completed = await asyncio.to_thread(
             subprocess.run,
             [str(BIN / "llm-batcher"), "stats", "--url", base_b],
-            capture_output=True, text=True, timeout=30, check=True,
-        ).stdout  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        printed = completed.stdout
     finally:
         api_a.stop()
         api_b.stop()

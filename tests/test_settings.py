@@ -1,0 +1,58 @@
+"""Settings: every one is documented, and a bad value stops a process with one clear line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from llm_batcher.settings import ApiSettings, CommonSettings, WorkerSettings
+from tests.helpers import BIN
+
+README = Path(__file__).parent.parent / "README.md"
+
+
+def _env_names() -> set[str]:
+    fields = {**CommonSettings.model_fields, **ApiSettings.model_fields}
+    fields.update(WorkerSettings.model_fields)
+    return {f"LLMB_{name.upper()}" for name in fields}
+
+
+def test_every_setting_is_in_the_readme_table() -> None:
+    table = README.read_text()
+    missing = sorted(n for n in _env_names() if f"| `{n}` |" not in table)
+    assert not missing, f"settings missing from the README table: {missing}"
+
+
+def test_settings_are_read_from_the_environment_when_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLMB_MAX_BATCH", "7")
+    monkeypatch.setenv("LLMB_LLM_COMMAND", "my-llm --flag 'two words'")
+    settings = WorkerSettings()
+    assert settings.max_batch == 7
+    assert settings.llm_argv == ["my-llm", "--flag", "two words"]
+    assert settings.worker_id  # host-pid by default
+
+
+@pytest.mark.parametrize(
+    ("command", "variable", "value"),
+    [
+        ("worker", "LLMB_WINDOW_MS", "-5"),
+        ("worker", "LLMB_MAX_BATCH", "four"),
+        ("api", "LLMB_REDIS_URL", "http://not-redis"),
+        ("api", "LLMB_PORT", "70000"),
+    ],
+)
+def test_a_bad_value_stops_the_process_with_one_line(
+    command: str, variable: str, value: str
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMB_")}
+    env[variable] = value
+    result = subprocess.run(
+        [str(BIN / "llm-batcher"), command], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert variable in lines[0] and "invalid" in lines[0]

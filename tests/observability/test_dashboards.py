@@ -1,0 +1,603 @@
+"""Checks of the Grafana dashboard and the Prometheus alert rules in deploy/.
+
+The main check: every metric name that a PromQL expression uses (dashboard targets and alert
+expressions) must be a sample name that the code exports, as computed from the registries of
+llm_batcher.metrics. A renamed metric, or a histogram queried without its `_bucket` suffix,
+fails here and not on a blank panel in production.
+
+The rules file is read with PyYAML when it is importable. PyYAML is not among the project's
+dependencies, so without it a small parser of the subset of YAML that alerts.yaml uses reads
+the rules; when PyYAML is there, a test checks that both agree. The checks that run promtool
+(syntax of the rules and of every dashboard expression, and unit tests of the alerts on
+synthetic series) are skipped when promtool is not on PATH.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import prometheus_client
+import pytest
+from prometheus_client.registry import CollectorRegistry
+
+import llm_batcher.metrics as metrics_module
+
+ROOT = Path(__file__).resolve().parents[2]
+DASHBOARD_PATH = ROOT / "deploy" / "grafana" / "llm-batcher-dashboard.json"
+ALERTS_PATH = ROOT / "deploy" / "prometheus" / "alerts.yaml"
+
+DATASOURCE_UID = "${datasource}"
+ROWS = ["Traffic", "Latency", "Queue & workers", "Batching", "Failures", "Redis"]
+UNITS = {"s", "reqps", "short", "percentunit"}
+ALERT_NAMES = {
+    "LlmBatcherQueueStuck",
+    "LlmBatcherQueueBacklog",
+    "LlmBatcherHighLatencyP99",
+    "LlmBatcherHighErrorRate",
+    "LlmBatcherNoLiveWorkers",
+    "LlmBatcherDeadLetters",
+    "LlmBatcherLlmFailures",
+    "LlmBatcherRedisDown",
+}
+SEVERITIES = {"critical", "warning", "info"}
+# Gauges that every API replica exports with the same value, read from Redis: max(), not sum().
+REPLICATED_GAUGES = (
+    "llm_batcher_queue_depth",
+    "llm_batcher_queue_in_flight",
+    "llm_batcher_workers_live",
+)
+# Grafana's built-in interval variables, replaced by durations for promtool.
+GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h"}
+
+PROMTOOL = shutil.which("promtool")
+needs_promtool = pytest.mark.skipif(
+    PROMTOOL is None,
+    reason="promtool is not on PATH (Debian's package `prometheus` installs /usr/bin/promtool)",
+)
+
+# --- what the code exports --------------------------------------------------------------------
+
+# Sample-name suffixes by metric family type, as prometheus-client exposes them.
+_SUFFIXES: dict[str, tuple[str, ...]] = {
+    "counter": ("_total", "_created"),
+    "histogram": ("_bucket", "_sum", "_count", "_created"),
+    "summary": ("", "_sum", "_count", "_created"),
+    "gaugehistogram": ("_bucket", "_gsum", "_gcount"),
+    "info": ("_info",),
+}
+
+
+def _registries() -> list[CollectorRegistry]:
+    """The default registry and every registry that llm_batcher.metrics defines."""
+    found = [prometheus_client.REGISTRY]
+    for value in vars(metrics_module).values():
+        if isinstance(value, CollectorRegistry) and all(value is not r for r in found):
+            found.append(value)
+    return found
+
+
+def exported_families() -> dict[str, set[str]]:
+    """Family name -> its sample names, for every llm_batcher_ family the code registers.
+
+    Families, not samples, so that labelled metrics with no child yet count too."""
+    families: dict[str, set[str]] = {}
+    for registry in _registries():
+        for family in registry.collect():
+            if not family.name.startswith("llm_batcher_"):
+                continue
+            suffixes = _SUFFIXES.get(family.type, ("",))
+            families.setdefault(family.name, set()).update(family.name + s for s in suffixes)
+    return families
+
+
+def exported_sample_names() -> set[str]:
+    return set().union(*exported_families().values())
+
+
+# --- PromQL tokenizer -------------------------------------------------------------------------
+
+# Strings, comments, identifiers (metric names may contain colons), then any other character.
+_TOKEN = re.compile(
+    r""""(?:\\.|[^"\\])*"|'(?:\\.|[^'\\])*'|`[^`]*`|#[^\n]*|[A-Za-z_:][A-Za-z0-9_:]*|\S"""
+)
+_METRIC = re.compile(r"llm_batcher_[a-zA-Z0-9_]+")
+
+
+def metric_names(expr: str) -> set[str]:
+    """The llm_batcher_ metric names an expression uses (not inside strings or comments)."""
+    return {token for token in _TOKEN.findall(expr) if _METRIC.fullmatch(token)}
+
+
+# --- the dashboard ----------------------------------------------------------------------------
+
+
+def load_dashboard() -> dict[str, Any]:
+    return json.loads(DASHBOARD_PATH.read_text(encoding="utf-8"))
+
+
+def all_panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every panel, those inside collapsed rows included."""
+    for panel in dashboard["panels"]:
+        yield panel
+        yield from panel.get("panels", [])
+
+
+def data_panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    return [p for p in all_panels(dashboard) if p["type"] != "row"]
+
+
+def dashboard_exprs(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
+    """(where, expr) of every target of every panel."""
+    return [
+        (f"panel {p['id']} {p['title']!r} target {t.get('refId')}", t.get("expr", ""))
+        for p in data_panels(dashboard)
+        for t in p.get("targets", [])
+    ]
+
+
+# --- the alert rules --------------------------------------------------------------------------
+
+_BLOCK_STYLES = {"|", "|-", "|+", ">", ">-", ">+"}
+_KEY = re.compile(r"^(\s*)([A-Za-z_][\w-]*):(?:\s+(.*))?$")
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip(" "))
+
+
+def _skippable(line: str) -> bool:
+    return not line.strip() or line.lstrip().startswith("#")
+
+
+def _scalar(raw: str) -> str:
+    if len(raw) >= 2 and raw[0] == raw[-1] == '"':
+        return str(json.loads(raw))  # the escapes alerts.yaml uses (\") are JSON's too
+    if len(raw) >= 2 and raw[0] == raw[-1] == "'":
+        return raw[1:-1].replace("''", "'")
+    return raw
+
+
+def _block(lines: list[str], i: int, parent: int, style: str) -> tuple[str, int]:
+    """A literal (|) or folded (>) block scalar under a key indented by `parent`."""
+    body: list[str] = []
+    while i < len(lines) and (not lines[i].strip() or _indent(lines[i]) > parent):
+        body.append(lines[i])
+        i += 1
+    while body and not body[-1].strip():
+        body.pop()
+    if not body:
+        return "", i
+    indent = _indent(next(line for line in body if line.strip()))
+    text_lines = [line[indent:] if line.strip() else "" for line in body]
+    if style.startswith("|"):
+        text = "\n".join(text_lines)
+    else:  # folded: lines of a paragraph joined by spaces, paragraphs by newlines
+        text = "\n".join(" ".join(p.split("\n")) for p in "\n".join(text_lines).split("\n\n"))
+    return (text if style.endswith("-") else text + "\n"), i
+
+
+def _mapping(lines: list[str], i: int, indent: int) -> tuple[dict[str, Any], int]:
+    """`key: value` lines at `indent`, with nested mappings and block scalars."""
+    out: dict[str, Any] = {}
+    while i < len(lines):
+        line = lines[i]
+        if _skippable(line):
+            i += 1
+            continue
+        match = _KEY.match(line)
+        if _indent(line) < indent:
+            break
+        if _indent(line) > indent or match is None:
+            raise ValueError(f"alerts.yaml subset parser: unexpected line {line!r}")
+        key, value = match.group(2), (match.group(3) or "").strip()
+        i += 1
+        if value in _BLOCK_STYLES:
+            out[key], i = _block(lines, i, indent, value)
+        elif value:
+            out[key] = _scalar(value)
+        else:
+            child = next((ln for ln in lines[i:] if not _skippable(ln)), "")
+            out[key], i = _mapping(lines, i, _indent(child))
+    return out, i
+
+
+def parse_alert_rules_subset(text: str) -> list[dict[str, Any]]:
+    """The alerting rules of a rules file, for the YAML subset that alerts.yaml uses."""
+    lines = text.splitlines()
+    rules = []
+    for i, line in enumerate(lines):
+        item = re.match(r"^(\s*)- (alert:.*)$", line)
+        if item:
+            indent = len(item.group(1)) + 2
+            rule, _ = _mapping([" " * indent + item.group(2), *lines[i + 1 :]], 0, indent)
+            rules.append(rule)
+    return rules
+
+
+def load_alert_rules() -> list[dict[str, Any]]:
+    text = ALERTS_PATH.read_text(encoding="utf-8")
+    try:
+        import yaml
+    except ImportError:
+        return parse_alert_rules_subset(text)
+    document = yaml.safe_load(text)
+    return [rule for group in document["groups"] for rule in group["rules"] if "alert" in rule]
+
+
+def all_exprs() -> list[tuple[str, str]]:
+    alerts = [(f"alert {r['alert']}", r["expr"]) for r in load_alert_rules()]
+    return dashboard_exprs(load_dashboard()) + alerts
+
+
+def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    assert PROMTOOL is not None
+    return subprocess.run(
+        [PROMTOOL, *args], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+# === tests: the helpers themselves ============================================================
+
+
+def test_tokenizer_finds_metric_names_outside_strings_and_comments() -> None:
+    expr = (
+        'sum by (code) (rate(llm_batcher_requests_total{outcome="llm_batcher_in_a_string"}[5m]))'
+        " / on() llm_batcher_other_total # llm_batcher_in_a_comment\n"
+        "+ not_llm_batcher_prefixed + llm_batcher_x:recorded"
+    )
+    assert metric_names(expr) == {"llm_batcher_requests_total", "llm_batcher_other_total"}
+
+
+def test_exported_names_follow_the_exposition_format() -> None:
+    names = exported_sample_names()
+    assert "llm_batcher_requests_total" in names  # labelled counter with no child yet
+    assert "llm_batcher_requests_total_total" not in names
+    assert {"llm_batcher_batch_size_bucket", "llm_batcher_batch_size_count"} <= names
+    assert "llm_batcher_batch_size" not in names  # a histogram has no bare sample
+    assert "llm_batcher_queue_depth" in names
+    assert "llm_batcher_not_a_metric" not in names
+
+
+# === tests: the dashboard =====================================================================
+
+
+def test_dashboard_identity_and_settings() -> None:
+    dashboard = load_dashboard()
+    assert dashboard["uid"] == "llm-batcher"
+    assert dashboard["title"] == "llm-batcher"
+    assert dashboard["schemaVersion"] >= 39
+    assert dashboard["time"] == {"from": "now-1h", "to": "now"}
+    assert dashboard["refresh"] == "10s"
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+
+
+def test_panel_ids_are_unique() -> None:
+    ids = [p["id"] for p in all_panels(load_dashboard())]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    assert not duplicates, f"duplicate panel ids: {duplicates}"
+
+
+def test_panels_are_grouped_in_the_expected_rows() -> None:
+    panels = sorted(
+        load_dashboard()["panels"], key=lambda p: (p["gridPos"]["y"], p["gridPos"]["x"])
+    )
+    assert panels[0]["type"] == "row", "the first panel must be a row"
+    assert [p["title"] for p in panels if p["type"] == "row"] == ROWS
+    for before, after in itertools.pairwise(panels):
+        assert not (before["type"] == after["type"] == "row"), f"row {before['title']!r} is empty"
+    assert panels[-1]["type"] != "row", f"row {panels[-1]['title']!r} is empty"
+
+
+def test_panels_fit_the_grid_without_overlapping() -> None:
+    boxes = [(p["id"], p["gridPos"]) for p in load_dashboard()["panels"]]
+    for pid, g in boxes:
+        assert g["x"] >= 0 and g["w"] > 0 and g["x"] + g["w"] <= 24, f"panel {pid} is off grid"
+    for n, (a, ga) in enumerate(boxes):
+        for b, gb in boxes[n + 1 :]:
+            apart_x = ga["x"] + ga["w"] <= gb["x"] or gb["x"] + gb["w"] <= ga["x"]
+            apart_y = ga["y"] + ga["h"] <= gb["y"] or gb["y"] + gb["h"] <= ga["y"]
+            assert apart_x or apart_y, f"panels {a} and {b} overlap"
+
+
+def test_every_panel_queries_the_datasource_variable() -> None:
+    for panel in data_panels(load_dashboard()):
+        where = f"panel {panel['id']} {panel['title']!r}"
+        assert panel["datasource"] == {"type": "prometheus", "uid": DATASOURCE_UID}, where
+        assert panel.get("targets"), f"{where} has no target"
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == DATASOURCE_UID, where
+            assert target.get("expr", "").strip(), f"{where} has an empty expression"
+
+
+def test_every_panel_has_a_unit() -> None:
+    for panel in data_panels(load_dashboard()):
+        unit = panel.get("fieldConfig", {}).get("defaults", {}).get("unit")
+        assert unit in UNITS, f"panel {panel['id']} {panel['title']!r}: unit {unit!r}"
+
+
+def test_dashboard_metrics_are_exported_by_the_code() -> None:
+    exported = exported_sample_names()
+    unknown = [
+        f"{where}: {name}"
+        for where, expr in dashboard_exprs(load_dashboard())
+        for name in sorted(metric_names(expr) - exported)
+    ]
+    assert not unknown, "metrics the code does not export:\n" + "\n".join(unknown)
+
+
+def test_every_exported_metric_has_a_panel() -> None:
+    used = set().union(*(metric_names(e) for _, e in dashboard_exprs(load_dashboard())))
+    missing = sorted(f for f, samples in exported_families().items() if not samples & used)
+    assert not missing, f"metrics with no panel on the dashboard: {missing}"
+
+
+def test_replicated_queue_gauges_are_never_summed() -> None:
+    summed = re.compile(
+        r"\bsum\s*(?:(?:by|without)\s*\([^)]*\)\s*)?\(\s*(?:" + "|".join(REPLICATED_GAUGES) + r")\b"
+    )
+    offenders = [where for where, expr in all_exprs() if summed.search(expr)]
+    assert not offenders, f"queue gauges summed over API replicas (use max()): {offenders}"
+
+
+def test_quantiles_come_from_bucket_rates_by_le() -> None:
+    for where, expr in all_exprs():
+        if "histogram_quantile" in expr:
+            assert re.search(r"by\s*\(\s*le\s*\)", expr), f"{where}: no `by (le)`"
+            assert re.search(r"rate\(\s*llm_batcher_\w+_bucket\[", expr), f"{where}: no rate"
+
+
+@needs_promtool
+def test_dashboard_expressions_are_valid_promql(tmp_path: Path) -> None:
+    rules = []
+    for panel in data_panels(load_dashboard()):
+        for target in panel["targets"]:
+            expr = target["expr"]
+            for variable, duration in GRAFANA_VARIABLES.items():
+                expr = expr.replace(variable, duration)
+            assert "$" not in expr, f"panel {panel['id']}: unknown variable in {expr!r}"
+            record = f"dashboard:panel_{panel['id']}:{target['refId']}"
+            rules.append({"record": record, "expr": expr})
+    path = tmp_path / "dashboard-rules.yaml"  # JSON is YAML
+    path.write_text(json.dumps({"groups": [{"name": "dashboard", "rules": rules}]}))
+    result = _promtool("check", "rules", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# === tests: the alert rules ===================================================================
+
+
+def test_alert_rules_parse_as_yaml() -> None:
+    yaml = pytest.importorskip("yaml", reason="PyYAML is not installed in this environment")
+    document = yaml.safe_load(ALERTS_PATH.read_text(encoding="utf-8"))
+    assert set(document) == {"groups"}
+    for group in document["groups"]:
+        assert group["name"] and group["rules"]
+        for rule in group["rules"]:
+            assert set(rule) <= {"alert", "record", "expr", "for", "labels", "annotations"}
+
+
+def test_subset_parser_agrees_with_pyyaml() -> None:
+    yaml = pytest.importorskip("yaml", reason="PyYAML is not installed in this environment")
+    text = ALERTS_PATH.read_text(encoding="utf-8")
+    by_yaml = [r for g in yaml.safe_load(text)["groups"] for r in g["rules"] if "alert" in r]
+    assert parse_alert_rules_subset(text) == by_yaml
+
+
+def test_the_expected_alerts_are_defined() -> None:
+    names = [rule["alert"] for rule in load_alert_rules()]
+    assert len(names) == len(set(names)), "an alert is defined twice"
+    assert set(names) == ALERT_NAMES
+
+
+def test_every_alert_has_for_severity_and_annotations() -> None:
+    for rule in load_alert_rules():
+        where = rule["alert"]
+        assert re.fullmatch(r"\d+[smhdwy]", str(rule.get("for", ""))), f"{where}: for"
+        assert rule.get("labels", {}).get("severity") in SEVERITIES, f"{where}: severity"
+        annotations = rule.get("annotations", {})
+        for key in ("summary", "description", "runbook"):
+            assert str(annotations.get(key, "")).strip(), f"{where}: no {key}"
+
+
+def test_alert_metrics_are_exported_by_the_code() -> None:
+    exported = exported_sample_names()
+    unknown = [
+        f"{rule['alert']}: {name}"
+        for rule in load_alert_rules()
+        for name in sorted(metric_names(rule["expr"]) - exported)
+    ]
+    assert not unknown, "metrics the code does not export:\n" + "\n".join(unknown)
+
+
+@needs_promtool
+def test_promtool_check_rules() -> None:
+    result = _promtool("check", "rules", str(ALERTS_PATH))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- unit tests of the alerts on synthetic series (promtool test rules) ------------------------
+
+
+def _on_api_replicas(series: str, values: str) -> list[dict[str, str]]:
+    """The same gauge from two API replicas, as every replica exports the queue gauges."""
+    return [{"series": f'{series}{{instance="api-{n}"}}', "values": values} for n in (1, 2)]
+
+
+def _one(series: str, values: str) -> list[dict[str, str]]:
+    return [{"series": series, "values": values}]
+
+
+def _buckets(**by_le: str) -> list[dict[str, str]]:
+    name = "llm_batcher_request_duration_seconds_bucket"
+    return [
+        {"series": f'{name}{{le="{le.replace("inf", "+Inf")}"}}', "values": values}
+        for le, values in by_le.items()
+    ]
+
+
+_REQUESTS = "llm_batcher_requests_total"
+_DEPTH, _LIVE = "llm_batcher_queue_depth", "llm_batcher_workers_live"
+
+# (alert, what the case shows, input series, [(evaluation time, whether it fires)])
+ALERT_CASES: list[tuple[str, str, list[dict[str, str]], list[tuple[str, bool]]]] = [
+    (
+        "LlmBatcherQueueStuck",
+        "waiting tasks and no finished task",
+        _on_api_replicas(_DEPTH, "5+0x30") + _on_api_replicas(_LIVE, "1+0x30"),
+        [("4m", False), ("12m", True)],
+    ),
+    (
+        "LlmBatcherQueueStuck",
+        "finished tasks are progress",
+        _on_api_replicas(_DEPTH, "5+0x30")
+        + _one('llm_batcher_tasks_finished_total{state="done",code=""}', "0+10x30"),
+        [("12m", False)],
+    ),
+    (
+        "LlmBatcherQueueStuck",
+        "a draining queue is progress",
+        _on_api_replicas(_DEPTH, "60-2x30"),
+        [("12m", False)],
+    ),
+    (
+        "LlmBatcherQueueBacklog",
+        "50 waiting tasks per worker",
+        _on_api_replicas(_DEPTH, "100+0x30") + _on_api_replicas(_LIVE, "2+0x30"),
+        [("5m", False), ("15m", True)],
+    ),
+    (
+        "LlmBatcherQueueBacklog",
+        "15 per worker: depth is max() over replicas, not sum()",
+        _on_api_replicas(_DEPTH, "30+0x30") + _on_api_replicas(_LIVE, "2+0x30"),
+        [("15m", False)],
+    ),
+    (
+        "LlmBatcherHighLatencyP99",
+        "every request between 60 s and 120 s",
+        _buckets(**{"1": "0+0x30", "60": "0+0x30", "120": "0+10x30", "inf": "0+10x30"}),
+        [("5m", False), ("15m", True)],
+    ),
+    (
+        "LlmBatcherHighLatencyP99",
+        "every request under 1 s",
+        _buckets(**{"1": "0+10x30", "60": "0+10x30", "120": "0+10x30", "inf": "0+10x30"}),
+        [("15m", False)],
+    ),
+    (
+        "LlmBatcherHighErrorRate",
+        "10% errors, abandoned requests left out of the ratio",
+        _one(f'{_REQUESTS}{{outcome="done",code=""}}', "0+90x30")
+        + _one(f'{_REQUESTS}{{outcome="error",code="llm_failed"}}', "0+10x30")
+        + _one(f'{_REQUESTS}{{outcome="disconnected",code=""}}', "0+100x30")
+        + _one(f'{_REQUESTS}{{outcome="cancelled",code=""}}', "0+100x30"),
+        [("5m", False), ("15m", True)],
+    ),
+    (
+        "LlmBatcherHighErrorRate",
+        "10% refused with queue_full, and no error series at all",
+        _one(f'{_REQUESTS}{{outcome="done",code=""}}', "0+90x30")
+        + _one(f'{_REQUESTS}{{outcome="rejected",code="queue_full"}}', "0+10x30"),
+        [("15m", True)],
+    ),
+    (
+        "LlmBatcherHighErrorRate",
+        "abandoned requests and client refusals are no errors",
+        _one(f'{_REQUESTS}{{outcome="done",code=""}}', "0+96x30")
+        + _one(f'{_REQUESTS}{{outcome="error",code="llm_failed"}}', "0+4x30")
+        + _one(f'{_REQUESTS}{{outcome="disconnected",code=""}}', "0+100x30")
+        + _one(f'{_REQUESTS}{{outcome="cancelled",code=""}}', "0+100x30")
+        + _one(f'{_REQUESTS}{{outcome="rejected",code="invalid_body"}}', "0+50x30"),
+        [("15m", False)],
+    ),
+    (
+        "LlmBatcherNoLiveWorkers",
+        "no live worker",
+        _on_api_replicas(_LIVE, "0+0x30"),
+        [("1m", False), ("3m", True)],
+    ),
+    (
+        "LlmBatcherNoLiveWorkers",
+        "one live worker",
+        _on_api_replicas(_LIVE, "1+0x30"),
+        [("5m", False)],
+    ),
+    (
+        "LlmBatcherDeadLetters",
+        "one dead letter at 3m, then none",
+        _one("llm_batcher_tasks_dead_lettered_total", "0 0 0 1+0x30"),
+        [("2m", False), ("5m", True), ("25m", False)],
+    ),
+    (
+        "LlmBatcherLlmFailures",
+        "20% of LLM runs fail",
+        _one("llm_batcher_batch_size_count", "0+10x30")
+        + _one('llm_batcher_llm_failures_total{cause="crashed"}', "0+2x30"),
+        [("5m", False), ("15m", True)],
+    ),
+    (
+        "LlmBatcherLlmFailures",
+        "every run fails, but fewer than 3 failures in 10m",
+        _one("llm_batcher_batch_size_count", "0+0.2x40")
+        + _one('llm_batcher_llm_failures_total{cause="hung"}', "0+0.2x40"),
+        [("15m", False), ("30m", False)],
+    ),
+    (
+        "LlmBatcherRedisDown",
+        "a worker lost Redis at 2m",
+        _one('llm_batcher_redis_up{instance="api-1"}', "1+0x30")
+        + _one('llm_batcher_redis_up{instance="worker-1"}', "1 1 0+0x28"),
+        [("1m", False), ("4m", True)],
+    ),
+    (
+        "LlmBatcherRedisDown",
+        "every process reaches Redis",
+        _on_api_replicas("llm_batcher_redis_up", "1+0x30"),
+        [("5m", False)],
+    ),
+]
+
+
+def test_alert_cases_cover_every_alert() -> None:
+    firing = {alert for alert, _, _, checks in ALERT_CASES if any(f for _, f in checks)}
+    quiet = {alert for alert, _, _, checks in ALERT_CASES if not all(f for _, f in checks)}
+    assert firing == ALERT_NAMES, "every alert needs a case where it fires"
+    assert quiet == ALERT_NAMES, "every alert needs a case where it stays quiet"
+
+
+@needs_promtool
+def test_alerts_fire_on_synthetic_series(tmp_path: Path) -> None:
+    # promtool compares annotations too: test a copy of the rules without them.
+    rules = {r["alert"]: r for r in load_alert_rules()}
+    stripped = [{k: r[k] for k in ("alert", "expr", "for", "labels")} for r in rules.values()]
+    rules_path = tmp_path / "rules.yaml"  # JSON is YAML
+    rules_path.write_text(json.dumps({"groups": [{"name": "llm-batcher", "rules": stripped}]}))
+    tests = [
+        {
+            "interval": "1m",
+            "input_series": series,
+            "alert_rule_test": [
+                {
+                    "eval_time": at,
+                    "alertname": alert,
+                    "exp_alerts": [{"exp_labels": rules[alert]["labels"]}] if fires else [],
+                }
+                for at, fires in checks
+            ],
+        }
+        for alert, _, series, checks in ALERT_CASES
+    ]
+    tests_path = tmp_path / "tests.yaml"
+    tests_path.write_text(
+        json.dumps({"rule_files": [str(rules_path)], "evaluation_interval": "1m", "tests": tests})
+    )
+    result = _promtool("test", "rules", str(tests_path))
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -94,7 +94,16 @@ class BatchRunner:
                 async for lines in child.chunks():
                     _apply(runs, lines)
                     await self._flush(runs, batch_id)
-            if not all(r.finished for r in runs):
+                    if all(r.closed for r in runs) and not all(r.finished for r in runs):
+                        # Every task left was taken from this worker (lease lost, or lost with a
+                        # Redis restart): stop the LLM instead of holding the worker for nothing.
+                        log.info(
+                            "batch %s: no task is this worker's any more; stopping it",
+                            batch_id,
+                            extra={"batch_id": batch_id},
+                        )
+                        break
+            if not all(r.finished or r.closed for r in runs):
                 raise ChildFailure("truncated", "the LLM exited without finishing every context")
         except ChildFailure as failure:
             metrics.BATCH_DURATION.observe(time.monotonic() - started)

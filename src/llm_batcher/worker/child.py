@@ -108,9 +108,12 @@ class LlmChild:
             raise ChildFailure("bad_output", f"malformed output: {exc}{self._stderr()}") from exc
 
     async def _before_deadline(self, awaitable: Awaitable[T]) -> T:
-        remaining = self.deadline - asyncio.get_running_loop().time()
+        # asyncio.timeout_at, not wait_for: on Python 3.11, wait_for swallows a cancellation that
+        # arrives as the read completes (CPython gh-86296), and a cancelled batch (drain time
+        # over) would run on to its end. tests/worker/test_child.py reproduces it.
         try:
-            return await asyncio.wait_for(awaitable, max(remaining, 0))
+            async with asyncio.timeout_at(self.deadline):
+                return await awaitable
         except TimeoutError:
             raise ChildFailure(
                 "hung", f"the LLM did not finish within the batch deadline{self._stderr()}"

@@ -114,19 +114,29 @@ class Worker:
         self._hold(claims)
         window_start = time.monotonic()
         window_end = window_start + self.settings.window_ms / 1000
-        while claims and len(claims) < size and not stop.is_set():
-            remaining_ms = int((window_end - time.monotonic()) * 1000)
-            if remaining_ms <= 0:
-                break
-            more = await self.queue.read_new(self.id, size - len(claims), remaining_ms)
-            self._hold(more)
-            claims += more
+        try:
+            while claims and len(claims) < size and not stop.is_set():
+                remaining_ms = int((window_end - time.monotonic()) * 1000)
+                if remaining_ms <= 0:
+                    break
+                more = await self.queue.read_new(self.id, size - len(claims), remaining_ms)
+                self._hold(more)
+                claims += more
+        except _REDIS_DOWN:
+            # These claims are dropped unstarted: stop renewing them, or the heartbeat would keep
+            # them from every worker forever. They return (to any worker) after the lease.
+            self._forget(claims)
+            raise
         if claims:
             metrics.WINDOW_WAIT.observe(time.monotonic() - window_start)
         return claims
 
     def _hold(self, claims: list[Claim]) -> None:
         self.held.update((c.entry_id, c.task_id) for c in claims)
+
+    def _forget(self, claims: list[Claim]) -> None:
+        for claim in claims:
+            self.held.pop(claim.entry_id, None)
 
     # --- running ----------------------------------------------------------------------------
 
@@ -164,14 +174,12 @@ class Worker:
                 if again:
                     await self.runner.run(again, f"{batch_id}-solo-{task.task_id[:8]}")
         except _REDIS_DOWN as exc:
-            # Tasks stay in the pending list and are resumed once Redis is back.
+            # Tasks stay in the pending list and are resumed once Redis is back; this worker
+            # stops renewing them, so that they return after the lease (also to itself).
             log.error("Redis failed during a batch (%s); its tasks will be taken over", exc)
-            return
         except RedisError:
             log.exception("unexpected Redis error during a batch")
-            return
-        for claim in claims:
-            self.held.pop(claim.entry_id, None)
+        self._forget(claims)
 
     async def _start_all(self, claims: list[Claim]) -> list[StartedTask]:
         started = []
@@ -209,7 +217,9 @@ class Worker:
                         task_id,
                         extra={"task_id": task_id},
                     )
-            except _REDIS_DOWN as exc:
+            except (RedisError, OSError) as exc:
+                # Any Redis error (down, out of memory, read-only after a failover): an uncaught
+                # one would end this task silently, and with it every lease renewal.
                 log.warning("heartbeat failed: %s", exc)
             await asyncio.sleep(interval)
 

@@ -1,0 +1,61 @@
+"""LlmChild, in process: a cancelled batch stops, even when output arrives at the same moment."""
+
+from __future__ import annotations
+
+import asyncio
+import select
+import sys
+from pathlib import Path
+
+import pytest
+
+from llm_batcher.worker.child import LlmChild
+from tests.helpers import eventually
+
+# Writes one token line, then waits for the gap before the next one.
+CHATTY_LLM = """
+import json, sys, time
+for i in range(1000):
+    sys.stdout.write(json.dumps({{"index": 0, "token": f"t{{i}} "}}) + "\\n")
+    sys.stdout.flush()
+    time.sleep({gap_s})
+"""
+
+
+async def test_cancel_arriving_with_output_stops_the_batch(tmp_path: Path) -> None:
+    """The drain deadline cancels a batch at an arbitrary moment, possibly in the same event
+    loop turn in which the child's next line arrives. The cancellation must still win (asyncio
+    on Python 3.11: wait_for returns the result instead, gh-86296)."""
+    script = tmp_path / "chatty.py"
+    script.write_text(CHATTY_LLM.format(gap_s=0.3))
+    chunks: list[object] = []
+    children: list[LlmChild] = []
+
+    async def consume() -> None:
+        async with LlmChild.run(
+            [sys.executable, str(script)], ["ctx"], tmp_root=str(tmp_path), timeout_s=30
+        ) as child:
+            children.append(child)
+            async for lines in child.chunks():
+                chunks.append(lines)
+
+    batch = asyncio.create_task(consume())
+    try:
+        await eventually(lambda: len(chunks) == 1, 10, "the first token")
+        # Block the event loop until the next line is in the pipe. In the next loop turn the
+        # pipe transport reads it and schedules its delivery to the stream reader; a timer due
+        # in that same turn schedules the cancel right after the delivery. So the line wakes
+        # the read up and the cancel lands before the batch task has run again.
+        transport = children[0].proc._transport  # type: ignore[attr-defined]
+        fd = transport.get_pipe_transport(1).get_extra_info("pipe").fileno()
+        readable, _, _ = select.select([fd], [], [], 5)
+        assert readable, "the child wrote nothing"
+        loop = asyncio.get_running_loop()
+        loop.call_later(0, lambda: loop.call_soon(batch.cancel))
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(asyncio.shield(batch), 5)
+    finally:
+        batch.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await batch
+    assert children[0].proc.returncode is not None  # the child was stopped and reaped

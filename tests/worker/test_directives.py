@@ -1,0 +1,70 @@
+"""The mock's timing and length directives, seen through a real worker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from redis.asyncio import Redis
+
+from llm_batcher.mock.tokens import FILLER_WORDS
+from tests.helpers import make_queue, submit, wait_result
+from tests.worker.support import (
+    assert_complete_answer,
+    mock_tokens,
+    read_as_they_come,
+    running_worker,
+)
+
+
+async def test_ttft_ms_delays_the_first_token(
+    redis: Redis, redis_url: str, key_prefix: str, tmp_path: Path
+) -> None:
+    queue = make_queue(redis, key_prefix)
+    async with running_worker(redis_url, key_prefix, tmp_path, window_ms=0):
+        slow = await submit(queue, "@mock ttft_ms=700 itl_ms=0\nwaited for")
+        slow_done = assert_complete_answer(await wait_result(queue, slow), "waited for")
+        quick = await submit(queue, "@mock ttft_ms=0 itl_ms=0\nat once")
+        quick_done = assert_complete_answer(await wait_result(queue, quick), "at once")
+    assert slow_done.data is not None and quick_done.data is not None
+    assert slow_done.data["ttft_ms"] >= 700
+    # same worker, same queue: the difference is the directive
+    assert quick_done.data["ttft_ms"] < slow_done.data["ttft_ms"] - 400
+
+
+async def test_itl_ms_spaces_the_tokens(
+    redis: Redis, redis_url: str, key_prefix: str, tmp_path: Path
+) -> None:
+    itl_ms, body = 250, "a b c d e"
+    queue = make_queue(redis, key_prefix)
+    async with running_worker(redis_url, key_prefix, tmp_path, window_ms=0):
+        task_id = await submit(queue, f"@mock ttft_ms=0 itl_ms={itl_ms}\n{body}")
+        arrivals = await read_as_they_come(queue, task_id)
+    done = assert_complete_answer([a.entry for a in arrivals], body)
+    assert done.data is not None
+    times = [a.at_s for a in arrivals if a.entry.kind == "token"]
+    assert len(times) == 5
+    assert times[-1] - times[0] >= 4 * itl_ms / 1000 * 0.75
+    assert done.data["total_ms"] - done.data["ttft_ms"] >= 4 * itl_ms * 0.75
+
+
+async def test_extra_tokens_follow_the_echo(
+    redis: Redis, redis_url: str, key_prefix: str, tmp_path: Path
+) -> None:
+    body, extra = "echo me please", 7
+    queue = make_queue(redis, key_prefix)
+    async with running_worker(redis_url, key_prefix, tmp_path, window_ms=0):
+        task_id = await submit(queue, f"@mock ttft_ms=0 itl_ms=0 extra_tokens={extra}\n{body}")
+        again_id = await submit(queue, f"@mock ttft_ms=0 itl_ms=0 extra_tokens={extra}\n{body}")
+        entries = await wait_result(queue, task_id)
+        again = await wait_result(queue, again_id)
+    tokens = [e.text for e in entries if e.kind == "token"]
+    echo = mock_tokens(body)
+    assert tokens[: len(echo)] == echo
+    assert len(tokens) == len(echo) + extra
+    assert all(t in FILLER_WORDS for t in tokens[len(echo) :])
+    done = assert_complete_answer(entries, "".join(tokens))
+    assert done.data is not None
+    assert done.data["tokens"] == len(echo) + extra
+    assert "".join(tokens).startswith(body)
+    # filler depends on the context alone, so a retried context gets the same answer
+    assert [e.text for e in again if e.kind == "token"] == tokens

@@ -1,0 +1,141 @@
+"""A worker that dies or is stopped loses nothing: its tasks complete, without repeated tokens."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from pathlib import Path
+
+from redis.asyncio import Redis
+
+from llm_batcher.keys import WORKER_GROUP
+from llm_batcher.queue import ResultEntry, TaskQueue
+from tests.helpers import eventually, make_queue, start_worker, submit, wait_result
+from tests.worker.support import assert_complete_answer, running_worker
+
+
+def slow_body(task: int, words: int) -> str:
+    return " ".join(f"t{task}w{i}" for i in range(words))
+
+
+async def holds(queue: TaskQueue, consumer: str, n: int) -> bool:
+    """Whether ``consumer`` holds exactly ``n`` task entries."""
+    rows = await queue.redis.xpending_range(queue.keys.tasks, WORKER_GROUP, "-", "+", 100)
+    return sum(1 for r in rows if r["consumer"].decode() == consumer) == n
+
+
+async def tokens_written(queue: TaskQueue, task_id: str) -> int:
+    return int(await queue.redis.xlen(queue.keys.result(task_id)))
+
+
+async def submit_slow_batch(
+    queue: TaskQueue, itl_ms: int, words: int, n: int = 4
+) -> tuple[list[str], list[str]]:
+    bodies = [slow_body(i, words) for i in range(n)]
+    ids = [await submit(queue, f"@mock ttft_ms=0 itl_ms={itl_ms}\n{b}") for b in bodies]
+    return ids, bodies
+
+
+async def all_streaming(queue: TaskQueue, ids: list[str], at_least: int) -> bool:
+    return all([await tokens_written(queue, t) >= at_least for t in ids])
+
+
+async def test_sigkill_mid_batch_tasks_complete_on_another_worker(
+    redis: Redis, redis_url: str, key_prefix: str, tmp_path: Path
+) -> None:
+    lease_ms, words = 1500, 20
+    queue = make_queue(redis, key_prefix)
+    async with running_worker(
+        redis_url, key_prefix, tmp_path, worker_id="victim", lease_ms=lease_ms, window_ms=2000
+    ) as (victim, _):
+        ids, bodies = await submit_slow_batch(queue, itl_ms=200, words=words)
+        await eventually(lambda: holds(queue, "victim", 4), 5, "the victim to hold the batch")
+        async with running_worker(
+            redis_url, key_prefix, tmp_path, worker_id="rescuer", lease_ms=lease_ms
+        ):
+            await eventually(lambda: all_streaming(queue, ids, 2), 10, "tokens of every task")
+            before = [await tokens_written(queue, t) for t in ids]
+            assert all(2 <= n < words for n in before), before  # killed mid-stream
+            victim.kill_group()
+            killed_at = time.monotonic()
+            results = await asyncio.gather(*(wait_result(queue, t, 20) for t in ids))
+            recovery_s = time.monotonic() - killed_at
+
+    print(f"\nMEASURED recovery_after_sigkill_s={recovery_s:.2f} (lease {lease_ms} ms, "
+          f"re-run of {words} tokens x 200 ms)")  # fmt: skip
+    for entries, body in zip(results, bodies, strict=True):
+        done = assert_complete_answer(entries, body)  # contiguous ids: no repeat, no gap
+        assert done.data is not None
+        assert done.data["attempt"] == 2
+        assert done.data["worker"] == "rescuer"
+    assert recovery_s < 15
+
+
+async def test_sigterm_lets_the_running_batch_finish(
+    redis: Redis, redis_url: str, key_prefix: str, tmp_path: Path
+) -> None:
+    queue = make_queue(redis, key_prefix)
+    worker, _ = await start_worker(redis_url, key_prefix, tmp_path, window_ms=2000)
+    try:
+        ids, bodies = await submit_slow_batch(queue, itl_ms=150, words=10)
+        await eventually(lambda: all_streaming(queue, ids, 1), 10, "the batch to stream")
+        worker.signal(signal.SIGTERM)
+        code = await asyncio.to_thread(worker.wait, 30)
+    finally:
+        worker.stop()
+    assert code == 0
+    log = worker.log()
+    assert "stopping: letting the running batch finish" in log
+    assert "drain time over" not in log
+    assert f"worker {worker_id_of(log)} stopped" in log
+    for task_id, body in zip(ids, bodies, strict=True):
+        done = assert_complete_answer(await queue.results_after(task_id, -1), body)
+        assert done.data is not None
+        assert done.data["attempt"] == 1
+    assert await redis.zscore(queue.keys.workers, worker_id_of(log)) is None  # left the live set
+
+
+def worker_id_of(log: str) -> str:
+    line = next(line for line in log.splitlines() if " ready: health on " in line)
+    return line.split("worker ", 1)[1].split(" ready:", 1)[0]
+
+
+async def test_sigterm_past_the_drain_time_hands_the_batch_to_another_worker(
+    redis: Redis, redis_url: str, key_prefix: str, tmp_path: Path
+) -> None:
+    # A long lease: had the tasks not been handed back, the rescuer would wait 10 s for them.
+    lease_ms, words = 10_000, 15
+    queue = make_queue(redis, key_prefix)
+    leaving, _ = await start_worker(
+        redis_url, key_prefix, tmp_path, worker_id="leaving", lease_ms=lease_ms, window_ms=2000,
+        drain_s=0.2,
+    )  # fmt: skip
+    try:
+        ids, bodies = await submit_slow_batch(queue, itl_ms=200, words=words)
+        await eventually(lambda: holds(queue, "leaving", 4), 5, "the batch to be claimed")
+        async with running_worker(
+            redis_url, key_prefix, tmp_path, worker_id="rescuer", lease_ms=lease_ms
+        ):
+            await eventually(lambda: all_streaming(queue, ids, 2), 10, "tokens of every task")
+            leaving.signal(signal.SIGTERM)
+            stopped_at = time.monotonic()
+            assert await asyncio.to_thread(leaving.wait, 10) == 0
+            before = [await tokens_written(queue, t) for t in ids]
+            results: list[list[ResultEntry]] = await asyncio.gather(
+                *(wait_result(queue, t, 20) for t in ids)
+            )
+            handover_s = time.monotonic() - stopped_at
+    finally:
+        leaving.stop()
+
+    log = leaving.log()
+    assert "drain time over: cancelling the running batch" in log
+    assert "handed back 4 task(s) for other workers" in log
+    assert all(n < words for n in before), before  # the batch was cut, not finished
+    for entries, body in zip(results, bodies, strict=True):
+        done = assert_complete_answer(entries, body)
+        assert done.data is not None
+        assert (done.data["attempt"], done.data["worker"]) == (2, "rescuer")
+    # re-running takes 3 s; waiting for the lease instead would have taken 10 s more
+    assert handover_s < lease_ms / 1000, handover_s

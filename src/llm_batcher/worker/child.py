@@ -73,7 +73,10 @@ class LlmChild:
                 yield child
             finally:
                 await child._kill()
-                await asyncio.wait_for(stderr_reader, _KILL_GRACE_S)
+                # A grandchild that left the process group may hold stderr open: stop reading.
+                done, _ = await asyncio.wait({stderr_reader}, timeout=_KILL_GRACE_S)
+                if not done:
+                    stderr_reader.cancel()
         finally:
             shutil.rmtree(batch_dir, ignore_errors=True)
 

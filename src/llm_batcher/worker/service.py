@@ -75,10 +75,12 @@ class Worker:
             await self._claim_loop(stop)
         finally:
             self.stopping = True
-            await self._hand_back()
+            # The heartbeat stops before the hand-back: a renewal just after it would keep the
+            # handed-back tasks from other workers for another lease.
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
+            await self._hand_back()
             with contextlib.suppress(*_REDIS_DOWN):
                 await self.queue.leave(self.id)
             await self.health.close()
@@ -93,7 +95,8 @@ class Worker:
                 claims = await self._gather(stop)
                 self._mark_redis_ok()
                 backoff = 0.1
-            except _REDIS_DOWN as exc:
+            except (RedisError, OSError) as exc:
+                # Down, restarting, read-only after a failover, out of memory: wait and retry.
                 log.warning("Redis unavailable (%s); retrying in %.1f s", exc, backoff)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), backoff)
@@ -122,7 +125,7 @@ class Worker:
                 more = await self.queue.read_new(self.id, size - len(claims), remaining_ms)
                 self._hold(more)
                 claims += more
-        except _REDIS_DOWN:
+        except (RedisError, OSError):
             # These claims are dropped unstarted: stop renewing them, or the heartbeat would keep
             # them from every worker forever. They return (to any worker) after the lease.
             self._forget(claims)

@@ -1,0 +1,156 @@
+{{/* Chart name, truncated to the 63 characters of a DNS label. */}}
+{{- define "llm-batcher.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Full name: the release name, plus the chart name unless the release name contains it.
+At most 46 characters: the StatefulSet "<fullname>-redis" must stay within 52, or its pods'
+controller-revision-hash label ("<name>-<10-character hash>") would pass the 63 allowed. */}}
+{{- define "llm-batcher.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 46 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 46 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 46 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "llm-batcher.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Selector labels: (dict "ctx" $ "component" "api"). Only these go into selectors, which are
+immutable: a user label here would break every upgrade that changes it. */}}
+{{- define "llm-batcher.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "llm-batcher.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+{{- with .component }}
+app.kubernetes.io/component: {{ . }}
+{{- end }}
+{{- end }}
+
+{{/* Labels of every object: (dict "ctx" $ "component" "api"); component may be empty. */}}
+{{- define "llm-batcher.labels" -}}
+helm.sh/chart: {{ include "llm-batcher.chart" .ctx }}
+{{ include "llm-batcher.selectorLabels" . }}
+app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+app.kubernetes.io/part-of: llm-batcher
+{{- with .ctx.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "llm-batcher.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "llm-batcher.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* Image reference: (dict "ctx" $ "image" .Values.api.image); the tag defaults to appVersion. */}}
+{{- define "llm-batcher.image" -}}
+{{- printf "%s:%s" .image.repository (.image.tag | default .ctx.Chart.AppVersion) }}
+{{- end }}
+
+{{/* Redis: the URL (never with a password) and the Secret holding the password, if any. */}}
+{{- define "llm-batcher.redisUrl" -}}
+{{- if .Values.redis.enabled }}
+{{- printf "redis://%s-redis:%d/0" (include "llm-batcher.fullname" .) (int .Values.redis.port) }}
+{{- else }}
+{{- required "externalRedis.url is required when redis.enabled is false" .Values.externalRedis.url }}
+{{- end }}
+{{- end }}
+
+{{- define "llm-batcher.redisSecretName" -}}
+{{- if .Values.redis.enabled }}
+{{- if .Values.redis.auth.enabled }}
+{{- .Values.redis.auth.existingSecret | default (printf "%s-redis" (include "llm-batcher.fullname" .)) }}
+{{- end }}
+{{- else }}
+{{- .Values.externalRedis.existingSecret }}
+{{- end }}
+{{- end }}
+
+{{- define "llm-batcher.redisSecretKey" -}}
+{{- if .Values.redis.enabled }}
+{{- .Values.redis.auth.existingSecretPasswordKey }}
+{{- else }}
+{{- .Values.externalRedis.existingSecretPasswordKey }}
+{{- end }}
+{{- end }}
+
+{{/* One LLMB_* variable per key of a settings dict: keyPrefix -> LLMB_KEY_PREFIX.
+(dict "settings" .Values.config "prefix" "LLMB_"). Whole numbers are printed as integers:
+Helm holds numbers as floats, which print as 1e+06 from a million up. */}}
+{{- define "llm-batcher.settingsEnv" -}}
+{{- range $key, $value := .settings }}
+- name: {{ printf "%s%s" $.prefix ($key | snakecase | upper) }}
+  {{- if and (kindIs "float64" $value) (eq $value (floor $value)) }}
+  value: {{ int64 $value | quote }}
+  {{- else }}
+  value: {{ $value | toString | quote }}
+  {{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Environment every llm-batcher container shares: Redis, then the common settings. */}}
+{{- define "llm-batcher.commonEnv" -}}
+- name: LLMB_REDIS_URL
+  value: {{ include "llm-batcher.redisUrl" . | quote }}
+{{- with include "llm-batcher.redisSecretName" . }}
+- name: LLMB_REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ include "llm-batcher.redisSecretKey" $ }}
+{{- end }}
+{{ include "llm-batcher.settingsEnv" (dict "settings" .Values.config "prefix" "LLMB_") | trim }}
+{{- end }}
+
+{{/* Pod spec fields the API, worker and test pods share. No service links: Kubernetes would
+inject <SERVICE>_PORT=tcp://... variables, and a Service named "llmb" would set LLMB_PORT. */}}
+{{- define "llm-batcher.podCommon" -}}
+serviceAccountName: {{ include "llm-batcher.serviceAccountName" . }}
+automountServiceAccountToken: false
+enableServiceLinks: false
+securityContext:
+  {{- toYaml .Values.podSecurityContext | nindent 2 }}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* Scheduling fields of a component's values: (dict "values" .Values.api). */}}
+{{- define "llm-batcher.scheduling" -}}
+{{- with .values.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- with .values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .values.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .values.topologySpreadConstraints }}
+topologySpreadConstraints:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* Does the worker run the mock LLM? Then the LLMB_MOCK_* settings apply. */}}
+{{- define "llm-batcher.runsMock" -}}
+{{- if eq (first (splitList " " (trim .Values.worker.config.llmCommand)) | base) "llm-mock" }}true{{ end }}
+{{- end }}

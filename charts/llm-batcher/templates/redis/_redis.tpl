@@ -1,0 +1,50 @@
+{{/* redis-server's arguments. */}}
+{{- define "llm-batcher.redis.args" -}}
+- --port
+- {{ .Values.redis.port | quote }}
+- --dir
+- /data
+# Every write is logged and fsynced each second: a restarted Redis keeps the queue.
+- --appendonly
+- "yes"
+# Protected mode would refuse every client but localhost when auth is off; the NetworkPolicy
+# and the password guard Redis instead.
+- --protected-mode
+- "no"
+{{- if include "llm-batcher.redisSecretName" . }}
+# The kubelet expands $(REDIS_PASSWORD) from the Secret: the pod spec holds no password.
+- --requirepass
+- $(REDIS_PASSWORD)
+{{- end }}
+{{- with .Values.redis.extraArgs }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Probes: `redis-cli ping`. Its password comes from the environment, not from its arguments
+(REDISCLI_AUTH; VALKEYCLI_AUTH for the Valkey image). While Redis loads a large append-only
+file, PING answers LOADING: alive, not yet ready. */}}
+{{- define "llm-batcher.redis.probes" -}}
+{{- $cli := printf "redis-cli -h 127.0.0.1 -p %d" (int .Values.redis.port) }}
+{{- if include "llm-batcher.redisSecretName" . }}
+{{- $cli = printf "REDISCLI_AUTH=\"$REDIS_PASSWORD\" VALKEYCLI_AUTH=\"$REDIS_PASSWORD\" %s" $cli }}
+{{- end }}
+{{- $alive := printf "%s ping | grep -Eq 'PONG|LOADING'" $cli }}
+startupProbe:
+  exec:
+    command: ["sh", "-c", {{ $alive | toJson }}]
+  periodSeconds: 2
+  failureThreshold: 150
+livenessProbe:
+  exec:
+    command: ["sh", "-c", {{ $alive | toJson }}]
+  periodSeconds: 10
+  timeoutSeconds: 5
+  failureThreshold: 3
+readinessProbe:
+  exec:
+    command: ["sh", "-c", {{ printf "%s ping | grep -q PONG" $cli | toJson }}]
+  periodSeconds: 5
+  timeoutSeconds: 3
+  failureThreshold: 2
+{{- end }}

@@ -1,0 +1,20 @@
+{{/* The worker's environment: the common settings, its own, the mock's (when it runs the mock)
+and the user's extraEnv. */}}
+{{- define "llm-batcher.worker.env" -}}
+{{- $worker := .Values.worker }}
+{{- include "llm-batcher.commonEnv" . }}
+{{ include "llm-batcher.settingsEnv" (dict "settings" $worker.config "prefix" "LLMB_") | trim }}
+- name: LLMB_TMP_DIR
+  value: {{ $worker.tmpDir.path | quote }}
+# The pod name: unique among live workers, and what `done` events and logs name.
+- name: LLMB_WORKER_ID
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+{{- if include "llm-batcher.runsMock" . }}
+{{ include "llm-batcher.settingsEnv" (dict "settings" $worker.mock "prefix" "LLMB_MOCK_") | trim }}
+{{- end }}
+{{- with $worker.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}

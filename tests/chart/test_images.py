@@ -1,0 +1,139 @@
+"""The chart runs the images the project builds and the processes the e2e suite runs, and
+skaffold.yaml builds those images and feeds them to the chart."""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from llm_batcher.cli import build_parser
+from tests.chart.support import CHART_DIR, REPO, chart, render, render_scenario
+
+SKAFFOLD = yaml.safe_load((REPO / "skaffold.yaml").read_text())
+IMAGES = {  # image -> (Dockerfile, chart values holding its repository and tag)
+    "llm-batcher-api": ("images/api/Dockerfile", "api.image"),
+    "llm-batcher-worker": ("images/worker/Dockerfile", "worker.image"),
+    "llm-batcher-llm-mock": ("images/llm-mock/Dockerfile", None),
+}
+
+
+def test_containers_run_the_project_commands() -> None:
+    rendered = render_scenario("default")
+    api = rendered.container("Deployment", "llm-batcher-api")
+    worker = rendered.container("Deployment", "llm-batcher-worker")
+    assert api["command"] == ["llm-batcher", "api"]
+    assert worker["command"] == ["llm-batcher", "worker"]
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert "llm-batcher" in scripts and "llm-mock" in scripts  # the worker's default LLM
+    for command in (api["command"], worker["command"]):
+        args = build_parser().parse_args(command[1:])
+        assert args.command == command[1]
+
+
+def test_images_default_to_the_app_version() -> None:
+    rendered = render_scenario("default")
+    version = chart().metadata["appVersion"]
+    assert version == tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    images = {c["image"] for _, _, c in rendered.containers()}
+    assert images == {
+        f"llm-batcher-api:{version}",
+        f"llm-batcher-worker:{version}",
+        "docker.io/library/redis:7.4",
+    }
+    annotated = yaml.safe_load(chart().metadata["annotations"]["artifacthub.io/images"])
+    assert {entry["image"] for entry in annotated} == images
+
+
+def test_the_test_hook_runs_in_the_api_image() -> None:
+    rendered = render_scenario("default")
+    hook = rendered.get("Pod", "llm-batcher-test")
+    assert hook["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    container = hook["spec"]["containers"][0]
+    assert container["image"] == rendered.container("Deployment", "llm-batcher-api")["image"]
+    assert container["command"][:2] == ["python3", "-c"]
+    assert container["command"][2] == (CHART_DIR / "files" / "helm-test.py").read_text()
+    assert container["command"][3:] == ["http://llm-batcher-api:8000", "60", "--echo"]
+
+
+def test_skaffold_builds_the_three_images_from_their_dockerfiles() -> None:
+    assert SKAFFOLD["kind"] == "Config"
+    version = int(re.fullmatch(r"skaffold/v4beta(\d+)", SKAFFOLD["apiVersion"]).group(1))
+    assert version >= 13
+    artifacts = {a["image"]: a for a in SKAFFOLD["build"]["artifacts"]}
+    assert set(artifacts) == set(IMAGES)
+    for image, (dockerfile, _) in IMAGES.items():
+        assert artifacts[image]["context"] == "."
+        assert artifacts[image]["docker"]["dockerfile"] == dockerfile
+
+
+def _nested(dotted: dict[str, Any]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for path, value in dotted.items():
+        node = tree
+        *parents, leaf = path.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return tree
+
+
+def test_skaffold_deploys_the_chart_with_the_built_images() -> None:
+    (release,) = SKAFFOLD["deploy"]["helm"]["releases"]
+    assert (REPO / release["chartPath"]).resolve() == CHART_DIR
+    templates = release["setValueTemplates"]
+    for image, (_, values_path) in IMAGES.items():
+        if values_path is None:
+            continue
+        variable = image.replace("-", "_")
+        assert templates[f"{values_path}.repository"] == f"{{{{.IMAGE_REPO_{variable}}}}}"
+        assert templates[f"{values_path}.tag"] == f"{{{{.IMAGE_TAG_{variable}}}}}"
+    # Every value Skaffold sets exists in the chart (the schema refuses the others).
+    placeholders = {key: "x" for key in templates}
+    set_values = {k: yaml.safe_load(str(v)) for k, v in release.get("setValues", {}).items()}
+    chart().validate_schema(_nested(placeholders | set_values))
+    rendered = render(_nested(set_values))
+    assert rendered.get("Deployment", "llm-batcher-worker")["spec"]["replicas"] == 2
+
+
+def test_skaffold_forwards_the_api_port_and_has_a_kind_profile() -> None:
+    (release,) = SKAFFOLD["deploy"]["helm"]["releases"]
+    rendered = render_scenario("default")  # release "llm-batcher", as in skaffold.yaml
+    assert release["name"] == "llm-batcher"
+    (forward,) = SKAFFOLD["portForward"]
+    service = rendered.get("Service", forward["resourceName"])
+    assert forward["resourceType"] == "service" and forward["namespace"] == release["namespace"]
+    assert forward["port"] == service["spec"]["ports"][0]["port"]
+    assert forward["localPort"] == 8000
+    (kind,) = [p for p in SKAFFOLD["profiles"] if p["name"] == "kind"]
+    assert kind["activation"] == [{"kubeContext": "kind-.*"}]
+    assert {"op": "add", "path": "/build/local/push", "value": False} in kind["patches"]
+
+
+@pytest.mark.parametrize(
+    ("image", "workload", "port"),
+    [
+        ("llm-batcher-api", "llm-batcher-api", 8000),
+        ("llm-batcher-worker", "llm-batcher-worker", 8001),
+    ],
+)
+def test_dockerfiles_match_the_chart(image: str, workload: str, port: int) -> None:
+    """The image's entrypoint is the chart's command, its user uid 10001, its port the one the
+    chart probes (checked once images/ exists)."""
+    dockerfile: Path = REPO / IMAGES[image][0]
+    if not dockerfile.exists():
+        pytest.skip(f"{IMAGES[image][0]} is not written yet")
+    text = dockerfile.read_text()
+    container = render_scenario("default").container("Deployment", workload)
+    (entrypoint,) = re.findall(r"^ENTRYPOINT\s+(\[.*\])\s*$", text, re.MULTILINE)
+    assert json.loads(entrypoint) == container["command"]
+    (user,) = re.findall(r"^USER\s+(\S+)\s*$", text, re.MULTILINE)
+    assert user in ("10001", "10001:10001")
+    exposed = " ".join(re.findall(r"^EXPOSE\s+(.+)$", text, re.MULTILINE)).split()
+    assert exposed == [str(port)]
+    assert port in [p["containerPort"] for p in container["ports"]]

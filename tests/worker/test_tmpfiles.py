@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import stat
 from pathlib import Path
 
@@ -79,3 +80,15 @@ async def test_folder_left_by_a_killed_worker_is_removed_by_the_next_one(
         # and the task itself is taken over and completed
         assert_complete_answer(await wait_result(queue, task_id), body)
         await eventually(lambda: batch_dirs(tmp_dir) == [], 5, "no folder after the takeover")
+
+
+def test_stale_sweep_removes_own_pid_and_dead_pids_but_not_live_ones(tmp_path: Path) -> None:
+    from llm_batcher.worker.child import BATCH_DIR_PREFIX, remove_stale_batch_dirs
+
+    own = tmp_path / f"{BATCH_DIR_PREFIX}{os.getpid()}-left-by-an-earlier-pid-1"
+    live = tmp_path / f"{BATCH_DIR_PREFIX}{os.getppid()}-a-live-worker"
+    dead = tmp_path / f"{BATCH_DIR_PREFIX}999999999-gone"
+    for folder in (own, live, dead):
+        folder.mkdir()
+    assert remove_stale_batch_dirs(str(tmp_path)) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name]

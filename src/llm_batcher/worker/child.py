@@ -161,12 +161,20 @@ def _write_context_files(batch_dir: Path, contexts: list[str]) -> list[str]:
 
 
 def remove_stale_batch_dirs(tmp_root: str | None) -> int:
-    """Remove batch directories left by worker processes that no longer exist (after SIGKILL)."""
+    """Remove batch directories left by worker processes that no longer exist (after SIGKILL).
+
+    Called at start-up, before this process made any: a directory named with this process's own
+    pid was left by an earlier process with the same pid (in a container the worker is always
+    pid 1, and an emptyDir outlives the container).
+    """
     root = Path(tmp_root or tempfile.gettempdir())
     removed = 0
     for path in root.glob(f"{BATCH_DIR_PREFIX}*"):
         pid_text = path.name.removeprefix(BATCH_DIR_PREFIX).split("-", 1)[0]
-        if pid_text.isdigit() and not _alive(int(pid_text)) and path.is_dir():
+        if not pid_text.isdigit() or not path.is_dir():
+            continue
+        pid = int(pid_text)
+        if pid == os.getpid() or not _alive(pid):
             shutil.rmtree(path, ignore_errors=True)
             removed += 1
     return removed

@@ -1,0 +1,99 @@
+"""What the image and compose checks share: paths, the setting names the code reads, a Dockerfile
+reader."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from llm_batcher.settings import ApiSettings, WorkerSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+IMAGES = ROOT / "images"
+COMPOSE_FILE = ROOT / "compose.yaml"
+IMAGES_README = IMAGES / "README.md"
+TEST_SCRIPT = IMAGES / "test.sh"
+# The three images of the package: name -> (entrypoint, environment the image must set).
+APP_IMAGES: dict[str, tuple[list[str], dict[str, str]]] = {
+    "api": (["llm-batcher", "api"], {"LLMB_HOST": "0.0.0.0"}),
+    "worker": (["llm-batcher", "worker"], {"LLMB_HEALTH_HOST": "0.0.0.0", "LLMB_TMP_DIR": "/tmp"}),
+    "llm-mock": (["llm-mock"], {}),
+}
+SHARED_PART_END = "# ---- specific to this image"
+
+
+def setting_names() -> set[str]:
+    """Every LLMB_* variable a process reads: the settings classes, and the mock's variables."""
+    names = {
+        "LLMB_" + field.upper()
+        for kind in (ApiSettings, WorkerSettings)
+        for field in kind.model_fields
+    }
+    # The mock reads LLMB_MOCK_<FLAG> for each of its flags (mock/cli.py, _setting).
+    mock_cli = (ROOT / "src" / "llm_batcher" / "mock" / "cli.py").read_text(encoding="utf-8")
+    flags = re.findall(r'add_argument\(\s*"--([a-z][a-z-]*)"', mock_cli)
+    assert flags, "no flags found in the mock's command line"
+    names |= {"LLMB_MOCK_" + flag.replace("-", "_").upper() for flag in flags}
+    return names
+
+
+def find_tool(name: str) -> str | None:
+    """A program beside this Python (the venv's bin), else on PATH."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else shutil.which(name)
+
+
+@dataclass(frozen=True)
+class Instruction:
+    """One Dockerfile instruction: keyword (upper case) and its arguments, continuations joined."""
+
+    keyword: str
+    args: str
+
+
+def read_dockerfile(path: Path) -> list[Instruction]:
+    """The instructions of a Dockerfile (comments dropped, continuation lines joined)."""
+    instructions: list[Instruction] = []
+    pending = ""
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if line.startswith("#"):  # a comment inside a continued instruction
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        keyword, _, args = (pending + line).partition(" ")
+        instructions.append(Instruction(keyword.upper(), " ".join(args.split())))
+        pending = ""
+    assert not pending, f"{path}: the last instruction ends with a backslash"
+    return instructions
+
+
+def stages(instructions: list[Instruction]) -> dict[str, list[Instruction]]:
+    """Instructions per build stage, by stage name (FROM ... AS name)."""
+    result: dict[str, list[Instruction]] = {}
+    current: list[Instruction] | None = None
+    for instruction in instructions:
+        if instruction.keyword == "FROM":
+            name = instruction.args.split()[-1] if " AS " in instruction.args.upper() else ""
+            current = result.setdefault(name, [])
+        elif current is not None:
+            current.append(instruction)
+    return result
+
+
+def env_of(instructions: list[Instruction]) -> dict[str, str]:
+    """Variables set by ENV instructions (KEY=VALUE form)."""
+    env: dict[str, str] = {}
+    for instruction in instructions:
+        if instruction.keyword == "ENV":
+            for pair in instruction.args.split():
+                key, sep, value = pair.partition("=")
+                assert sep, f"ENV {instruction.args!r}: use the KEY=VALUE form"
+                env[key] = value
+    return env

@@ -152,3 +152,20 @@ def answer(entries: list[ResultEntry]) -> str:
 def terminal(entries: list[ResultEntry]) -> ResultEntry:
     assert entries and entries[-1].is_terminal, entries[-3:]
     return entries[-1]
+
+
+async def start_api(
+    redis_url: str, prefix: str, log_dir: Path, **settings: object
+) -> tuple[Proc, str]:
+    """Start `llm-batcher api` on a free port; returns it and its base URL once /healthz answers."""
+    port = free_port()
+    env = base_env(redis_url, prefix, port=port, **settings)
+    proc = Proc([str(BIN / "llm-batcher"), "api"], env, log_dir / f"api-{port}.log")
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        await wait_http(f"{base_url}/healthz", proc)
+    except BaseException:
+        proc.kill_group()
+        proc.stop()
+        raise
+    return proc, base_url

@@ -16,7 +16,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from llm_batcher import __version__, metrics
 from llm_batcher.api.errors import install_error_handlers
 from llm_batcher.api.hub import ResultHub
-from llm_batcher.api.routes import STATIC_DIR, router
+from llm_batcher.api.routes import BUSY_WAIT_FACTOR, STATIC_DIR, router
 from llm_batcher.api.state import AppState
 from llm_batcher.keys import Keys
 from llm_batcher.queue import TaskQueue
@@ -38,7 +38,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
             settings,
             max_connections=settings.redis_max_connections,
             socket_timeout_s=settings.redis_timeout_s * 5,
-            pool_timeout_s=settings.redis_timeout_s,
+            # requests bound their own wait (routes._redis_call): a burst queues for the pool
+            pool_timeout_s=settings.redis_timeout_s * BUSY_WAIT_FACTOR,
         )
         keys = Keys(settings.key_prefix)
         queue = TaskQueue(

@@ -6,8 +6,9 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -30,6 +31,8 @@ STATIC_DIR = Path(__file__).parent / "static"
 _REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
 _SSE_HEADERS = {"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"}
 _MAX_TOKEN_INDEX = 2**63  # token i is result-stream entry 0-(i+1), a 64-bit sequence number
+BUSY_WAIT_FACTOR = 10  # how many Redis timeouts a request waits while Redis answers others
+T = TypeVar("T")
 
 
 class GenerateRequest(BaseModel):
@@ -187,18 +190,12 @@ async def _submit(state: AppState, context: str | None) -> EventSourceResponse:
     task_id = str(uuid.uuid4())
     now = _now_ms()
     deadline = now + int(settings.task_timeout_s * 1000)
-    try:
-        async with asyncio.timeout(settings.redis_timeout_s):
-            queued = await state.queue.submit(
-                task_id, context, now_ms=now, deadline_ms=deadline, max_queue=settings.max_queue
-            )
-    except _REDIS_DOWN as exc:
-        raise ApiError(
-            503,
-            "redis_unavailable",
-            f"Redis is unreachable: {exc or 'timeout'}",
-            {"Retry-After": "2"},
-        ) from exc
+    queued = await _redis_call(
+        state,
+        state.queue.submit(
+            task_id, context, now_ms=now, deadline_ms=deadline, max_queue=settings.max_queue
+        ),
+    )
     if not queued:
         raise ApiError(
             503,
@@ -213,20 +210,46 @@ async def _submit(state: AppState, context: str | None) -> EventSourceResponse:
 
 async def _resume(state: AppState, last_event_id: str) -> EventSourceResponse:
     task_id, index = _parse_event_id(last_event_id)
-    try:
-        async with asyncio.timeout(state.settings.redis_timeout_s):
-            deadline = await state.queue.deadline_of(task_id)
-    except _REDIS_DOWN as exc:
-        raise ApiError(
-            503,
-            "redis_unavailable",
-            f"Redis is unreachable: {exc or 'timeout'}",
-            {"Retry-After": "2"},
-        ) from exc
+    deadline = await _redis_call(state, state.queue.deadline_of(task_id))
     if deadline is None:
         raise ApiError(404, "unknown_task", f"task {task_id} is unknown or expired")
     log.info("task %s resumed after token %d", task_id, index, extra={"task_id": task_id})
     return _respond(state, StreamState(task_id, next_index=index + 1, deadline_ms=deadline))
+
+
+async def _redis_call(state: AppState, call: Awaitable[T]) -> T:
+    """Await one Redis call of a request; 503 `redis_unavailable` if Redis seems to be down.
+
+    Redis counts as down when the call fails to connect, or gets no answer within
+    redis_timeout_s while no other call of this process got one either. In a burst, calls
+    wait for a pool connection and for the event loop, and that wait is no outage: with a
+    plain timeout, 1,000 streams opened at once were refused as "Redis is unreachable".
+    A Redis that answers others but not this call is given up on after BUSY_WAIT_FACTOR
+    timeouts.
+    """
+    loop = asyncio.get_running_loop()
+    timeout_s = state.settings.redis_timeout_s
+    give_up_at = loop.time() + timeout_s * BUSY_WAIT_FACTOR
+    task = asyncio.ensure_future(call)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=timeout_s)
+            if done:
+                result = task.result()
+                state.redis_answered_at = loop.time()
+                return result
+            now = loop.time()
+            if now - state.redis_answered_at > timeout_s or now >= give_up_at:
+                raise TimeoutError(f"no answer within {timeout_s:g} s")
+    except _REDIS_DOWN as exc:
+        raise ApiError(
+            503,
+            "redis_unavailable",
+            f"Redis is unreachable: {str(exc) or type(exc).__name__}",
+            {"Retry-After": "2"},
+        ) from exc
+    finally:
+        task.cancel()  # the request ended first (or gave up): do not leave the call running
 
 
 def _parse_event_id(value: str) -> tuple[str, int]:

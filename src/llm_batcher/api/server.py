@@ -15,13 +15,45 @@ import asyncio
 import logging
 from types import FrameType
 
+import h11
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from llm_batcher.api.app import create_app
 from llm_batcher.api.state import AppState
 from llm_batcher.settings import ApiSettings
 
 log = logging.getLogger(__name__)
+_LINGER_S = 2.0
+
+
+class LingeringH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol, but a refused request's 400 reaches the client.
+
+    uvicorn answers a request it cannot parse (a URL longer than h11_max_incomplete_event_size)
+    with 400 and closes the socket at once; closing with unread input sends a TCP reset, and the
+    client sees "connection reset" instead of the 400. Here the answer is followed by a FIN, and
+    what the client is still sending is read and dropped for up to _LINGER_S before closing.
+    """
+
+    _lingering = False
+
+    def send_400_response(self, msg: str) -> None:
+        headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"connection", b"close")]
+        for event in (
+            h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
+            h11.Data(data=msg.encode("ascii")),
+            h11.EndOfMessage(),
+        ):
+            self.transport.write(self.conn.send(event))
+        self._lingering = True
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        asyncio.get_running_loop().call_later(_LINGER_S, self.transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._lingering:
+            super().data_received(data)
 
 
 class DrainingServer(uvicorn.Server):
@@ -70,6 +102,7 @@ def serve(settings: ApiSettings) -> int:
         access_log=False,
         timeout_graceful_shutdown=5,
         h11_max_incomplete_event_size=max_get_bytes,
+        http=LingeringH11Protocol,
     )
     server = DrainingServer(config, settings.shutdown_grace_s)
     server.run()

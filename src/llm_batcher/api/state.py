@@ -18,3 +18,4 @@ class AppState:
     queue: TaskQueue
     hub: ResultHub
     draining: bool = False
+    redis_answered_at: float = float("-inf")  # loop time of the last answer to a request's call

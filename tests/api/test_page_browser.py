@@ -1,0 +1,129 @@
+"""The test page in a real browser (Chromium driven by Playwright): answers stream into cards,
+several requests run as one batch, hostile text stays text, and failures show their code."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import AsyncIterator
+
+import pytest
+from playwright.async_api import Browser, Page, async_playwright, expect
+from redis.asyncio import Redis
+
+from tests.api.support import Stack, task_ids
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+NUMBER = re.compile(r"^\d+(\.\d)?$")
+HOSTILE = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2">'
+
+pytestmark = pytest.mark.skipif(
+    shutil.which(CHROMIUM) is None,
+    reason=f"no Chromium at {CHROMIUM} (Playwright's own browser download is not available)",
+)
+
+
+@pytest.fixture(scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        chromium = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            await chromium.close()
+
+
+@pytest.fixture
+async def page(browser: Browser, stack: Stack) -> AsyncIterator[Page]:
+    """The test page of a fresh API, with script errors collected and checked at the end."""
+    api = await stack.api()
+    context = await browser.new_context(base_url=api.url)
+    tab = await context.new_page()
+    errors: list[str] = []
+    tab.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        await tab.goto("/")
+        yield tab
+    finally:
+        await context.close()
+    assert errors == [], errors
+
+
+async def send(page: Page, context: str) -> None:
+    await page.get_by_test_id("context").fill(context)
+    await page.get_by_test_id("send").click()
+
+
+async def test_an_answer_streams_into_a_card(page: Page, stack: Stack, redis: Redis) -> None:
+    await stack.worker()
+    answer = "tokens arrive one by one in the card"
+    await send(page, "@mock ttft_ms=0 itl_ms=250\n" + answer)
+    card = page.get_by_test_id("card")
+    await expect(card).to_have_count(1)
+    status = card.get_by_test_id("status")
+    await expect(status).to_have_text("streaming")  # part of the answer is there, not all
+    await expect(card.get_by_test_id("answer")).not_to_have_text("")
+    await expect(status).to_have_text("done", timeout=10_000)
+    await expect(card.get_by_test_id("answer")).to_have_text(answer)
+    await expect(card.get_by_test_id("task-id")).to_have_text(UUID)
+    await expect(card.get_by_test_id("batch-size")).to_have_text("1")
+    await expect(card.get_by_test_id("tokens")).to_have_text(str(len(answer.split())))
+    for metric in ("queue-ms", "ttft-ms", "total-ms"):
+        await expect(card.get_by_test_id(metric)).to_have_text(NUMBER)
+    await expect(card.get_by_test_id("error")).to_be_hidden()
+    shown = await card.get_by_test_id("task-id").text_content()
+    assert await task_ids(redis, stack.prefix) == {shown}
+
+
+async def test_send_four_runs_them_as_one_batch(page: Page, stack: Stack) -> None:
+    await stack.worker(max_batch=4, window_ms=3000)  # a full batch starts at once
+    await page.get_by_test_id("context").fill("@mock ttft_ms=100 itl_ms=0\nmany")
+    await page.get_by_test_id("count").fill("4")
+    await page.get_by_test_id("send-many").click()
+    cards = page.get_by_test_id("card")
+    await expect(cards).to_have_count(4)
+    for i in range(4):
+        card = cards.nth(i)
+        await expect(card.get_by_test_id("status")).to_have_text("done", timeout=10_000)
+        await expect(card.get_by_test_id("batch-size")).to_have_text("4")
+    answers = await page.get_by_test_id("answer").all_text_contents()
+    assert sorted(answers) == [f"many #{i}" for i in range(1, 5)]
+    ids = await page.get_by_test_id("task-id").all_text_contents()
+    assert len(set(ids)) == 4
+
+
+async def test_hostile_markup_is_shown_as_text(page: Page, stack: Stack) -> None:
+    await stack.worker()
+    await send(page, HOSTILE)
+    card = page.get_by_test_id("card")
+    await expect(card.get_by_test_id("status")).to_have_text("done", timeout=10_000)
+    await expect(card.get_by_test_id("answer")).to_have_text(HOSTILE)
+    assert await card.locator("img, script").count() == 0
+    assert await page.evaluate("window.__pwned") is None
+
+
+async def test_a_crashing_model_shows_the_error_code(page: Page, stack: Stack) -> None:
+    await stack.worker()
+    await send(page, "@mock fail=exit\nthis one crashes")
+    card = page.get_by_test_id("card")
+    await expect(card.get_by_test_id("status")).to_have_text("error", timeout=10_000)
+    error = card.get_by_test_id("error")
+    await expect(error).to_be_visible()
+    await expect(error).to_contain_text("llm_crashed")
+    await expect(card.get_by_test_id("task-id")).to_have_text(UUID)
+
+
+async def test_a_refused_request_shows_the_http_error(page: Page) -> None:
+    await send(page, "")
+    card = page.get_by_test_id("card")
+    await expect(card.get_by_test_id("status")).to_have_text("error", timeout=10_000)
+    await expect(card.get_by_test_id("error")).to_contain_text("422")

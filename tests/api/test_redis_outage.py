@@ -1,0 +1,125 @@
+"""Redis stopped and started again under a live API: fast 503s while it is down, no hanging
+stream, and recovery without a restart of the API or the worker."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from httpx_sse import aconnect_sse
+
+from llm_batcher.embedded_redis import EmbeddedRedis
+from tests.api.support import TERMINALS, Api, Event, Stack, Stream, dispatched, read_sse, words
+from tests.helpers import eventually
+
+FAST_503_S = 1.5  # LLMB_REDIS_TIMEOUT_S is 1 s by default
+
+
+@pytest.fixture
+async def own_stack(
+    own_redis: EmbeddedRedis, key_prefix: str, tmp_path: Path
+) -> AsyncIterator[Stack]:
+    processes = Stack(own_redis.url, key_prefix, tmp_path)
+    try:
+        yield processes
+    finally:
+        processes.stop()
+
+
+async def wait_ready(client: httpx.AsyncClient, api: Api, timeout_s: float = 15) -> None:
+    async def ready() -> bool:
+        return (await client.get(f"{api.url}/readyz")).status_code == 200
+
+    await eventually(ready, timeout_s, "/readyz to answer 200")
+
+
+async def assert_fast_503s(client: httpx.AsyncClient, api: Api, task_id: str) -> None:
+    """While Redis is down: readiness and every /generate flavour fail fast with 503."""
+    requests = {
+        "readyz": ("GET", f"{api.url}/readyz", {}),
+        "GET": ("GET", f"{api.url}/generate", {"params": {"context": "while down"}}),
+        "POST": ("POST", f"{api.url}/generate", {"json": {"context": "while down"}}),
+        "resume": ("GET", f"{api.url}/generate", {"headers": {"Last-Event-ID": f"{task_id}:0"}}),
+    }
+    for what, (method, url, kwargs) in requests.items():
+        started = time.monotonic()
+        response = await client.request(method, url, **kwargs)  # type: ignore[arg-type]
+        elapsed_s = time.monotonic() - started
+        print(f"MEASURED redis_down_{what}_s={elapsed_s:.3f}")
+        assert response.status_code == 503, (what, response.text)
+        assert elapsed_s < FAST_503_S, (what, elapsed_s)
+        if what != "readyz":
+            assert response.json()["code"] == "redis_unavailable"
+            assert int(response.headers["retry-after"]) > 0
+
+
+async def test_redis_restart_under_a_live_api(
+    own_redis: EmbeddedRedis, own_stack: Stack, client: httpx.AsyncClient
+) -> None:
+    api = await own_stack.api()
+    worker = await own_stack.worker()
+    await wait_ready(client, api)
+    context = "@mock ttft_ms=0 itl_ms=200\n" + words(15)  # three seconds of tokens
+    url = f"{api.url}/generate"
+    async with aconnect_sse(client, "GET", url, params={"context": context}) as source:
+        events: list[Event] = []
+        async for sse in dispatched(source.aiter_sse()):
+            events.append(Event.of(sse))
+            if len(events) == 2:  # task, then a first token: the task is running
+                own_redis.stop()
+                await assert_fast_503s(client, api, events[0].data["task_id"])
+                await eventually(
+                    lambda: (
+                        "pub/sub connection lost" in api.proc.log()
+                        and "heartbeat failed" in worker.log()
+                    ),
+                    5,
+                    "the API and the worker to notice the outage",
+                )
+                own_redis.start()  # same port, empty: no persistence
+            assert len(events) < 40, "the stream went on past the restart"
+    # Not a hang: the stream ends, with an error since the restarted Redis lost the task.
+    kinds = [e.event for e in events]
+    assert kinds[:2] == ["task", "token"]
+    assert sum(k in TERMINALS for k in kinds) == 1
+    assert events[-1].event == "error", kinds
+    assert events[-1].data["code"] in {"lost", "redis_unavailable"}
+
+    await wait_ready(client, api)  # the worker's heartbeat reached the new server
+    after = await read_sse(client, "GET", url, params={"context": "after the restart"})
+    assert after.terminal.event == "done"
+    assert after.text == "after the restart"
+
+
+async def test_a_frozen_redis_gives_fast_503s_and_the_stream_survives(
+    own_redis: EmbeddedRedis, own_stack: Stack, client: httpx.AsyncClient
+) -> None:
+    """Redis accepts connections but answers nothing (SIGSTOP): the timeouts must bound every
+    request; once it answers again, the open stream goes on with nothing lost."""
+    api = await own_stack.api()
+    await own_stack.worker()
+    await wait_ready(client, api)
+    answer = words(12)
+    context = "@mock ttft_ms=0 itl_ms=150\n" + answer
+    url = f"{api.url}/generate"
+    assert own_redis.process is not None
+    redis_process = psutil.Process(own_redis.process.pid)
+    async with aconnect_sse(client, "GET", url, params={"context": context}) as source:
+        events: list[Event] = []
+        async for sse in dispatched(source.aiter_sse()):
+            events.append(Event.of(sse))
+            if len(events) == 2:
+                redis_process.suspend()
+                try:
+                    await assert_fast_503s(client, api, events[0].data["task_id"])
+                finally:
+                    redis_process.resume()
+    stream = Stream(200, httpx.Headers(), events)
+    assert stream.terminal.event == "done", stream.terminal.data
+    assert stream.text == stream.terminal.data["text"] == answer
+    task_id = events[0].data["task_id"]
+    assert [e.id for e in stream.tokens] == [f"{task_id}:{i}" for i in range(12)]

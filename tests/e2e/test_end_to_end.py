@@ -1,0 +1,143 @@
+"""The whole system from a client's side: many concurrent streams, batching under a burst."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.parse
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import httpx
+
+from tests.e2e.support import Cluster, RawResponse, generate, raw_get, start_together, words
+
+CLIENTS = 32
+
+
+async def test_32_concurrent_clients_each_get_their_own_complete_answer(
+    cluster: Cluster, client: httpx.AsyncClient
+) -> None:
+    api, *workers = await start_together(
+        cluster.api(), *(cluster.worker(window_ms=200, max_batch=4) for _ in range(2))
+    )
+    await cluster.wait_ready(api)
+    bodies = [f"client {n} says {words(12, f'c{n}')}" for n in range(CLIENTS)]
+    contexts = [f"@mock ttft_ms=300 itl_ms=20\n{body}" for body in bodies]
+
+    answers = await asyncio.gather(*(generate(client, api.url, c) for c in contexts))
+
+    dones = [a.assert_exact(body) for a, body in zip(answers, bodies, strict=True)]
+    assert len({a.task_id for a in answers}) == CLIENTS
+    sizes = Counter(d["batch_size"] for d in dones)
+    assert max(sizes) <= 4, sizes
+    assert sizes[4] >= 0.75 * CLIENTS, sizes
+    batches = Counter(d["batch_id"] for d in dones)
+    assert all(n <= 4 for n in batches.values()), batches
+    assert {d["worker"] for d in dones} == {w.id for w in workers}  # the burst was shared
+    assert all(d["attempt"] == 1 for d in dones)
+
+
+HOSTILE = {
+    "newlines": "line one\nline two\n\nline four\n",
+    "crlf": "crlf\r\nline\r\n\r\nend\r",
+    "quotes": 'double " single \' back ` quotes """',
+    "backslashes": "back\\slash \\n \\\\ \\u0000 \\x41 C:\\temp\\",
+    "emoji": "emoji 🙂👍🏽 👨‍👩‍👧 flag 🇫🇷 and 𝄞",
+    "rtl": "RTL: שלום עולם مرحبا بالعالم \u202eoverride\u202c\u200f",
+    "sse": "data: x\n\nevent: done\n\n",
+    "sse2": "id: 1\nretry: 1\n: comment\r\rdata: y\n\n\n",
+    "controls": "tab\there\x0bvt\x0cff\x1besc\x7fdel",
+    "percent": "%41%42 %ZZ %FF + & = ? #frag",
+    "spaces": "   ",
+    "html": "<script>alert('x')</script></body>",
+}
+
+
+async def test_hostile_contexts_are_echoed_exactly_and_run_nothing(
+    cluster: Cluster, client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    api, _ = await start_together(cluster.api(), cluster.worker())
+    await cluster.wait_ready(api)
+    marker = tmp_path / "pwned"
+    contexts = dict(HOSTILE)
+    contexts["subshell"] = f"$(touch {marker})"
+    contexts["backticks"] = f"`touch {marker}`; touch {marker}"
+    contexts["big"] = ('64 KiB: שלום 🙂 "q" \\ line\r\n' * 3000)[: 64 * 1024]
+
+    names = list(contexts)
+    answers = await asyncio.gather(
+        *(generate(client, api.url, contexts[n], post=n in ("big", "sse")) for n in names)
+    )
+
+    for name, answer in zip(names, answers, strict=True):
+        answer.assert_exact(contexts[name])
+    assert not marker.exists()
+
+
+def assert_answer_or_4xx(response: RawResponse, expected: str) -> None:
+    """Either the exact echo of what the server decoded, or a clear 4xx."""
+    if response.status == 200:
+        response.answer().assert_exact(expected)
+    else:
+        assert 400 <= response.status < 500, (response.status, response.body[:200])
+
+
+async def test_malformed_and_oversized_requests_get_an_answer_or_a_clear_4xx(
+    cluster: Cluster, client: httpx.AsyncClient
+) -> None:
+    api, _ = await start_together(cluster.api(), cluster.worker())
+    await cluster.wait_ready(api)
+
+    # invalid percent-encoding, truncated UTF-8, a NUL byte (sent as raw bytes), and 10,000
+    # query parameters: each its answer or a 4xx
+    expected = {
+        f"/generate?context={raw.replace(' ', '%20')}".encode(): urllib.parse.unquote(
+            raw, errors="replace"
+        )
+        for raw in ["%ZZ", "%FF", "a%00b", "%E2%82", "%", "100%25 sure%"]
+    }
+    params = b"&".join(b"p%d=%d" % (i, i) for i in range(10_000))
+    expected[b"/generate?context=ten-thousand&" + params] = "ten-thousand"
+    responses = await asyncio.gather(*(raw_get(api.url, target) for target in expected))
+    for response, text in zip(responses, expected.values(), strict=True):
+        assert_answer_or_4xx(response, text)
+
+    # a context over the limit in the URL: 413 with a JSON detail
+    too_big = await raw_get(api.url, b"/generate?context=" + b"a" * 200_000)
+    assert too_big.status == 413
+    assert too_big.json()["code"] == "context_too_large" and too_big.json()["detail"]
+
+    # a URL longer than the server parses: a 4xx, not a reset connection
+    overlong = await raw_get(api.url, b"/generate?context=" + b"b" * 1_000_000)
+    assert 400 <= overlong.status < 500, overlong
+
+    # a 1 MiB body, and a body within bounds whose context is over the limit
+    url = f"{api.url}/generate"
+    for body in ({"context": "c" * (1 << 20)}, {"context": "d" * 200_000}):
+        response = await client.post(url, json=body)
+        assert response.status_code == 413, response.text[:200]
+        assert response.json()["code"] == "context_too_large" and response.json()["detail"]
+
+    # bodies and parameters that are not a context at all
+    for content in (
+        b"not json",
+        b'{"context": 5}',
+        b'{"context": ""}',
+        b'{"context": "x", "y": 1}',
+    ):
+        response = await client.post(
+            url, content=content, headers={"content-type": "application/json"}
+        )
+        assert response.status_code == 422, (content, response.text[:200])
+        assert response.json()["detail"]
+    for params in ({}, {"context": ""}):
+        assert (await client.get(url, params=params)).status_code == 422
+    bad_resume = await client.get(url, headers={"Last-Event-ID": "<script>:x"})
+    assert bad_resume.status_code == 422
+    unknown = await client.get(url, headers={"Last-Event-ID": f"{uuid.uuid4()}:3"})
+    assert unknown.status_code == 404
+
+    # after all of that the same API serves a normal request
+    assert api.proc.popen.poll() is None
+    (await generate(client, api.url, "still serving")).assert_exact("still serving")

@@ -1,0 +1,112 @@
+"""`llm-batcher up` as a user runs it: ready lines, a request served, restarts, a clean stop."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import httpx
+import psutil
+from redis.asyncio import Redis
+
+from llm_batcher.embedded_redis import free_port
+from tests.e2e.support import Up, alive, command_lines, descendants, generate
+from tests.helpers import eventually
+
+RunUp = Callable[..., Awaitable[Up]]
+UP_TIMEOUT_S = 30
+
+
+def up_args(tmp_path: Path, port: int, *extra: str) -> list[str]:
+    return [
+        "--port", str(port), "--workers", "2", "--data-dir", str(tmp_path / "data"),
+        "--mock-ttft-ms", "0", "--mock-itl-ms", "0", *extra,
+    ]  # fmt: skip
+
+
+def worker_process(up: Up, worker_id: str) -> psutil.Process:
+    """The `llm-batcher worker` process `up` runs as ``worker_id``."""
+    for proc, line in command_lines(descendants(up.proc.pid)).items():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if line.endswith(" worker") and proc.environ().get("LLMB_WORKER_ID") == worker_id:
+                return proc
+    raise AssertionError(f"no live {worker_id} under up:\n{up.output()}")
+
+
+async def test_up_serves_then_stops_on_sigterm_leaving_nothing_behind(
+    run_up: RunUp, client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    port = free_port()
+    up = await run_up(*up_args(tmp_path, port))
+    await up.wait_line(r"embedded Redis-compatible server \(Valkey\) at redis://")
+    await up.wait_line(r"^up +\| api ready$", UP_TIMEOUT_S)
+    await up.wait_line(r"^up +\| worker-2 ready$", UP_TIMEOUT_S)
+    await up.wait_line(r"^up +\| worker-1 ready$", UP_TIMEOUT_S)
+
+    answer = await generate(client, f"http://127.0.0.1:{port}", "hello from up")
+    answer.assert_exact("hello from up")
+
+    children = descendants(up.proc.pid)
+    names = list(command_lines(children).values())
+    assert any("valkey-server" in n for n in names), names
+    assert sum(n.endswith(" worker") for n in names) == 2, names
+    assert sum(n.endswith(" api") for n in names) == 1, names
+
+    assert await up.terminate(UP_TIMEOUT_S) == 0, up.output()
+    assert not alive(children), command_lines(children)
+    assert up.matching(r"all processes stopped") and up.matching(r"embedded Redis stopped")
+    assert not list((tmp_path / "tmp").glob("llmb-batch-*"))
+    assert (tmp_path / "data" / "redis").is_dir()  # the embedded server's data went there
+
+
+async def test_up_restarts_a_worker_killed_with_sigkill(
+    run_up: RunUp, client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    port = free_port()
+    up = await run_up(*up_args(tmp_path, port))
+    for name in ("api", "worker-1", "worker-2"):
+        await up.wait_line(rf"^up +\| {name} ready$", UP_TIMEOUT_S)
+    victim = worker_process(up, "worker-1")
+
+    victim.send_signal(signal.SIGKILL)
+
+    await up.wait_line(r"!! worker-1 exited with status -9; restart", UP_TIMEOUT_S)
+    await up.wait_line(r"^worker-1 +\| .*worker worker-1 ready", UP_TIMEOUT_S, count=2)
+    await eventually(lambda: worker_process(up, "worker-1").pid != victim.pid, 5, "a new worker")
+    answers = [
+        await generate(client, f"http://127.0.0.1:{port}", f"after the restart {i}")
+        for i in range(3)
+    ]
+    for i, answer in enumerate(answers):
+        answer.assert_exact(f"after the restart {i}")
+    children = descendants(up.proc.pid)
+    assert await up.terminate(UP_TIMEOUT_S) == 0, up.output()
+    assert not alive(children)
+
+
+async def test_up_with_a_redis_url_starts_no_embedded_server(
+    run_up: RunUp,
+    client: httpx.AsyncClient,
+    tmp_path: Path,
+    redis: Redis,
+    redis_url: str,
+    key_prefix: str,
+) -> None:
+    port = free_port()
+    up = await run_up(
+        *up_args(tmp_path, port, "--redis-url", redis_url), LLMB_KEY_PREFIX=key_prefix
+    )
+    await up.wait_line(rf"using Redis at {redis_url}")
+    await up.wait_line(r"^up +\| api ready$", UP_TIMEOUT_S)
+
+    answer = await generate(client, f"http://127.0.0.1:{port}", "on the session Redis")
+    answer.assert_exact("on the session Redis")
+
+    assert not up.matching(r"embedded|Valkey")
+    names = list(command_lines(descendants(up.proc.pid)).values())
+    assert not any("valkey" in n for n in names), names
+    assert not (tmp_path / "data").exists()
+    assert await redis.exists(f"{key_prefix}:task:{answer.task_id}")  # it used that server
+    assert await up.terminate(UP_TIMEOUT_S) == 0, up.output()

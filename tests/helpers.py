@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -60,11 +61,10 @@ class Proc:
             self.popen.send_signal(sig)
 
     def kill_group(self) -> None:
-        """SIGKILL the process and its children (the LLM child too)."""
-        try:
+        """SIGKILL the process and its process group. An LLM child runs in a session of its own
+        and is not killed: like after a real SIGKILL, it exits once it notices its parent gone."""
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.popen.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.popen.wait(10)
 
     def wait(self, timeout_s: float = 30) -> int:

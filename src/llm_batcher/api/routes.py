@@ -20,7 +20,7 @@ from sse_starlette import EventSourceResponse
 
 from llm_batcher.api.errors import ApiError
 from llm_batcher.api.state import AppState
-from llm_batcher.api.stream import StreamState, TaskStream
+from llm_batcher.api.stream import StreamState, TaskStream, spawn_background
 from llm_batcher.metrics import API_REGISTRY, exposition
 from llm_batcher.stats import collect as collect_stats
 
@@ -190,12 +190,18 @@ async def _submit(state: AppState, context: str | None) -> EventSourceResponse:
     task_id = str(uuid.uuid4())
     now = _now_ms()
     deadline = now + int(settings.task_timeout_s * 1000)
-    queued = await _redis_call(
-        state,
-        state.queue.submit(
-            task_id, context, now_ms=now, deadline_ms=deadline, max_queue=settings.max_queue
-        ),
-    )
+    try:
+        queued = await _redis_call(
+            state,
+            state.queue.submit(
+                task_id, context, now_ms=now, deadline_ms=deadline, max_queue=settings.max_queue
+            ),
+        )
+    except BaseException:
+        # The submit may have reached Redis although this request gave up on it (a slow Redis,
+        # or the client hung up meanwhile): cancel it, so that no worker runs a task nobody reads.
+        spawn_background(state.queue.cancel(task_id), f"cancel of unanswered task {task_id}")
+        raise
     if not queued:
         raise ApiError(
             503,

@@ -71,6 +71,7 @@ class ResultHub:
         self._confirmed: dict[str, asyncio.Event] = {}
         self._reader: asyncio.Task[None] | None = None
         self._ever_connected = False
+        self._wake = asyncio.Event()  # set when the reader may have something to read
         self._idle = asyncio.Event()  # set while no stream is open
         self._idle.set()
         self.closing = False
@@ -121,6 +122,7 @@ class ResultHub:
                 confirmed = self._confirmed[channel] = asyncio.Event()
                 async with self._command_lock:
                     await self._pubsub.subscribe(channel)
+                self._wake.set()
                 async with asyncio.timeout(timeout_s):
                     await confirmed.wait()
             else:
@@ -160,8 +162,9 @@ class ResultHub:
     async def _read_loop(self) -> None:
         backoff = 0.1
         while True:
+            self._wake.clear()  # before the check: a subscribe right after it sets the event
             if not self._pubsub.subscribed:
-                await asyncio.sleep(0.05)  # nothing to read until the first subscription
+                await self._wake.wait()  # nothing to read until a stream subscribes
                 continue
             try:
                 message = await self._pubsub.get_message(timeout=1.0)

@@ -398,16 +398,18 @@ function statsTable(caption, head, rows) {
 function renderStats(s) {
   const obj = (v) => (v && typeof v === "object" && !Array.isArray(v) ? v : {});
   $("stats-window").textContent = typeof s.window_s === "number" ? `(last ${s.window_s} s)` : "";
-  const lat = ["ttft_ms", "total_ms"].map((k) => [k, ...["p50", "p90", "p99", "max"].map((p) => obj(s[k])[p])]);
-  const general = [["queue depth", s.queue_depth], ["workers", s.workers],
-    ...Object.entries(obj(s.requests)).map(([k, v]) => [`requests ${k}`, v])];
+  const lat = ["queue_ms", "ttft_ms", "total_ms"].map((k) => [k, ...["p50", "p90", "p99", "max"].map((p) => obj(s[k])[p])]);
+  const req = obj(s.requests);
+  const general = [["queue depth", s.queue_depth], ["in flight", s.in_flight], ["workers", s.workers],
+    ["requests", req.total], ["done", req.done], ["errors", req.error],
+    ...Object.entries(obj(req.by_code)).map(([code, n]) => [`· ${code}`, n])];
   const slowest = (Array.isArray(s.slowest) ? s.slowest : []).slice(0, 10).map((r) => {
     const x = obj(r);
-    return [x.task_id, x.context_preview, x.batch_size, x.queue_ms, x.ttft_ms, x.total_ms, x.worker, when(x.at)];
+    return [x.task_id, x.context_preview, x.code || x.outcome, x.batch_size, x.queue_ms, x.ttft_ms, x.total_ms, x.worker, when(x.at)];
   });
   const parts = [statsTable("latency", ["", "p50", "p90", "p99", "max"], lat), statsTable("system", ["", "value"], general)];
   if (slowest.length) {
-    parts.push(statsTable("slowest", ["task", "context", "batch", "queue", "ttft", "total", "worker", "at"], slowest));
+    parts.push(statsTable("slowest", ["task", "context", "outcome", "batch", "queue", "ttft", "total", "worker", "at"], slowest));
   }
   $("stats-body").replaceChildren(...parts);
 }

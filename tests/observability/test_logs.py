@@ -1,0 +1,56 @@
+"""Structured logs: with LLMB_LOG_FORMAT=json every line is one JSON object, and the lines about
+a task carry its id (and, on the worker, the batch id)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from llm_batcher import logs
+from tests.helpers import start_api, start_worker
+from tests.observability.support import generate
+
+
+def _json_lines(text: str) -> list[dict[str, object]]:
+    lines = [line for line in text.splitlines() if line.strip()]
+    return [json.loads(line) for line in lines]  # fails if any line is not JSON
+
+
+async def test_json_logs_carry_task_and_batch_ids(
+    redis: Redis, redis_url: str, key_prefix: str, tmp_path: Path
+) -> None:
+    settings = {"log_format": "json", "log_level": "INFO"}
+    worker, _ = await start_worker(redis_url, key_prefix, tmp_path, **settings)
+    api, base = await start_api(redis_url, key_prefix, tmp_path, **settings)
+    try:
+        kind, data = await generate(base, "@mock ttft_ms=0 itl_ms=0\nlog me")
+    finally:
+        api.stop()
+        worker.stop()
+    assert kind == "done"
+    task_id = data["task_id"]
+
+    api_lines = _json_lines(api.log())
+    worker_lines = _json_lines(worker.log())
+    for entry in api_lines + worker_lines:
+        assert {"time", "level", "logger", "message"} <= entry.keys()
+    api_task = [e for e in api_lines if e.get("task_id") == task_id]
+    assert any("queued" in str(e["message"]) for e in api_task)
+    assert any("ended: done" in str(e["message"]) for e in api_task)
+    worker_task = [e for e in worker_lines if e.get("task_id") == task_id]
+    assert worker_task and all(e.get("batch_id") for e in worker_task)
+    assert not any(e["level"] == "DEBUG" for e in api_lines + worker_lines)
+
+
+def test_text_format_appends_the_ids(capsys: pytest.CaptureFixture[str]) -> None:
+    logs.configure("INFO", "text")
+    logging.getLogger("llm_batcher.test").info(
+        "task %s done", "t-1", extra={"task_id": "t-1", "batch_id": "b-1"}
+    )
+    err = capsys.readouterr().err
+    assert "task t-1 done [task_id=t-1 batch_id=b-1]" in err
+    logging.getLogger().handlers.clear()

@@ -53,5 +53,6 @@ def configure(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("uvicorn.access",):
+    # Per-request and per-chunk lines of libraries would drown ours at DEBUG.
+    for noisy in ("uvicorn.access", "sse_starlette.sse"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -43,6 +43,13 @@ class Keys:
         return f"{self.prefix}:dead"
 
     @property
+    def reader(self) -> str:
+        """The read turn: only the worker holding it reads new tasks. Idle workers that all block
+        on the stream would take a burst's tasks in turn and split it into small batches; with
+        one reader at a time, a batch fills within its window before the next worker reads."""
+        return f"{self.prefix}:reader"
+
+    @property
     def stats(self) -> str:
         """Sorted set of finished tasks' timings (score: end time in ms), for /stats."""
         return f"{self.prefix}:stats"

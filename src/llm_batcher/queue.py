@@ -98,6 +98,7 @@ class TaskQueue:
         self._abort = redis.register_script(scripts.ABORT)
         self._renew = redis.register_script(scripts.RENEW)
         self._depth = redis.register_script(scripts.DEPTH)
+        self._end_turn = redis.register_script(scripts.END_TURN)
 
     # --- both sides -----------------------------------------------------------------------
 
@@ -282,6 +283,14 @@ class TaskQueue:
                 idle=lease_ms * 10,
                 justid=True,
             )
+
+    async def take_read_turn(self, worker: str, turn_ms: int) -> bool:
+        """Become the one worker that reads new tasks, for at most turn_ms (keys.reader)."""
+        return bool(await self.redis.set(self.keys.reader, worker, nx=True, px=turn_ms))
+
+    async def end_read_turn(self, worker: str) -> None:
+        """Let the next idle worker read."""
+        await self._end_turn(keys=[self.keys.reader], args=[worker])
 
     async def heartbeat(self, worker: str, now_ms: int, lease_ms: int) -> None:
         """Record that this worker is alive, and forget workers silent for ten leases."""

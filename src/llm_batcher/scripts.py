@@ -200,3 +200,9 @@ if pending > 0 then
 end
 return {length, pending, stale}
 """
+
+# KEYS: read turn. ARGV: worker. Ends the turn if this worker still holds it.
+END_TURN = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""

@@ -85,3 +85,23 @@ async def test_two_workers_share_a_burst(
     assert [answer(r) for r in results] == [f"burst {i}" for i in range(8)]
     assert len({d.data["worker"] for d in dones if d.data}) == 2
     assert max(d.data["batch_size"] for d in dones if d.data) <= 4
+
+
+async def test_idle_workers_do_not_split_a_burst_that_fits_one_window(
+    redis: Redis, redis_url: str, key_prefix: str, tmp_path: Path
+) -> None:
+    queue = make_queue(redis, key_prefix)
+    workers = [
+        (await start_worker(redis_url, key_prefix, tmp_path, window_ms=500))[0] for _ in range(2)
+    ]
+    try:
+        ids = []
+        for i in range(4):  # arriving one by one, well within one window
+            ids.append(await submit(queue, f"{FAST}trickle {i}"))
+            await asyncio.sleep(0.02)
+        dones = [terminal(await wait_result(queue, t)) for t in ids]
+    finally:
+        for w in workers:
+            w.stop()
+    assert [d.data["batch_size"] for d in dones if d.data] == [4, 4, 4, 4]
+    assert len({d.data["batch_id"] for d in dones if d.data}) == 1

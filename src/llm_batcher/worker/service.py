@@ -33,6 +33,7 @@ from llm_batcher.worker.health import HealthServer
 log = logging.getLogger(__name__)
 
 _REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+_TURN_POLL_S = 0.02  # how often an idle worker asks whether it may read
 _ENDED_AT_START = {"dead": "dead_letter", "timeout": "timeout"}  # START ended the task
 
 
@@ -106,7 +107,20 @@ class Worker:
                 await self._run_with_drain(claims, stop)
 
     async def _gather(self, stop: asyncio.Event) -> list[Claim]:
-        """Take tasks for one batch: taken-over tasks first, then new ones within the window."""
+        """Take tasks for one batch, when it is this worker's turn to read (see keys.reader)."""
+        turn_ms = self.idle_block_ms + self.settings.window_ms + 1000
+        if not await self.queue.take_read_turn(self.id, turn_ms):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), _TURN_POLL_S)
+            return []
+        try:
+            return await self._gather_in_turn(stop)
+        finally:
+            with contextlib.suppress(RedisError, OSError):
+                await self.queue.end_read_turn(self.id)
+
+    async def _gather_in_turn(self, stop: asyncio.Event) -> list[Claim]:
+        """Taken-over tasks first, else new ones: the first, then more within the window."""
         size = self.settings.max_batch
         claims = await self.queue.reclaim_expired(self.id, size, self.settings.lease_ms)
         if claims:

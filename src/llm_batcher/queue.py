@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from llm_batcher import scripts
-from llm_batcher.keys import TERMINAL_ENTRY_ID, WORKER_GROUP, Keys, token_index
+from llm_batcher.keys import TERMINAL_ENTRY_ID, WORKER_GROUP, Keys, token_entry_id, token_index
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +158,7 @@ class TaskQueue:
     async def results_after(self, task_id: str, index: int) -> list[ResultEntry]:
         """Result entries after token ``index`` (-1: from the start), terminal entry included."""
         raw: Any = await self.redis.xrange(
-            self.keys.result(task_id), min=f"(0-{index + 1}", max="+"
+            self.keys.result(task_id), min=f"({token_entry_id(index)}", max="+"
         )
         return [_entry(eid, fields) for eid, fields in raw]
 

@@ -91,11 +91,11 @@ class TaskStream:
             gone_before_start = state.created_here and state.next_index == 0
             if gone_before_start and not state.terminal_sent and not self.hub.closing:
                 outcome = "cancelled"
-                self.hub_spawn_cancel()
+                self._cancel_in_background()
             if not state.terminal_sent:
                 metrics.REQUESTS.labels(outcome, "").inc()
 
-    def hub_spawn_cancel(self) -> None:
+    def _cancel_in_background(self) -> None:
         """Cancel the task in the background: the client has gone, this coroutine is ending."""
         task_id = self.state.task_id
         spawn_background(self.queue.cancel(task_id), f"cancel {task_id}")

@@ -274,12 +274,13 @@ class TaskQueue:
     async def release(self, consumer: str, entry_ids: list[str], lease_ms: int) -> None:
         """Hand entries back at once: mark them idle for longer than a lease."""
         if entry_ids:
+            ids: list[int | bytes | str | memoryview] = list(entry_ids)
             await self.redis.xclaim(
                 self.keys.tasks,
                 WORKER_GROUP,
                 consumer,
                 0,
-                list[int | bytes | str | memoryview](entry_ids),
+                ids,
                 idle=lease_ms * 10,
                 justid=True,
             )

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from llm_batcher.procs import die_with_parent
+from llm_batcher.local.procs import die_with_parent
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from llm_batcher.procs import die_with_parent
+from llm_batcher.local.procs import die_with_parent
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ import signal
 import sys
 from pathlib import Path
 
-from llm_batcher.embedded_redis import EmbeddedRedis, free_port
-from llm_batcher.supervisor import ChildSpec, Supervised
+from llm_batcher.local.embedded_redis import EmbeddedRedis, free_port
+from llm_batcher.local.supervisor import ChildSpec, Supervised
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

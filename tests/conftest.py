@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from llm_batcher.embedded_redis import EmbeddedRedis
+from llm_batcher.local.embedded_redis import EmbeddedRedis
 
 
 @pytest.fixture(scope="session")

@@ -16,9 +16,10 @@ from pathlib import Path
 import httpx
 from redis.asyncio import Redis
 
-from llm_batcher.embedded_redis import free_port
-from llm_batcher.keys import TERMINAL_ENTRY_ID, Keys
-from llm_batcher.queue import ResultEntry, TaskQueue
+from llm_batcher.local.embedded_redis import free_port
+from llm_batcher.protocol.keys import TERMINAL_ENTRY_ID, Keys
+from llm_batcher.protocol.queue import TaskQueue
+from llm_batcher.protocol.results import ResultEntry
 
 BIN = Path(sys.executable).parent
 
@@ -119,14 +120,14 @@ async def wait_http(url: str, proc: Proc, timeout_s: float = 20) -> None:
 
 
 def make_queue(redis: Redis, prefix: str, ttl_s: float = 300) -> TaskQueue:
-    return TaskQueue(redis, Keys(prefix), result_ttl_s=ttl_s)
+    return TaskQueue.create(redis, Keys(prefix), result_ttl_s=ttl_s)
 
 
 async def submit(queue: TaskQueue, context: str, timeout_s: float = 60) -> str:
     """Queue a task as the API does; returns its id."""
     task_id = str(uuid.uuid4())
     now = int(time.time() * 1000)
-    assert await queue.submit(
+    assert await queue.tasks.submit(
         task_id, context, now_ms=now, deadline_ms=now + int(timeout_s * 1000), max_queue=10_000
     )
     return task_id
@@ -141,7 +142,7 @@ async def wait_result(queue: TaskQueue, task_id: str, timeout_s: float = 30) -> 
         for _, entries in reply:
             last = entries[-1][0]
             if last in (TERMINAL_ENTRY_ID, TERMINAL_ENTRY_ID.encode()):
-                return await queue.results_after(task_id, -1)
+                return await queue.results.after(task_id, -1)
     raise AssertionError(f"task {task_id} did not finish within {timeout_s} s")
 
 

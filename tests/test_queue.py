@@ -1,9 +1,8 @@
-"""The task protocol (queue.py + scripts.py) against a real Redis, without a worker process."""
+"""The task protocol (protocol/) against a real Redis, without a worker process."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 
@@ -11,8 +10,12 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from llm_batcher.keys import WORKER_GROUP
-from llm_batcher.queue import Claim, QueueDepth, ResultEntry, StartedTask, TaskQueue
+from llm_batcher.protocol.claims import Claim, QueueDepth
+from llm_batcher.protocol.keys import WORKER_GROUP
+from llm_batcher.protocol.outcomes import StartOutcome, WriteResult
+from llm_batcher.protocol.queue import TaskQueue
+from llm_batcher.protocol.results import ResultEntry
+from llm_batcher.protocol.tasks import Refused, StartedTask
 from tests.helpers import answer, eventually, make_queue, submit, terminal
 
 MAX_ATTEMPTS = 3
@@ -25,18 +28,20 @@ def now_ms() -> int:
 @pytest.fixture
 async def queue(redis: Redis, key_prefix: str) -> TaskQueue:
     q = make_queue(redis, key_prefix)
-    await q.ensure_group()
+    await q.claims.ensure_group()
     return q
 
 
 async def claim_one(queue: TaskQueue, consumer: str = "c1") -> Claim:
-    claims = await queue.read_new(consumer, 10, None)
+    claims = await queue.claims.read_new(consumer, 10, None)
     assert len(claims) == 1, claims
     return claims[0]
 
 
 async def start(queue: TaskQueue, claim: Claim, worker: str = "c1") -> StartedTask:
-    started = await queue.start(claim, worker=worker, now_ms=now_ms(), max_attempts=MAX_ATTEMPTS)
+    started = await queue.tasks.start(
+        claim, worker=worker, now_ms=now_ms(), max_attempts=MAX_ATTEMPTS
+    )
     assert isinstance(started, StartedTask), started
     return started
 
@@ -54,11 +59,11 @@ async def test_submit_claim_start_append_finish_round_trip(queue: TaskQueue) -> 
     assert (task.attempt, task.context, task.tokens_written) == (1, "the context", 0)
     assert task.first_token_ms is None
 
-    assert await queue.append(task, 0, ["the ", "con"], now_ms()) == 2
-    assert await queue.append(task, 2, ["text"], now_ms()) == 3
-    assert await queue.finish(task, "done", "", json.dumps({"text": "the context"})) == 1
+    assert (await queue.tasks.append(task, 0, ["the ", "con"], now_ms())).tokens == 2
+    assert (await queue.tasks.append(task, 2, ["text"], now_ms())).tokens == 3
+    assert await queue.tasks.complete(task, {"text": "the context"}) is WriteResult.OK
 
-    entries = await queue.results_after(task_id, -1)
+    entries = await queue.results.after(task_id, -1)
     assert [e.entry_id for e in entries] == ["0-1", "0-2", "0-3", "1-0"]
     assert [e.index for e in entries[:3]] == [0, 1, 2]
     assert answer(entries) == "the context"
@@ -73,11 +78,11 @@ async def test_submit_claim_start_append_finish_round_trip(queue: TaskQueue) -> 
 async def test_results_after_resumes_from_a_token(queue: TaskQueue) -> None:
     task_id = await submit(queue, "a b c")
     task = await start(queue, await claim_one(queue))
-    await queue.append(task, 0, ["a ", "b ", "c"], now_ms())
-    assert [e.text for e in await queue.results_after(task_id, 0)] == ["b ", "c"]
-    assert await queue.results_after(task_id, 2) == []
-    await queue.finish(task, "done", "", "{}")
-    assert [e.entry_id for e in await queue.results_after(task_id, 2)] == ["1-0"]
+    await queue.tasks.append(task, 0, ["a ", "b ", "c"], now_ms())
+    assert [e.text for e in await queue.results.after(task_id, 0)] == ["b ", "c"]
+    assert await queue.results.after(task_id, 2) == []
+    await queue.tasks.complete(task, {})
+    assert [e.entry_id for e in await queue.results.after(task_id, 2)] == ["1-0"]
 
 
 async def test_every_entry_is_announced_on_the_result_channel(queue: TaskQueue) -> None:
@@ -86,13 +91,13 @@ async def test_every_entry_is_announced_on_the_result_channel(queue: TaskQueue) 
     await pubsub.subscribe(queue.keys.result(task_id))
     try:
         now = now_ms()
-        await queue.submit(
+        await queue.tasks.submit(
             task_id, "x", now_ms=now, deadline_ms=now + 60_000, max_queue=100
         )  # fmt: skip
         task = await start(queue, await claim_one(queue))
         tricky = 'quote " backslash \\ newline \n nul \x00 emoji 🎉'
-        await queue.append(task, 0, ["one", tricky], now_ms())
-        await queue.finish(task, "done", "", json.dumps({"text": "one" + tricky}))
+        await queue.tasks.append(task, 0, ["one", tricky], now_ms())
+        await queue.tasks.complete(task, {"text": "one" + tricky})
         got: list[ResultEntry] = []
 
         async def three() -> bool:
@@ -104,66 +109,66 @@ async def test_every_entry_is_announced_on_the_result_channel(queue: TaskQueue) 
         await eventually(three, 5, "three announcements")
     finally:
         await pubsub.aclose()
-    assert got == await queue.results_after(task_id, -1)
+    assert got == await queue.results.after(task_id, -1)
     assert got[1].text == tricky
 
 
 async def test_submit_refuses_when_the_queue_is_full(queue: TaskQueue) -> None:
     now = now_ms()
     args = {"now_ms": now, "deadline_ms": now + 60_000, "max_queue": 2}
-    assert await queue.submit("t1", "a", **args)
-    assert await queue.submit("t2", "b", **args)
-    assert not await queue.submit("t3", "c", **args)
-    assert not await queue.task_exists("t3")
+    assert await queue.tasks.submit("t1", "a", **args)
+    assert await queue.tasks.submit("t2", "b", **args)
+    assert not await queue.tasks.submit("t3", "c", **args)
+    assert not await queue.results.task_exists("t3")
     assert await queue.redis.xlen(queue.keys.tasks) == 2
 
 
 async def test_submit_refuses_a_duplicate_task_id(queue: TaskQueue) -> None:
     now = now_ms()
     args = {"now_ms": now, "deadline_ms": now + 60_000, "max_queue": 10}
-    assert await queue.submit("same", "a", **args)
+    assert await queue.tasks.submit("same", "a", **args)
     with pytest.raises(ResponseError, match="duplicate task id"):
-        await queue.submit("same", "b", **args)
+        await queue.tasks.submit("same", "b", **args)
     assert await queue.redis.xlen(queue.keys.tasks) == 1
 
 
 async def test_depth_counts_waiting_and_in_flight(queue: TaskQueue) -> None:
     for i in range(3):
         await submit(queue, f"task {i}")
-    assert await queue.depth(5000) == QueueDepth(waiting=3, in_flight=0)
-    await queue.read_new("c1", 2, None)
-    assert await queue.depth(5000) == QueueDepth(waiting=1, in_flight=2)
+    assert await queue.claims.depth(5000) == QueueDepth(waiting=3, in_flight=0)
+    await queue.claims.read_new("c1", 2, None)
+    assert await queue.claims.depth(5000) == QueueDepth(waiting=1, in_flight=2)
 
 
 async def test_append_skips_tokens_already_written_and_refuses_a_gap(queue: TaskQueue) -> None:
     task_id = await submit(queue, "abc")
     task = await start(queue, await claim_one(queue))
-    assert await queue.append(task, 0, ["a", "b"], now_ms()) == 2
+    assert (await queue.tasks.append(task, 0, ["a", "b"], now_ms())).tokens == 2
     # the same write again (a retried call) changes nothing
-    assert await queue.append(task, 0, ["a", "b"], now_ms()) == 2
+    assert (await queue.tasks.append(task, 0, ["a", "b"], now_ms())).tokens == 2
     # overlapping write: only the new token is added
-    assert await queue.append(task, 1, ["b", "c"], now_ms()) == 3
+    assert (await queue.tasks.append(task, 1, ["b", "c"], now_ms())).tokens == 3
     with pytest.raises(ResponseError, match="token gap"):
-        await queue.append(task, 5, ["z"], now_ms())
-    assert answer(await queue.results_after(task_id, -1)) == "abc"
+        await queue.tasks.append(task, 5, ["z"], now_ms())
+    assert answer(await queue.results.after(task_id, -1)) == "abc"
 
 
 async def test_a_stale_attempt_is_fenced_out(queue: TaskQueue) -> None:
     task_id = await submit(queue, "fenced")
     claim = await claim_one(queue)
     first = await start(queue, claim, "w1")
-    assert await queue.append(first, 0, ["one "], now_ms()) == 1
+    assert (await queue.tasks.append(first, 0, ["one "], now_ms())).tokens == 1
     second = await start(queue, claim, "w2")  # a takeover after w1's lease ran out
     assert second.attempt == 2
     assert second.tokens_written == 1
     assert second.first_token_ms is not None  # kept from the first attempt
     # the new attempt replays from token 0; the token already written is not repeated
-    assert await queue.append(second, 0, ["one ", "two"], now_ms()) == 2
-    assert await queue.append(first, 1, ["LATE"], now_ms()) == -1
-    assert await queue.finish(first, "done", "", "{}") == -1
-    assert await queue.finish(second, "done", "", '{"ok": true}') == 1
-    assert await queue.finish(second, "done", "", '{"ok": true}') == -2
-    entries = await queue.results_after(task_id, -1)
+    assert (await queue.tasks.append(second, 0, ["one ", "two"], now_ms())).tokens == 2
+    assert (await queue.tasks.append(first, 1, ["LATE"], now_ms())).result is WriteResult.FENCED
+    assert await queue.tasks.complete(first, {}) is WriteResult.FENCED
+    assert await queue.tasks.complete(second, {"ok": True}) is WriteResult.OK
+    assert await queue.tasks.complete(second, {"ok": True}) is WriteResult.NOT_RUNNING
+    entries = await queue.results.after(task_id, -1)
     assert answer(entries) == "one two"
     assert [e.entry_id for e in entries] == ["0-1", "0-2", "1-0"]
 
@@ -172,42 +177,43 @@ async def test_cancel_before_start_ends_the_task_and_a_worker_never_runs_it(
     queue: TaskQueue,
 ) -> None:
     task_id = await submit(queue, "never run")
-    assert await queue.cancel(task_id)
-    entries = await queue.results_after(task_id, -1)
+    assert await queue.tasks.cancel(task_id)
+    entries = await queue.results.after(task_id, -1)
     assert [e.entry_id for e in entries] == ["1-0"]
     assert entries[0].kind == "error"
     assert entries[0].data is not None and entries[0].data["code"] == "cancelled"
     assert await queue.redis.xlen(queue.keys.tasks) == 0
-    assert await queue.read_new("c1", 10, None) == []
-    assert not await queue.cancel(task_id)  # already final
+    assert await queue.claims.read_new("c1", 10, None) == []
+    assert not await queue.tasks.cancel(task_id)  # already final
 
 
 async def test_cancel_after_claim_but_before_start_wins(queue: TaskQueue) -> None:
     task_id = await submit(queue, "claimed")
     claim = await claim_one(queue)
-    assert await queue.cancel(task_id)
-    assert await queue.start(claim, worker="c1", now_ms=now_ms(), max_attempts=3) == "final"
+    assert await queue.tasks.cancel(task_id)
+    refused = await queue.tasks.start(claim, worker="c1", now_ms=now_ms(), max_attempts=3)
+    assert refused == Refused(StartOutcome.FINAL)
     assert await pending_ids(queue) == []
-    assert terminal(await queue.results_after(task_id, -1)).data["code"] == "cancelled"  # type: ignore[index]
+    assert terminal(await queue.results.after(task_id, -1)).data["code"] == "cancelled"  # type: ignore[index]
 
 
 async def test_cancel_after_start_is_refused(queue: TaskQueue) -> None:
     task_id = await submit(queue, "running")
     task = await start(queue, await claim_one(queue))
-    assert not await queue.cancel(task_id)
-    assert await queue.append(task, 0, ["running"], now_ms()) == 1
-    assert await queue.results_after(task_id, -1) != []
+    assert not await queue.tasks.cancel(task_id)
+    assert (await queue.tasks.append(task, 0, ["running"], now_ms())).tokens == 1
+    assert await queue.results.after(task_id, -1) != []
 
 
 async def test_expire_ends_a_running_task_and_fences_its_worker(queue: TaskQueue) -> None:
     task_id = await submit(queue, "slow")
     task = await start(queue, await claim_one(queue))
-    await queue.append(task, 0, ["slo"], now_ms())
-    assert await queue.expire(task_id, "deadline passed")
-    assert await queue.append(task, 1, ["w"], now_ms()) == -2
-    assert await queue.finish(task, "done", "", "{}") == -2
-    assert not await queue.expire(task_id, "again")
-    entries = await queue.results_after(task_id, -1)
+    await queue.tasks.append(task, 0, ["slo"], now_ms())
+    assert await queue.tasks.expire(task_id, "deadline passed")
+    assert (await queue.tasks.append(task, 1, ["w"], now_ms())).result is WriteResult.NOT_RUNNING
+    assert await queue.tasks.complete(task, {}) is WriteResult.NOT_RUNNING
+    assert not await queue.tasks.expire(task_id, "again")
+    entries = await queue.results.after(task_id, -1)
     assert [e.entry_id for e in entries] == ["0-1", "1-0"]
     assert entries[-1].data == {"code": "timeout", "message": "deadline passed"}
     assert await pending_ids(queue) == []
@@ -216,10 +222,11 @@ async def test_expire_ends_a_running_task_and_fences_its_worker(queue: TaskQueue
 async def test_start_after_the_deadline_ends_with_timeout(queue: TaskQueue) -> None:
     task_id = str(uuid.uuid4())
     now = now_ms()
-    await queue.submit(task_id, "late", now_ms=now - 5000, deadline_ms=now - 1, max_queue=10)
+    await queue.tasks.submit(task_id, "late", now_ms=now - 5000, deadline_ms=now - 1, max_queue=10)
     claim = await claim_one(queue)
-    assert await queue.start(claim, worker="c1", now_ms=now_ms(), max_attempts=3) == "timeout"
-    done = terminal(await queue.results_after(task_id, -1))
+    refused = await queue.tasks.start(claim, worker="c1", now_ms=now_ms(), max_attempts=3)
+    assert refused == Refused(StartOutcome.TIMEOUT)
+    done = terminal(await queue.results.after(task_id, -1))
     assert done.kind == "error"
     assert done.data is not None and done.data["code"] == "timeout"
     assert await queue.redis.xlen(queue.keys.tasks) == 0
@@ -231,8 +238,9 @@ async def test_a_task_delivered_max_attempts_times_is_dead_lettered(queue: TaskQ
     claim = await claim_one(queue)
     for attempt in range(1, MAX_ATTEMPTS + 1):
         assert (await start(queue, claim)).attempt == attempt
-    assert await queue.start(claim, worker="c2", now_ms=now_ms(), max_attempts=3) == "dead"
-    done = terminal(await queue.results_after(task_id, -1))
+    refused = await queue.tasks.start(claim, worker="c2", now_ms=now_ms(), max_attempts=3)
+    assert refused == Refused(StartOutcome.DEAD)
+    done = terminal(await queue.results.after(task_id, -1))
     assert done.kind == "error"
     assert done.data is not None and done.data["code"] == "dead_letter"
     assert str(MAX_ATTEMPTS) in done.data["message"]
@@ -249,7 +257,8 @@ async def test_start_of_a_task_redis_forgot_drops_its_entry(queue: TaskQueue) ->
     task_id = await submit(queue, "forgotten")
     claim = await claim_one(queue)
     await queue.redis.delete(queue.keys.task(task_id))
-    assert await queue.start(claim, worker="c1", now_ms=now_ms(), max_attempts=3) == "missing"
+    refused = await queue.tasks.start(claim, worker="c1", now_ms=now_ms(), max_attempts=3)
+    assert refused == Refused(StartOutcome.MISSING)
     assert await queue.redis.xlen(queue.keys.tasks) == 0
     assert await pending_ids(queue) == []
 
@@ -257,22 +266,22 @@ async def test_start_of_a_task_redis_forgot_drops_its_entry(queue: TaskQueue) ->
 async def test_renew_keeps_a_lease_and_reports_lost_entries(queue: TaskQueue) -> None:
     await submit(queue, "one")
     await submit(queue, "two")
-    mine = await queue.read_new("c1", 10, None)
+    mine = await queue.claims.read_new("c1", 10, None)
     assert len(mine) == 2
     # c2 takes the first one over (as after a lease ran out)
     await queue.redis.xclaim(queue.keys.tasks, WORKER_GROUP, "c2", 0, [mine[0].entry_id])
-    assert await queue.renew("c1", [c.entry_id for c in mine]) == [mine[0].entry_id]
-    assert await queue.renew("c1", []) == []
+    assert await queue.claims.renew("c1", [c.entry_id for c in mine]) == [mine[0].entry_id]
+    assert await queue.claims.renew("c1", []) == []
 
 
 async def test_an_entry_idle_for_a_lease_is_taken_over(queue: TaskQueue) -> None:
     task_id = await submit(queue, "orphan")
     await claim_one(queue, "dead-worker")
-    assert await queue.reclaim_expired("c2", 10, lease_ms=60_000) == []
+    assert await queue.claims.reclaim_expired("c2", 10, lease_ms=60_000) == []
     claims: list[Claim] = []
 
     async def taken_over() -> bool:
-        claims.extend(await queue.reclaim_expired("c2", 10, lease_ms=200))
+        claims.extend(await queue.claims.reclaim_expired("c2", 10, lease_ms=200))
         return bool(claims)
 
     await eventually(taken_over, 5, "the entry to be idle for a lease")
@@ -286,52 +295,52 @@ async def test_renewed_entries_are_not_taken_over(queue: TaskQueue) -> None:
     claim = await claim_one(queue, "alive")
     deadline = time.monotonic() + 0.6
     while time.monotonic() < deadline:
-        assert await queue.renew("alive", [claim.entry_id]) == []
-        assert await queue.reclaim_expired("thief", 10, lease_ms=300) == []
+        assert await queue.claims.renew("alive", [claim.entry_id]) == []
+        assert await queue.claims.reclaim_expired("thief", 10, lease_ms=300) == []
         await asyncio.sleep(0.05)
 
 
 async def test_released_entries_are_taken_over_at_once(queue: TaskQueue) -> None:
     task_id = await submit(queue, "handed back")
     claim = await claim_one(queue, "leaving")
-    await queue.release("leaving", [claim.entry_id], lease_ms=60_000)
-    claims = await queue.reclaim_expired("c2", 10, lease_ms=60_000)
+    await queue.claims.release("leaving", [claim.entry_id], lease_ms=60_000)
+    claims = await queue.claims.reclaim_expired("c2", 10, lease_ms=60_000)
     assert [c.task_id for c in claims] == [task_id]
 
 
 async def test_a_finished_entry_is_never_taken_over(queue: TaskQueue) -> None:
     await submit(queue, "finished")
     task = await start(queue, await claim_one(queue, "w1"))
-    await queue.finish(task, "done", "", "{}")
-    await queue.release("w1", [task.entry_id], lease_ms=100)
-    assert await queue.reclaim_expired("c2", 10, lease_ms=0) == []
+    await queue.tasks.complete(task, {})
+    await queue.claims.release("w1", [task.entry_id], lease_ms=100)
+    assert await queue.claims.reclaim_expired("c2", 10, lease_ms=0) == []
 
 
 async def test_results_and_task_expire_after_the_ttl(redis: Redis, key_prefix: str) -> None:
     queue = make_queue(redis, key_prefix, ttl_s=30)
-    await queue.ensure_group()
+    await queue.claims.ensure_group()
     task_id = await submit(queue, "ttl")
     task = await start(queue, await claim_one(queue))
-    await queue.append(task, 0, ["ttl"], now_ms())
-    await queue.finish(task, "done", "", "{}")
+    await queue.tasks.append(task, 0, ["ttl"], now_ms())
+    await queue.tasks.complete(task, {})
     for key in (queue.keys.task(task_id), queue.keys.result(task_id)):
         assert 0 < await redis.pttl(key) <= 30_000
 
 
 async def test_heartbeats_count_live_workers(queue: TaskQueue) -> None:
     now = now_ms()
-    await queue.heartbeat("w1", now, lease_ms=1000)
-    await queue.heartbeat("w2", now - 5000, lease_ms=1000)
-    assert await queue.live_workers(now, lease_ms=1000) == 1
-    await queue.heartbeat("w3", now, lease_ms=400)  # forgets workers silent for ten leases
+    await queue.claims.heartbeat("w1", now, lease_ms=1000)
+    await queue.claims.heartbeat("w2", now - 5000, lease_ms=1000)
+    assert await queue.claims.live_workers(now, lease_ms=1000) == 1
+    await queue.claims.heartbeat("w3", now, lease_ms=400)  # forgets workers silent for ten leases
     assert await queue.redis.zscore(queue.keys.workers, "w2") is None
-    await queue.leave("w1")
-    assert await queue.live_workers(now, lease_ms=1000) == 1
+    await queue.claims.leave("w1")
+    assert await queue.claims.live_workers(now, lease_ms=1000) == 1
 
 
 async def test_group_is_recreated_after_it_vanished(queue: TaskQueue) -> None:
     await queue.redis.delete(queue.keys.tasks)
-    assert await queue.read_new("c1", 1, None) == []
-    assert await queue.reclaim_expired("c1", 1, 100) == []
+    assert await queue.claims.read_new("c1", 1, None) == []
+    assert await queue.claims.reclaim_expired("c1", 1, 100) == []
     task_id = await submit(queue, "after a restart")
     assert (await claim_one(queue)).task_id == task_id

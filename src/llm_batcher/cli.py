@@ -40,7 +40,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
 
 async def _run_worker(settings: WorkerSettings) -> None:
-    from llm_batcher.redis_client import make_redis
+    from llm_batcher.protocol.connection import make_redis
     from llm_batcher.worker.service import Worker
 
     stop = asyncio.Event()
@@ -80,7 +80,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    from llm_batcher.up import main as up_main
+    from llm_batcher.local.up import main as up_main
 
     return up_main(args)
 
@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--json", action="store_true", help="print the raw JSON report")
     stats.set_defaults(func=_cmd_stats)
 
-    from llm_batcher.up import add_arguments as add_up_arguments
+    from llm_batcher.local.up import add_arguments as add_up_arguments
 
     up = sub.add_parser("up", help="run the whole system on this machine (Redis, API, workers)")
     add_up_arguments(up)

@@ -30,6 +30,17 @@ _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 
 _BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128, 256)
 _WINDOW_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2)
 
+# --- both -----------------------------------------------------------------------------------
+
+BACKGROUND_TASK_CRASHES = Counter(
+    "llm_batcher_background_task_crashes_total",
+    "Crashes of a long-lived background task (restarted after each), by task name.",
+    ["task"],
+    registry=None,
+)
+API_REGISTRY.register(BACKGROUND_TASK_CRASHES)
+WORKER_REGISTRY.register(BACKGROUND_TASK_CRASHES)
+
 # --- API ------------------------------------------------------------------------------------
 
 REQUESTS = Counter(

@@ -1,7 +1,7 @@
 """Latency quantiles and the slowest requests over a sliding window, shared by all API replicas.
 
-Every task's outcome is recorded in Redis where the task ends (scripts.py), so any replica computes
-the same figures. The summary itself is a pure function of the records.
+Every task's outcome is recorded in Redis where the task ends (protocol/lua/ending.lua), so any
+replica computes the same figures. The summary itself is a pure function of the records.
 """
 
 from __future__ import annotations
@@ -12,12 +12,8 @@ import time
 from collections import Counter
 from typing import Any
 
-from redis.asyncio import Redis
-
-from llm_batcher.keys import Keys
-from llm_batcher.queue import TaskQueue
-
-PREVIEW_CHARS = 80
+from llm_batcher.clock import now_ms
+from llm_batcher.protocol.queue import TaskQueue
 
 
 def quantiles(values: list[float]) -> dict[str, float | int | None]:
@@ -59,13 +55,10 @@ def summarize(records: list[dict[str, Any]], *, window_s: float, slowest: int) -
 
 
 def _slow_entry(record: dict[str, Any]) -> dict[str, Any]:
-    preview = str(record.get("preview") or "")
-    if len(preview) > PREVIEW_CHARS:
-        preview = preview[:PREVIEW_CHARS] + "…"
     return {
         "task_id": record.get("task_id"),
         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime((record.get("at_ms") or 0) / 1000)),
-        "context_preview": preview,
+        "context_preview": str(record.get("preview") or ""),
         "outcome": record.get("outcome"),
         "code": record.get("code") or None,
         "queue_ms": record.get("queue_ms"),
@@ -76,28 +69,16 @@ def _slow_entry(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def read_records(redis: Redis, keys: Keys, window_s: float) -> list[dict[str, Any]]:
-    """The records of the last window_s seconds (by Redis's clock)."""
-    seconds, micros = await redis.time()
-    now_ms = seconds * 1000 + micros // 1000
-    raw: Any = await redis.zrangebyscore(keys.stats, now_ms - int(window_s * 1000), "+inf")
-    records = []
-    for member in raw:
-        text = member.decode("utf-8", "replace") if isinstance(member, bytes) else member
-        records.append(json.loads(text))
-    return records
-
-
 async def collect(
     queue: TaskQueue, *, window_s: float, slowest: int, lease_ms: int
 ) -> dict[str, Any]:
     """Everything /stats shows: the window's figures, queue depth and live workers."""
-    records = await read_records(queue.redis, queue.keys, window_s)
+    records = await queue.results.outcome_records(window_s)
     report = summarize(records, window_s=window_s, slowest=slowest)
-    depth = await queue.depth(lease_ms)
+    depth = await queue.claims.depth(lease_ms)
     report["queue_depth"] = depth.waiting
     report["in_flight"] = depth.in_flight
-    report["workers"] = await queue.live_workers(int(time.time() * 1000), lease_ms)
+    report["workers"] = await queue.claims.live_workers(now_ms(), lease_ms)
     return report
 
 

@@ -12,7 +12,7 @@ import psutil
 import pytest
 from httpx_sse import aconnect_sse
 
-from llm_batcher.embedded_redis import EmbeddedRedis
+from llm_batcher.local.embedded_redis import EmbeddedRedis
 from tests.api.support import TERMINALS, Api, Event, Stack, Stream, dispatched, read_sse, words
 from tests.helpers import eventually
 

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from llm_batcher.embedded_redis import EmbeddedRedis
+from llm_batcher.local.embedded_redis import EmbeddedRedis
 from tests.e2e.support import STREAM_TIMEOUT_S, Cluster, Up, up_env
 
 

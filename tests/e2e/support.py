@@ -24,7 +24,7 @@ import httpx
 import psutil
 from httpx_sse import aconnect_sse
 
-from llm_batcher.embedded_redis import free_port
+from llm_batcher.local.embedded_redis import free_port
 from tests.helpers import BIN, Proc, base_env, eventually, start_api, wait_http
 
 STREAM_TIMEOUT_S = 30.0

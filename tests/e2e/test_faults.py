@@ -9,8 +9,8 @@ import asyncio
 import httpx
 from redis.asyncio import Redis
 
-from llm_batcher.embedded_redis import EmbeddedRedis
-from llm_batcher.keys import Keys
+from llm_batcher.local.embedded_redis import EmbeddedRedis
+from llm_batcher.protocol.keys import Keys
 from tests.e2e.support import (
     STREAM_TIMEOUT_S,
     Answer,

@@ -11,7 +11,7 @@ import httpx
 import psutil
 from redis.asyncio import Redis
 
-from llm_batcher.embedded_redis import free_port
+from llm_batcher.local.embedded_redis import free_port
 from tests.e2e.support import Up, alive, command_lines, descendants, generate
 from tests.helpers import eventually
 

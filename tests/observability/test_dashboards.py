@@ -45,6 +45,7 @@ ALERT_NAMES = {
     "LlmBatcherDeadLetters",
     "LlmBatcherLlmFailures",
     "LlmBatcherRedisDown",
+    "LlmBatcherBackgroundTaskCrashes",
 }
 SEVERITIES = {"critical", "warning", "info"}
 # Gauges that every API replica exports with the same value, read from Redis: max(), not sum().
@@ -534,6 +535,12 @@ ALERT_CASES: list[tuple[str, str, list[dict[str, str]], list[tuple[str, bool]]]]
         "LlmBatcherDeadLetters",
         "one dead letter at 3m, then none",
         _one("llm_batcher_tasks_dead_lettered_total", "0 0 0 1+0x30"),
+        [("2m", False), ("5m", True), ("25m", False)],
+    ),
+    (
+        "LlmBatcherBackgroundTaskCrashes",
+        "the pub/sub reader crashed once at 3m, then ran",
+        _one('llm_batcher_background_task_crashes_total{task="result-hub"}', "0 0 0 1+0x30"),
         [("2m", False), ("5m", True), ("25m", False)],
     ),
     (

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
-from llm_batcher.queue import QueueDepth
+from llm_batcher.protocol.claims import QueueDepth
 from tests.helpers import eventually, make_queue, start_api, start_worker, submit
 from tests.observability.support import scrape, value
 
@@ -23,7 +23,7 @@ async def test_depth_with_no_worker_is_exported_by_the_api(
     try:
         for i in range(5):
             await submit(queue, f"waiting {i}")
-        assert await queue.depth(LEASE_MS) == QueueDepth(waiting=5, in_flight=0)
+        assert await queue.claims.depth(LEASE_MS) == QueueDepth(waiting=5, in_flight=0)
 
         async def exported() -> bool:
             samples = await scrape(f"{base}/metrics")
@@ -67,7 +67,7 @@ async def test_depth_falls_to_zero_when_the_queue_drains(
     queue = make_queue(redis, key_prefix)
     for i in range(6):
         await submit(queue, f"@mock ttft_ms=0 itl_ms=0\ndrain {i}")
-    assert (await queue.depth(LEASE_MS)).waiting == 6
+    assert (await queue.claims.depth(LEASE_MS)).waiting == 6
     worker, _ = await start_worker(redis_url, key_prefix, tmp_path, lease_ms=LEASE_MS)
     try:
         await eventually(lambda: _depth_is(queue, QueueDepth(0, 0)), 15, "an empty queue")
@@ -77,4 +77,4 @@ async def test_depth_falls_to_zero_when_the_queue_drains(
 
 
 async def _depth_is(queue: object, expected: QueueDepth) -> bool:
-    return await queue.depth(LEASE_MS) == expected  # type: ignore[attr-defined,no-any-return]
+    return await queue.claims.depth(LEASE_MS) == expected  # type: ignore[attr-defined,no-any-return]

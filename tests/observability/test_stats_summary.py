@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from llm_batcher.stats import PREVIEW_CHARS, format_table, quantiles, summarize
+from llm_batcher.protocol.tasks import PREVIEW_CHARS, context_preview
+from llm_batcher.stats import format_table, quantiles, summarize
 
 
 def test_quantiles_use_the_nearest_rank() -> None:
@@ -40,7 +41,8 @@ def test_summary_counts_outcomes_and_lists_the_slowest_first() -> None:
 
 def test_preview_is_truncated_and_hostile_text_stays_data() -> None:
     hostile = "<script>alert(1)</script>\n\r\x00" + "x" * 500
-    report = summarize([_record(1, preview=hostile)], window_s=60, slowest=5)
+    assert context_preview("short") == "short"
+    report = summarize([_record(1, preview=context_preview(hostile))], window_s=60, slowest=5)
     preview = report["slowest"][0]["context_preview"]
     assert preview.startswith("<script>") and preview.endswith("…")
     assert len(preview) == PREVIEW_CHARS + 1

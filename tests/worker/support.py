@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -11,9 +10,10 @@ from pathlib import Path
 
 import psutil
 
-from llm_batcher.keys import TERMINAL_ENTRY_ID, token_entry_id
 from llm_batcher.mock.tokens import tokenize
-from llm_batcher.queue import ResultEntry, TaskQueue
+from llm_batcher.protocol.keys import TERMINAL_ENTRY_ID, token_entry_id
+from llm_batcher.protocol.queue import TaskQueue
+from llm_batcher.protocol.results import ResultEntry
 from tests.helpers import Proc, answer, start_worker, terminal
 
 
@@ -46,18 +46,10 @@ async def read_as_they_come(queue: TaskQueue, task_id: str, timeout_s: float = 3
         for _, entries in reply:
             for raw_id, fields in entries:
                 last = raw_id.decode()
-                arrivals.append(Arrival(parse_entry(last, fields), seen))
+                arrivals.append(Arrival(ResultEntry.from_fields(last, fields), seen))
         if arrivals and arrivals[-1].entry.is_terminal:
             return arrivals
     raise AssertionError(f"task {task_id} did not finish within {timeout_s} s")
-
-
-def parse_entry(entry_id: str, fields: dict[bytes, bytes]) -> ResultEntry:
-    """A result-stream entry as XREAD returns it."""
-    kind = fields[b"kind"].decode()
-    if kind == "token":
-        return ResultEntry(entry_id, kind, text=fields[b"text"].decode())
-    return ResultEntry(entry_id, kind, data=json.loads(fields[b"data"]))
 
 
 def assert_complete_answer(entries: list[ResultEntry], expected: str) -> ResultEntry:

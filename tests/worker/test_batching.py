@@ -16,7 +16,7 @@ async def test_four_tasks_run_as_one_batch_at_once(
     redis: Redis, redis_url: str, key_prefix: str, tmp_path: Path
 ) -> None:
     queue = make_queue(redis, key_prefix)
-    await queue.ensure_group()
+    await queue.claims.ensure_group()
     ids = [await submit(queue, f"{FAST}context number {i}") for i in range(4)]
     worker, _ = await start_worker(redis_url, key_prefix, tmp_path, window_ms=5000)
     try:
@@ -54,7 +54,7 @@ async def test_six_tasks_run_as_four_then_two(
     redis: Redis, redis_url: str, key_prefix: str, tmp_path: Path
 ) -> None:
     queue = make_queue(redis, key_prefix)
-    await queue.ensure_group()
+    await queue.claims.ensure_group()
     ids = [await submit(queue, f"{FAST}six {i}") for i in range(6)]
     worker, _ = await start_worker(redis_url, key_prefix, tmp_path, window_ms=200)
     try:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
-from llm_batcher.keys import token_entry_id
+from llm_batcher.protocol.keys import token_entry_id
 from tests.helpers import answer, eventually, make_queue, submit, wait_result
 from tests.worker.support import (
     assert_complete_answer,
@@ -95,7 +95,7 @@ async def test_a_poison_context_fails_alone_and_its_batch_mates_complete(
     redis: Redis, redis_url: str, key_prefix: str, tmp_path: Path
 ) -> None:
     queue = make_queue(redis, key_prefix)
-    await queue.ensure_group()
+    await queue.claims.ensure_group()
     later = "@mock ttft_ms=300 itl_ms=0\n"
     bodies = ["first mate", "POISON", "third mate", "fourth mate"]
     contexts = [f"{later}{b}" for b in bodies]
@@ -127,7 +127,7 @@ async def test_a_poison_mid_stream_cuts_only_the_streams_already_started(
     mate cut mid-stream ends with an error naming the cause (never a truncated `done`), and a
     mate with no token yet is retried alone and completes."""
     queue = make_queue(redis, key_prefix)
-    await queue.ensure_group()
+    await queue.claims.ensure_group()
     streaming_body = "s0 s1 s2 s3 s4 s5 s6 s7 s8 s9"
     contexts = {
         "finished": f"{FAST}short answer",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
-from llm_batcher.queue import StartedTask
+from llm_batcher.protocol.tasks import StartedTask
 from tests.helpers import eventually, make_queue, submit, wait_result
 from tests.worker.support import assert_complete_answer, assert_error, running_worker
 
@@ -25,9 +25,9 @@ async def test_a_task_cancelled_before_start_never_reaches_the_llm(
     redis: Redis, redis_url: str, key_prefix: str, tmp_path: Path
 ) -> None:
     queue = make_queue(redis, key_prefix)
-    await queue.ensure_group()
+    await queue.claims.ensure_group()
     cancelled = await submit(queue, f"{FAST}you will never see this")
-    assert await queue.cancel(cancelled)
+    assert await queue.tasks.cancel(cancelled)
     kept = await submit(queue, f"{FAST}this one runs")
     async with running_worker(redis_url, key_prefix, tmp_path, window_ms=300) as (worker, _):
         assert_complete_answer(await wait_result(queue, kept), "this one runs")
@@ -44,17 +44,17 @@ async def test_a_task_delivered_max_attempts_times_is_dead_lettered(
     redis: Redis, redis_url: str, key_prefix: str, tmp_path: Path
 ) -> None:
     queue = make_queue(redis, key_prefix)
-    await queue.ensure_group()
+    await queue.claims.ensure_group()
     task_id = await submit(queue, f"{FAST}poison that killed three workers")
-    [claim] = await queue.read_new("crashed-worker", 1, None)
+    [claim] = await queue.claims.read_new("crashed-worker", 1, None)
     for attempt in range(1, MAX_ATTEMPTS + 1):
-        started = await queue.start(
+        started = await queue.tasks.start(
             claim, worker="crashed-worker", now_ms=int(time.time() * 1000),
             max_attempts=MAX_ATTEMPTS,
         )  # fmt: skip
         assert isinstance(started, StartedTask) and started.attempt == attempt
     # as if its lease ran out
-    await queue.release("crashed-worker", [claim.entry_id], lease_ms=1500)
+    await queue.claims.release("crashed-worker", [claim.entry_id], lease_ms=1500)
     async with running_worker(
         redis_url, key_prefix, tmp_path, worker_id="survivor", max_attempts=MAX_ATTEMPTS
     ) as (worker, _):
@@ -76,11 +76,11 @@ async def test_a_task_past_its_deadline_ends_with_timeout(
     redis: Redis, redis_url: str, key_prefix: str, tmp_path: Path
 ) -> None:
     queue = make_queue(redis, key_prefix)
-    await queue.ensure_group()
+    await queue.claims.ensure_group()
     task_id = str(uuid.uuid4())
     created = int(time.time() * 1000)
     deadline = created + 200
-    assert await queue.submit(
+    assert await queue.tasks.submit(
         task_id, f"{FAST}too late", now_ms=created, deadline_ms=deadline, max_queue=100
     )
     await eventually(lambda: time.time() * 1000 > deadline, 5, "the deadline to pass")

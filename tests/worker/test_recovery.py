@@ -9,8 +9,9 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
-from llm_batcher.keys import WORKER_GROUP
-from llm_batcher.queue import ResultEntry, TaskQueue
+from llm_batcher.protocol.keys import WORKER_GROUP
+from llm_batcher.protocol.queue import TaskQueue
+from llm_batcher.protocol.results import ResultEntry
 from tests.helpers import eventually, make_queue, start_worker, submit, wait_result
 from tests.worker.support import assert_complete_answer, running_worker
 
@@ -90,7 +91,7 @@ async def test_sigterm_lets_the_running_batch_finish(
     assert "drain time over" not in log
     assert f"worker {worker_id_of(log)} stopped" in log
     for task_id, body in zip(ids, bodies, strict=True):
-        done = assert_complete_answer(await queue.results_after(task_id, -1), body)
+        done = assert_complete_answer(await queue.results.after(task_id, -1), body)
         assert done.data is not None
         assert done.data["attempt"] == 1
     assert await redis.zscore(queue.keys.workers, worker_id_of(log)) is None  # left the live set

@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 from redis.asyncio import Redis
 
-from llm_batcher.embedded_redis import EmbeddedRedis
-from llm_batcher.keys import WORKER_GROUP
+from llm_batcher.local.embedded_redis import EmbeddedRedis
+from llm_batcher.protocol.keys import WORKER_GROUP
 from tests.helpers import eventually, make_queue, submit, wait_result
 from tests.worker.support import assert_complete_answer, running_worker
 
@@ -83,7 +83,7 @@ async def test_a_task_claimed_when_redis_fails_is_not_held_forever(
         ):
             async with client(server.url) as redis:
                 queue = make_queue(redis, key_prefix)
-                await queue.ensure_group()
+                await queue.claims.ensure_group()
                 task_id = await submit(queue, f"{FAST}claimed before the outage")
 
                 async def claimed() -> bool:

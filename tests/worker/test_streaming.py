@@ -13,8 +13,8 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
-from llm_batcher.keys import TERMINAL_ENTRY_ID, token_entry_id
-from llm_batcher.queue import ResultEntry
+from llm_batcher.protocol.keys import TERMINAL_ENTRY_ID, token_entry_id
+from llm_batcher.protocol.results import ResultEntry
 from tests.helpers import eventually, make_queue, submit
 from tests.worker.support import assert_complete_answer, read_as_they_come, running_worker
 
@@ -78,7 +78,7 @@ async def test_relay_delay_from_child_stdout_to_redis(
         await pubsub.subscribe(queue.keys.result(task_id))
         try:
             now = int(time.time() * 1000)
-            assert await queue.submit(
+            assert await queue.tasks.submit(
                 task_id, "stamps", now_ms=now, deadline_ms=now + 60_000, max_queue=100
             )
             async with asyncio.timeout(30):  # read every message as soon as it arrives

@@ -5,22 +5,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from llm_batcher import __version__, metrics
 from llm_batcher.api.errors import install_error_handlers
 from llm_batcher.api.hub import ResultHub
-from llm_batcher.api.routes import BUSY_WAIT_FACTOR, STATIC_DIR, router
+from llm_batcher.api.outage import BUSY_WAIT_FACTOR
+from llm_batcher.api.routes import STATIC_DIR, router
 from llm_batcher.api.state import AppState
-from llm_batcher.keys import Keys
-from llm_batcher.queue import TaskQueue
-from llm_batcher.redis_client import make_redis
+from llm_batcher.background import keep_running
+from llm_batcher.clock import now_ms
+from llm_batcher.protocol.connection import REDIS_UNAVAILABLE, make_redis
+from llm_batcher.protocol.keys import Keys
+from llm_batcher.protocol.queue import TaskQueue
 from llm_batcher.settings import ApiSettings
 
 log = logging.getLogger(__name__)
@@ -42,17 +42,17 @@ def create_app(settings: ApiSettings) -> FastAPI:
             pool_timeout_s=settings.redis_timeout_s * BUSY_WAIT_FACTOR,
         )
         keys = Keys(settings.key_prefix)
-        queue = TaskQueue(
+        queue = TaskQueue.create(
             redis, keys, result_ttl_s=settings.result_ttl_s, stats_window_s=settings.stats_window_s
         )
         hub = ResultHub(redis, keys)
         app.state.llmb = AppState(settings=settings, redis=redis, queue=queue, hub=hub)
         try:
-            await queue.ensure_group()
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            await queue.claims.ensure_group()
+        except REDIS_UNAVAILABLE as exc:
             log.warning("Redis unreachable at start-up (%s); /readyz fails until it is back", exc)
         await hub.start()
-        refresher = asyncio.create_task(_refresh_queue_metrics(queue, settings), name="metrics")
+        refresher = keep_running("queue-metrics", lambda: _refresh_queue_metrics(queue, settings))
         try:
             yield
         finally:
@@ -80,13 +80,13 @@ async def _refresh_queue_metrics(queue: TaskQueue, settings: ApiSettings) -> Non
     while True:
         try:
             async with asyncio.timeout(settings.redis_timeout_s * 2):
-                depth = await queue.depth(settings.lease_ms)
-                workers = await queue.live_workers(int(time.time() * 1000), settings.lease_ms)
+                depth = await queue.claims.depth(settings.lease_ms)
+                workers = await queue.claims.live_workers(now_ms(), settings.lease_ms)
             metrics.QUEUE_DEPTH.set(depth.waiting)
             metrics.QUEUE_IN_FLIGHT.set(depth.in_flight)
             metrics.WORKERS_LIVE.set(workers)
             metrics.REDIS_UP.set(1)
-        except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError) as exc:
+        except REDIS_UNAVAILABLE as exc:
             metrics.REDIS_UP.set(0)
             log.debug("queue metrics not refreshed: %s", exc)
         await asyncio.sleep(QUEUE_METRICS_INTERVAL_S)

@@ -1,4 +1,5 @@
-"""The API's errors and the one place that maps them to HTTP answers."""
+"""The API's refusals: one table from error code to HTTP status, and the one place that turns
+domain errors into HTTP answers (routes raise, they never build error responses)."""
 
 from __future__ import annotations
 
@@ -6,26 +7,59 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from llm_batcher import metrics
+from llm_batcher.protocol.outcomes import ErrorCode
+
+HTTP_STATUS: dict[ErrorCode, int] = {
+    ErrorCode.MISSING_CONTEXT: 422,
+    ErrorCode.INVALID_BODY: 422,
+    ErrorCode.INVALID_LAST_EVENT_ID: 422,
+    ErrorCode.UNKNOWN_TASK: 404,
+    ErrorCode.CONTEXT_TOO_LARGE: 413,
+    ErrorCode.QUEUE_FULL: 503,
+    ErrorCode.REDIS_UNAVAILABLE: 503,
+    ErrorCode.SHUTTING_DOWN: 503,
+}
+"""The status of every refusal; a code missing here is never a refusal."""
+
+RETRY_AFTER_S: dict[ErrorCode, int] = {
+    ErrorCode.QUEUE_FULL: 5,
+    ErrorCode.REDIS_UNAVAILABLE: 2,
+    ErrorCode.SHUTTING_DOWN: 1,
+}
+"""The Retry-After header of refusals that are worth retrying."""
 
 
 class ApiError(Exception):
-    """A request the API refuses: HTTP status, a stable code, and a message for people."""
+    """A request the API refuses: a stable code (its HTTP status is HTTP_STATUS[code]) and a
+    message for people."""
 
-    def __init__(
-        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
-    ) -> None:
+    def __init__(self, code: ErrorCode, message: str) -> None:
         super().__init__(message)
-        self.status = status
         self.code = code
         self.message = message
-        self.headers = headers
+
+    @property
+    def status(self) -> int:
+        return HTTP_STATUS[self.code]
+
+
+def redis_unavailable(exc: BaseException) -> ApiError:
+    """The refusal for a request whose Redis call failed to connect or timed out."""
+    return ApiError(
+        ErrorCode.REDIS_UNAVAILABLE, f"Redis is unreachable: {str(exc) or type(exc).__name__}"
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    """Answer every ApiError as a JSON refusal."""
+
     @app.exception_handler(ApiError)
-    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+    async def _api_error(request: Request, error: ApiError) -> JSONResponse:
         if request.url.path == "/generate":
-            metrics.REQUESTS.labels("rejected", exc.code).inc()
+            metrics.REQUESTS.labels("rejected", error.code.value).inc()
+        retry_after = RETRY_AFTER_S.get(error.code)
         return JSONResponse(
-            {"detail": exc.message, "code": exc.code}, status_code=exc.status, headers=exc.headers
+            {"detail": error.message, "code": error.code.value},
+            status_code=error.status,
+            headers={"Retry-After": str(retry_after)} if retry_after else None,
         )

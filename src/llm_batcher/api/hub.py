@@ -17,11 +17,11 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from llm_batcher.keys import Keys
-from llm_batcher.queue import ResultEntry
+from llm_batcher.background import keep_running
+from llm_batcher.protocol.connection import REDIS_UNAVAILABLE
+from llm_batcher.protocol.keys import Keys
+from llm_batcher.protocol.results import ResultEntry
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,7 @@ class ResultHub:
         self._confirmed: dict[str, asyncio.Event] = {}
         self._reader: asyncio.Task[None] | None = None
         self._ever_connected = False
+        self._reader_runs = 0
         self._wake = asyncio.Event()  # set when the reader may have something to read
         self._idle = asyncio.Event()  # set while no stream is open
         self._idle.set()
@@ -86,7 +87,7 @@ class ResultHub:
         return sum(len(s) for s in self._subs.values())
 
     async def start(self) -> None:
-        self._reader = asyncio.create_task(self._read_loop(), name="result-hub")
+        self._reader = keep_running("result-hub", self._read_loop)
 
     async def stop(self) -> None:
         if self._reader is not None:
@@ -137,7 +138,7 @@ class ResultHub:
                     if not self._subs:
                         self._idle.set()
                     self._confirmed.pop(channel, None)
-                    with contextlib.suppress(RedisConnectionError, RedisTimeoutError, OSError):
+                    with contextlib.suppress(*REDIS_UNAVAILABLE):
                         async with self._command_lock:
                             await self._pubsub.unsubscribe(channel)
 
@@ -160,6 +161,11 @@ class ResultHub:
                 sub.items.put_nowait(item)
 
     async def _read_loop(self) -> None:
+        if self._reader_runs:
+            # Restarted after a crash (background.keep_running): the message being dispatched
+            # may be lost, so every stream reads Redis again.
+            self._broadcast(RESYNC)
+        self._reader_runs += 1
         backoff = 0.1
         while True:
             self._wake.clear()  # before the check: a subscribe right after it sets the event
@@ -169,7 +175,7 @@ class ResultHub:
             try:
                 message = await self._pubsub.get_message(timeout=1.0)
                 backoff = 0.1
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            except REDIS_UNAVAILABLE as exc:
                 log.warning("pub/sub connection lost (%s); reconnecting in %.1f s", exc, backoff)
                 self._broadcast(RESYNC)
                 await asyncio.sleep(backoff)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from llm_batcher.api.hub import ResultHub
-from llm_batcher.queue import TaskQueue
+from llm_batcher.protocol.queue import TaskQueue
 from llm_batcher.settings import ApiSettings
 
 

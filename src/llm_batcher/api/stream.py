@@ -16,18 +16,21 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from sse_starlette import ServerSentEvent
 
 from llm_batcher import metrics
 from llm_batcher.api.hub import CLOSE, RESYNC, ResultHub
-from llm_batcher.queue import ResultEntry, TaskQueue
+from llm_batcher.background import spawn
+from llm_batcher.clock import now_ms
+from llm_batcher.protocol.connection import REDIS_UNAVAILABLE
+from llm_batcher.protocol.keys import TERMINAL_ENTRY_ID
+from llm_batcher.protocol.outcomes import ErrorCode
+from llm_batcher.protocol.queue import TaskQueue
+from llm_batcher.protocol.results import ResultEntry
 from llm_batcher.settings import ApiSettings
 
 log = logging.getLogger(__name__)
 
-_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 _LIVENESS_CHECK_S = 5.0  # silence after which the stream checks that its task still exists
 _OUTAGE_LIMIT_S = 10.0  # Redis unreachable for this long ends the stream with an error
 
@@ -84,8 +87,8 @@ class TaskStream:
                 state.task_id,
                 extra={"task_id": state.task_id},
             )
-        except _REDIS_DOWN as exc:
-            yield self._error("redis_unavailable", f"Redis is unreachable: {exc}")
+        except REDIS_UNAVAILABLE as exc:
+            yield self._error(ErrorCode.REDIS_UNAVAILABLE, f"Redis is unreachable: {exc}")
         finally:
             metrics.OPEN_STREAMS.dec()
             gone_before_start = state.created_here and state.next_index == 0
@@ -98,7 +101,7 @@ class TaskStream:
     def _cancel_in_background(self) -> None:
         """Cancel the task in the background: the client has gone, this coroutine is ending."""
         task_id = self.state.task_id
-        spawn_background(self.queue.cancel(task_id), f"cancel {task_id}")
+        spawn(self.queue.tasks.cancel(task_id), f"cancel {task_id}")
 
     # --- phases -----------------------------------------------------------------------------
 
@@ -107,8 +110,8 @@ class TaskStream:
         if item == CLOSE:
             raise _Closed
         if item is None:  # silence: enforce the deadline, check the task still exists
-            if _now_ms() >= self.state.deadline_ms:
-                await self.queue.expire(self.state.task_id, "the task did not finish in time")
+            if now_ms() >= self.state.deadline_ms:
+                await self.queue.tasks.expire(self.state.task_id, "the task did not finish in time")
             return await self._backfill()
         if item == RESYNC or not isinstance(item, ResultEntry):
             return await self._backfill()
@@ -129,14 +132,13 @@ class TaskStream:
         """Read the result stream after the last sent token; notice lost tasks and outages."""
         while True:
             try:
-                entries = await self.queue.results_after(
-                    self.state.task_id, self.state.next_index - 1
-                )
-                if not entries and not await self.queue.task_exists(self.state.task_id):
+                results = self.queue.results
+                entries = await results.after(self.state.task_id, self.state.next_index - 1)
+                if not entries and not await results.task_exists(self.state.task_id):
                     return [_lost_entry()]
                 self._outage_since = None
                 return entries
-            except _REDIS_DOWN:
+            except REDIS_UNAVAILABLE:
                 now = time.monotonic()
                 self._outage_since = self._outage_since or now
                 if now - self._outage_since > _OUTAGE_LIMIT_S or self.hub.closing:
@@ -178,7 +180,7 @@ class TaskStream:
         )  # fmt: skip
         return ServerSentEvent(event=entry.kind, data=json.dumps(data, ensure_ascii=False))
 
-    def _error(self, code: str, message: str) -> ServerSentEvent:
+    def _error(self, code: ErrorCode, message: str) -> ServerSentEvent:
         self.state.terminal_sent = True
         metrics.REQUESTS.labels("error", code).inc()
         log.warning(
@@ -191,7 +193,7 @@ class TaskStream:
         return ServerSentEvent(event="error", data=json.dumps({"code": code, "message": message}))
 
     def _wait_s(self) -> float:
-        to_deadline = (self.state.deadline_ms - _now_ms()) / 1000
+        to_deadline = (self.state.deadline_ms - now_ms()) / 1000
         return max(0.0, min(_LIVENESS_CHECK_S, to_deadline))
 
 
@@ -208,24 +210,6 @@ def _observe_latencies(data: dict[str, object]) -> None:
 
 def _lost_entry() -> ResultEntry:
     message = "the task is unknown to Redis: it expired, or Redis lost its data in a restart"
-    return ResultEntry("1-0", "error", data={"code": "lost", "message": message})
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-_background: set[asyncio.Task[object]] = set()
-
-
-def spawn_background(coro: object, what: str) -> None:
-    """Run a coroutine beyond the request that started it; failures are logged, never lost."""
-    task: asyncio.Task[object] = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
-    _background.add(task)
-
-    def _done(t: asyncio.Task[object]) -> None:
-        _background.discard(t)
-        if not t.cancelled() and t.exception() is not None:
-            log.warning("background %s failed: %s", what, t.exception())
-
-    task.add_done_callback(_done)
+    return ResultEntry(
+        TERMINAL_ENTRY_ID, "error", data={"code": ErrorCode.LOST, "message": message}
+    )

@@ -10,37 +10,24 @@ naming the cause, never with a silently truncated answer.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TypeVar
-
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from typing import Any, TypeVar
 
 from llm_batcher import metrics
+from llm_batcher.clock import now_ms
 from llm_batcher.codec import ChildLine, TokenLine
-from llm_batcher.queue import StartedTask, TaskQueue, error_data
+from llm_batcher.protocol.connection import REDIS_UNAVAILABLE
+from llm_batcher.protocol.queue import TaskQueue
+from llm_batcher.protocol.tasks import StartedTask
 from llm_batcher.settings import WorkerSettings
-from llm_batcher.worker.child import ChildFailure, LlmChild
+from llm_batcher.worker.child import ChildFailure, FailureCause, LlmChild
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-ERROR_CODES = {
-    "crashed": "llm_crashed",
-    "hung": "llm_timeout",
-    "bad_output": "llm_bad_output",
-    "truncated": "llm_truncated",
-    "spawn": "llm_unavailable",
-}
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @dataclass
@@ -104,7 +91,9 @@ class BatchRunner:
                         )
                         break
             if not all(r.finished or r.closed for r in runs):
-                raise ChildFailure("truncated", "the LLM exited without finishing every context")
+                raise ChildFailure(
+                    FailureCause.TRUNCATED, "the LLM exited without finishing every context"
+                )
         except ChildFailure as failure:
             metrics.BATCH_DURATION.observe(time.monotonic() - started)
             metrics.LLM_FAILURES.labels(failure.cause).inc()
@@ -129,16 +118,18 @@ class BatchRunner:
         tokens, run.pending = run.pending, []
         first_index = run.produced - len(tokens)
         stamp = now_ms()
-        written = await _retrying(
-            lambda: self.queue.append(run.task, first_index, tokens, stamp), run.task.task_id
+        appended = await _retrying(
+            lambda: self.queue.tasks.append(run.task, first_index, tokens, stamp),
+            run.task.task_id,
         )
-        if written < 0:
+        if not appended.result.ours:
             run.closed = True
             log.warning(
-                "task %s is no longer this worker's (%d); dropping its output",
-                run.task.task_id, written, extra={"task_id": run.task.task_id},
+                "task %s is no longer this worker's (%s); dropping its output",
+                run.task.task_id, appended.result, extra={"task_id": run.task.task_id},
             )  # fmt: skip
             return
+        written = appended.tokens
         if written > run.in_redis:
             metrics.TOKENS_RELAYED.inc(written - run.in_redis)
             run.in_redis = written
@@ -153,7 +144,7 @@ class BatchRunner:
 
     async def _done(self, run: TaskRun, batch_size: int, batch_id: str) -> None:
         task, end = run.task, now_ms()
-        data = {
+        data: dict[str, Any] = {
             "task_id": task.task_id,
             "text": "".join(run.parts),
             "tokens": run.produced,
@@ -165,8 +156,7 @@ class BatchRunner:
             "worker": self.settings.worker_id,
             "batch_id": batch_id,
         }
-        payload = json.dumps(data, ensure_ascii=False)
-        await _retrying(lambda: self.queue.finish(task, "done", "", payload), task.task_id)
+        await _retrying(lambda: self.queue.tasks.complete(task, data), task.task_id)
         run.closed = True
         metrics.TASKS_FINISHED.labels("done", "").inc()
         log.info(
@@ -178,16 +168,15 @@ class BatchRunner:
     async def _fail(
         self, runs: list[TaskRun], failure: ChildFailure, batch_id: str
     ) -> list[StartedTask]:
-        code = ERROR_CODES.get(failure.cause, "llm_failed")
+        code = failure.cause.error_code
         retry: list[StartedTask] = []
         for run in (r for r in runs if not r.closed):
             if len(runs) > 1 and run.visible_tokens == 0:
                 retry.append(run.task)
                 continue
             message = f"{failure.message} (after {run.visible_tokens} tokens)"
-            data = error_data(code, message)
             await _retrying(
-                partial(self.queue.finish, run.task, "error", code, data), run.task.task_id
+                partial(self.queue.tasks.fail, run.task, code, message), run.task.task_id
             )
             run.closed = True
             metrics.TASKS_FINISHED.labels("error", code).inc()
@@ -210,7 +199,9 @@ def _apply(runs: list[TaskRun], lines: list[ChildLine]) -> None:
     for line in lines:
         run = runs[line.index]
         if run.finished:
-            raise ChildFailure("bad_output", f"output for context {line.index} after its finish")
+            raise ChildFailure(
+                FailureCause.BAD_OUTPUT, f"output for context {line.index} after its finish"
+            )
         if isinstance(line, TokenLine):
             run.parts.append(line.token)
             run.pending.append(line.token)
@@ -224,7 +215,7 @@ async def _retrying(call: Callable[[], Awaitable[T]], task_id: str, budget_s: fl
     while True:
         try:
             return await call()
-        except (RedisConnectionError, RedisTimeoutError) as exc:
+        except REDIS_UNAVAILABLE as exc:
             if time.monotonic() + delay > deadline:
                 raise
             log.warning(

@@ -17,10 +17,12 @@ import signal
 import tempfile
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable
+from enum import StrEnum
 from pathlib import Path
 from typing import TypeVar
 
 from llm_batcher.codec import ChildLine, ProtocolError, decode_line, encode_context_file
+from llm_batcher.protocol.outcomes import ErrorCode
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -30,10 +32,34 @@ MAX_LINE_BYTES = 4 * 1024 * 1024
 _KILL_GRACE_S = 2.0
 
 
-class ChildFailure(Exception):
-    """The LLM child failed the batch. ``cause``: crashed, hung, bad_output, truncated, spawn."""
+class FailureCause(StrEnum):
+    """Why the LLM child failed a batch (the `cause` label of llm_failures_total)."""
 
-    def __init__(self, cause: str, message: str) -> None:
+    CRASHED = "crashed"  # it exited non-zero
+    HUNG = "hung"  # it outlived the batch deadline and was killed
+    BAD_OUTPUT = "bad_output"  # a malformed line
+    TRUNCATED = "truncated"  # it exited without finishing every context
+    SPAWN = "spawn"  # it could not start
+
+    @property
+    def error_code(self) -> ErrorCode:
+        """The error code of a task this failure ends."""
+        return _ERROR_CODES[self]
+
+
+_ERROR_CODES = {
+    FailureCause.CRASHED: ErrorCode.LLM_CRASHED,
+    FailureCause.HUNG: ErrorCode.LLM_TIMEOUT,
+    FailureCause.BAD_OUTPUT: ErrorCode.LLM_BAD_OUTPUT,
+    FailureCause.TRUNCATED: ErrorCode.LLM_TRUNCATED,
+    FailureCause.SPAWN: ErrorCode.LLM_UNAVAILABLE,
+}
+
+
+class ChildFailure(Exception):
+    """The LLM child failed the batch."""
+
+    def __init__(self, cause: FailureCause, message: str) -> None:
         super().__init__(message)
         self.cause = cause
         self.message = message
@@ -66,7 +92,7 @@ class LlmChild:
                     start_new_session=True,
                 )  # fmt: skip
             except OSError as exc:
-                raise ChildFailure("spawn", f"cannot start {argv[0]!r}: {exc}") from exc
+                raise ChildFailure(FailureCause.SPAWN, f"cannot start {argv[0]!r}: {exc}") from exc
             child = cls(proc, len(contexts), asyncio.get_running_loop().time() + timeout_s)
             stderr_reader = asyncio.create_task(child._read_stderr())
             try:
@@ -95,20 +121,26 @@ class LlmChild:
             buffer += data
             *lines, buffer = buffer.split(b"\n")
             if len(buffer) > MAX_LINE_BYTES:
-                raise ChildFailure("bad_output", f"a line longer than {MAX_LINE_BYTES} bytes")
+                raise ChildFailure(
+                    FailureCause.BAD_OUTPUT, f"a line longer than {MAX_LINE_BYTES} bytes"
+                )
             if lines:
                 yield [self._decode(line) for line in lines]
         if buffer:
-            raise ChildFailure("bad_output", "output ended in the middle of a line")
+            raise ChildFailure(FailureCause.BAD_OUTPUT, "output ended in the middle of a line")
         code = await self._before_deadline(self.proc.wait())
         if code != 0:
-            raise ChildFailure("crashed", f"the LLM exited with status {code}{self._stderr()}")
+            raise ChildFailure(
+                FailureCause.CRASHED, f"the LLM exited with status {code}{self._stderr()}"
+            )
 
     def _decode(self, line: bytes) -> ChildLine:
         try:
             return decode_line(line, self.batch_size)
         except ProtocolError as exc:
-            raise ChildFailure("bad_output", f"malformed output: {exc}{self._stderr()}") from exc
+            raise ChildFailure(
+                FailureCause.BAD_OUTPUT, f"malformed output: {exc}{self._stderr()}"
+            ) from exc
 
     async def _before_deadline(self, awaitable: Awaitable[T]) -> T:
         # asyncio.timeout_at, not wait_for: on Python 3.11, wait_for swallows a cancellation that
@@ -119,7 +151,8 @@ class LlmChild:
                 return await awaitable
         except TimeoutError:
             raise ChildFailure(
-                "hung", f"the LLM did not finish within the batch deadline{self._stderr()}"
+                FailureCause.HUNG,
+                f"the LLM did not finish within the batch deadline{self._stderr()}",
             ) from None
 
     def _stderr(self) -> str:

@@ -18,23 +18,25 @@ import time
 import uuid
 
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from llm_batcher import metrics
-from llm_batcher.keys import Keys
-from llm_batcher.queue import Claim, StartedTask, TaskQueue
+from llm_batcher.background import keep_running
+from llm_batcher.clock import now_ms
+from llm_batcher.protocol.claims import Claim
+from llm_batcher.protocol.connection import REDIS_UNAVAILABLE
+from llm_batcher.protocol.keys import Keys
+from llm_batcher.protocol.outcomes import StartOutcome
+from llm_batcher.protocol.queue import TaskQueue
+from llm_batcher.protocol.tasks import StartedTask
 from llm_batcher.settings import WorkerSettings
-from llm_batcher.worker.batch import BatchRunner, now_ms
+from llm_batcher.worker.batch import BatchRunner
 from llm_batcher.worker.child import remove_stale_batch_dirs
 from llm_batcher.worker.health import HealthServer
 
 log = logging.getLogger(__name__)
 
-_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 _TURN_POLL_S = 0.02  # how often an idle worker asks whether it may read
-_ENDED_AT_START = {"dead": "dead_letter", "timeout": "timeout"}  # START ended the task
 
 
 class Worker:
@@ -43,7 +45,7 @@ class Worker:
     def __init__(self, settings: WorkerSettings, redis: Redis) -> None:
         self.settings = settings
         self.id = settings.worker_id
-        self.queue = TaskQueue(
+        self.queue = TaskQueue.create(
             redis,
             Keys(settings.key_prefix),
             result_ttl_s=settings.result_ttl_s,
@@ -71,7 +73,7 @@ class Worker:
             self.id, self.settings.health_host, port, self.settings.max_batch,
             self.settings.window_ms,
         )  # fmt: skip
-        heartbeat = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
+        heartbeat = keep_running("heartbeat", self._heartbeat_loop)
         try:
             await self._claim_loop(stop)
         finally:
@@ -82,8 +84,8 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
             await self._hand_back()
-            with contextlib.suppress(*_REDIS_DOWN):
-                await self.queue.leave(self.id)
+            with contextlib.suppress(*REDIS_UNAVAILABLE):
+                await self.queue.claims.leave(self.id)
             await self.health.close()
             log.info("worker %s stopped", self.id)
 
@@ -109,7 +111,7 @@ class Worker:
     async def _gather(self, stop: asyncio.Event) -> list[Claim]:
         """Take tasks for one batch, when it is this worker's turn to read (see keys.reader)."""
         turn_ms = self.idle_block_ms + self.settings.window_ms + 1000
-        if not await self.queue.take_read_turn(self.id, turn_ms):
+        if not await self.queue.claims.take_read_turn(self.id, turn_ms):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), _TURN_POLL_S)
             return []
@@ -117,17 +119,17 @@ class Worker:
             return await self._gather_in_turn(stop)
         finally:
             with contextlib.suppress(RedisError, OSError):
-                await self.queue.end_read_turn(self.id)
+                await self.queue.claims.end_read_turn(self.id)
 
     async def _gather_in_turn(self, stop: asyncio.Event) -> list[Claim]:
         """Taken-over tasks first, else new ones: the first, then more within the window."""
         size = self.settings.max_batch
-        claims = await self.queue.reclaim_expired(self.id, size, self.settings.lease_ms)
+        claims = await self.queue.claims.reclaim_expired(self.id, size, self.settings.lease_ms)
         if claims:
             metrics.TASKS_TAKEN_OVER.inc(len(claims))
             log.info("took over %d task(s) from a silent worker", len(claims))
         else:
-            claims = await self.queue.read_new(self.id, size, self.idle_block_ms)
+            claims = await self.queue.claims.read_new(self.id, size, self.idle_block_ms)
         self._hold(claims)
         window_start = time.monotonic()
         window_end = window_start + self.settings.window_ms / 1000
@@ -136,7 +138,7 @@ class Worker:
                 remaining_ms = int((window_end - time.monotonic()) * 1000)
                 if remaining_ms <= 0:
                     break
-                more = await self.queue.read_new(self.id, size - len(claims), remaining_ms)
+                more = await self.queue.claims.read_new(self.id, size - len(claims), remaining_ms)
                 self._hold(more)
                 claims += more
         except (RedisError, OSError):
@@ -190,7 +192,7 @@ class Worker:
                 again = await self._start_all([Claim(task.entry_id, task.task_id)])
                 if again:
                     await self.runner.run(again, f"{batch_id}-solo-{task.task_id[:8]}")
-        except _REDIS_DOWN as exc:
+        except REDIS_UNAVAILABLE as exc:
             # Tasks stay in the pending list and are resumed once Redis is back; this worker
             # stops renewing them, so that they return after the lease (also to itself).
             log.error("Redis failed during a batch (%s); its tasks will be taken over", exc)
@@ -201,20 +203,22 @@ class Worker:
     async def _start_all(self, claims: list[Claim]) -> list[StartedTask]:
         started = []
         for claim in claims:
-            result = await self.queue.start(
+            result = await self.queue.tasks.start(
                 claim, worker=self.id, now_ms=now_ms(), max_attempts=self.settings.max_attempts
             )
             if isinstance(result, StartedTask):
                 started.append(result)
-            else:
-                if result == "dead":
-                    metrics.TASKS_DEAD_LETTERED.inc()
-                if result in _ENDED_AT_START:
-                    metrics.TASKS_FINISHED.labels("error", _ENDED_AT_START[result]).inc()
-                self.held.pop(claim.entry_id, None)
-                log.info(
-                    "task %s not run: %s", claim.task_id, result, extra={"task_id": claim.task_id}
-                )
+                continue
+            if result.outcome is StartOutcome.DEAD:
+                metrics.TASKS_DEAD_LETTERED.inc()
+            code = result.outcome.ended_task
+            if code is not None:
+                metrics.TASKS_FINISHED.labels("error", code).inc()
+            self.held.pop(claim.entry_id, None)
+            log.info(
+                "task %s not run: %s",
+                claim.task_id, result.outcome, extra={"task_id": claim.task_id},
+            )  # fmt: skip
         return started
 
     # --- leases, health, shutdown ------------------------------------------------------------
@@ -223,9 +227,9 @@ class Worker:
         interval = self.settings.lease_ms / 3000
         while True:
             try:
-                await self.queue.heartbeat(self.id, now_ms(), self.settings.lease_ms)
+                await self.queue.claims.heartbeat(self.id, now_ms(), self.settings.lease_ms)
                 self.heartbeat_at = time.monotonic()
-                lost = await self.queue.renew(self.id, list(self.held))
+                lost = await self.queue.claims.renew(self.id, list(self.held))
                 self._mark_redis_ok()
                 for entry_id in lost:
                     task_id = self.held.pop(entry_id, None)
@@ -261,9 +265,9 @@ class Worker:
             return
         entries = list(self.held)
         try:
-            await self.queue.release(self.id, entries, self.settings.lease_ms)
+            await self.queue.claims.release(self.id, entries, self.settings.lease_ms)
             log.info("handed back %d task(s) for other workers", len(entries))
-        except _REDIS_DOWN as exc:
+        except REDIS_UNAVAILABLE as exc:
             log.warning(
                 "could not hand back %d task(s) (%s); they return after the lease",
                 len(entries),

@@ -1,10 +1,21 @@
-"""Building Redis clients from settings (never at import time)."""
+"""Building Redis clients from settings (never at import time), and what counts as an outage."""
 
 from __future__ import annotations
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from llm_batcher.settings import CommonSettings
+
+REDIS_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    TimeoutError,
+)
+"""Errors that mean Redis cannot be reached right now (down, restarting, unreachable, or not
+answering within a timeout), as opposed to a Redis that answered with an error."""
 
 
 def make_redis(
@@ -26,3 +37,8 @@ def make_redis(
         health_check_interval=30,
     )
     return Redis(connection_pool=pool)
+
+
+def reply_text(value: bytes | str) -> str:
+    """A Redis reply as text (clients here do not decode replies: answers are UTF-8)."""
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,4 +1,6 @@
-"""Every Redis key and stream name llm-batcher uses, in one place (docs/protocol.md, part 3)."""
+"""The Redis schema in one place: every key and stream name, entry id and fixed name that
+llm-batcher uses (docs/protocol.md, part 3). The Lua scripts get these values from here too
+(scripts.py prepends them as constants), so nothing below is written down twice."""
 
 from __future__ import annotations
 
@@ -10,10 +12,22 @@ WORKER_GROUP = "workers"
 TERMINAL_ENTRY_ID = "1-0"
 """Result-stream id of a task's one terminal entry (done or error)."""
 
+TOKEN_ENTRY_PREFIX = "0-"
+"""Result-stream ids of tokens: this prefix, then the token's 1-based position."""
+
+MAX_TOKEN_INDEX = 2**63 - 1
+"""Largest token index a client may name (a resume reads the range after it)."""
+
+STATS_MAX_RECORDS = 50_000
+"""Most outcome records the stats sorted set keeps, whatever the window."""
+
+DEAD_LETTER_MAXLEN = 1000
+"""About how many entries the dead-letter stream keeps."""
+
 
 def token_entry_id(index: int) -> str:
     """Result-stream id of token ``index`` (0-based): ids are positions, so resuming is a range."""
-    return f"0-{index + 1}"
+    return f"{TOKEN_ENTRY_PREFIX}{index + 1}"
 
 
 def token_index(entry_id: str) -> int:
@@ -64,4 +78,4 @@ class Keys:
 
     def task_id_of_channel(self, channel: str) -> str:
         """The task id a result channel belongs to."""
-        return channel.removeprefix(f"{self.prefix}:result:")
+        return channel.removeprefix(self.result(""))

@@ -1,0 +1,129 @@
+"""/generate: checking a request, queueing its task or finding the task it resumes, and answering
+with the task's event stream (stream.py)."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from fastapi import Request
+from pydantic import BaseModel, Field, ValidationError
+from sse_starlette import EventSourceResponse
+
+from llm_batcher.api.errors import ApiError
+from llm_batcher.api.outage import redis_call
+from llm_batcher.api.state import AppState
+from llm_batcher.api.stream import StreamState, TaskStream
+from llm_batcher.background import spawn
+from llm_batcher.clock import now_ms
+from llm_batcher.protocol.keys import MAX_TOKEN_INDEX
+from llm_batcher.protocol.outcomes import ErrorCode
+
+log = logging.getLogger(__name__)
+
+SSE_HEADERS = {"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"}
+
+
+class GenerateRequest(BaseModel):
+    """Body of POST /generate."""
+
+    model_config = {"extra": "forbid"}
+    context: str = Field(min_length=1, description="The prompt; echoed back by the mock LLM.")
+
+
+def parse_body(body: bytes) -> str:
+    """The context of a POST body; ApiError `invalid_body` if it is not {"context": "..."}."""
+    try:
+        return GenerateRequest.model_validate_json(body).context
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ApiError(
+            ErrorCode.INVALID_BODY, f'expected JSON {{"context": "..."}}: {problems}'
+        ) from None
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing (413) more than ``limit`` bytes without reading it all."""
+    too_large = ApiError(ErrorCode.CONTEXT_TOO_LARGE, f"the body is larger than {limit} bytes")
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def submit(state: AppState, context: str | None) -> EventSourceResponse:
+    """Queue a new task for ``context`` and stream its answer."""
+    settings = state.settings
+    if not context:
+        raise ApiError(ErrorCode.MISSING_CONTEXT, "the context parameter is missing or empty")
+    size = len(context.encode("utf-8", "surrogatepass"))
+    if size > settings.max_context_bytes:
+        raise ApiError(
+            ErrorCode.CONTEXT_TOO_LARGE,
+            f"the context is {size} bytes; the limit is {settings.max_context_bytes}",
+        )
+    if state.draining:
+        raise ApiError(ErrorCode.SHUTTING_DOWN, "this API replica is shutting down")
+    task_id = str(uuid.uuid4())
+    now = now_ms()
+    deadline = now + int(settings.task_timeout_s * 1000)
+    tasks = state.queue.tasks
+    try:
+        queued = await redis_call(
+            state,
+            tasks.submit(
+                task_id, context, now_ms=now, deadline_ms=deadline, max_queue=settings.max_queue
+            ),
+        )
+    except BaseException:
+        # The submit may have reached Redis although this request gave up on it (a slow Redis,
+        # or the client hung up meanwhile): cancel it, so that no worker runs a task nobody reads.
+        spawn(tasks.cancel(task_id), f"cancel of unanswered task {task_id}")
+        raise
+    if not queued:
+        raise ApiError(ErrorCode.QUEUE_FULL, f"{settings.max_queue} tasks are waiting; retry later")
+    log.info("task %s queued (%d bytes)", task_id, size, extra={"task_id": task_id})
+    stream = StreamState(task_id, next_index=0, deadline_ms=deadline, created_here=True)
+    return respond(state, stream)
+
+
+async def resume(state: AppState, last_event_id: str) -> EventSourceResponse:
+    """Continue a task's stream right after the event ``last_event_id``."""
+    task_id, index = parse_event_id(last_event_id)
+    deadline = await redis_call(state, state.queue.results.deadline_of(task_id))
+    if deadline is None:
+        raise ApiError(ErrorCode.UNKNOWN_TASK, f"task {task_id} is unknown or expired")
+    log.info("task %s resumed after token %d", task_id, index, extra={"task_id": task_id})
+    return respond(state, StreamState(task_id, next_index=index + 1, deadline_ms=deadline))
+
+
+def parse_event_id(value: str) -> tuple[str, int]:
+    """The task id and token index of an event id; ApiError `invalid_last_event_id` if malformed."""
+    task_id, _, index = value.strip().rpartition(":")
+    try:
+        parsed = str(uuid.UUID(task_id)), int(index)
+        # -1 is the `task` event; an index outside Redis's stream-id range would make the
+        # range read fail after the 200 went out, and EventSource would retry it forever.
+        if not -1 <= parsed[1] <= MAX_TOKEN_INDEX:
+            raise ValueError(index)
+        return parsed
+    except ValueError:
+        raise ApiError(
+            ErrorCode.INVALID_LAST_EVENT_ID, "Last-Event-ID must look like <task_id>:<index>"
+        ) from None
+
+
+def respond(state: AppState, stream: StreamState) -> EventSourceResponse:
+    """The SSE response of one task's stream."""
+    events = TaskStream(state.queue, state.hub, state.settings, stream).events()
+    return EventSourceResponse(
+        events, ping=state.settings.ping_s, headers=SSE_HEADERS, send_timeout=30
+    )

@@ -1,0 +1,144 @@
+"""Claims and leases: how workers take tasks from the stream and keep or hand back their hold.
+
+Delivery is at-least-once through a Redis stream consumer group. A worker holds the tasks it
+claimed through the group's pending list, and keeps its hold by resetting their idle time every
+lease/3 (RENEW). An entry idle for longer than the lease belongs to a dead worker, and any worker
+takes it over with XAUTOCLAIM. Idle workers take turns at reading new tasks (keys.Keys.reader).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+from redis.exceptions import ResponseError
+
+from llm_batcher.protocol.connection import reply_text
+from llm_batcher.protocol.keys import WORKER_GROUP, Keys
+from llm_batcher.protocol.scripts import Script
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A task entry a worker took from the stream."""
+
+    entry_id: str
+    task_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class QueueDepth:
+    """Tasks waiting for a worker, and tasks a worker holds."""
+
+    waiting: int
+    in_flight: int
+
+
+class Claims:
+    """The worker side of the task stream, and the live-worker set."""
+
+    def __init__(self, redis: Redis, keys: Keys, scripts: dict[Script, AsyncScript]) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._renew = scripts[Script.RENEW]
+        self._depth = scripts[Script.DEPTH]
+        self._end_turn = scripts[Script.END_TURN]
+
+    async def ensure_group(self) -> None:
+        """Create the stream and its consumer group if missing (after a Redis restart too)."""
+        try:
+            await self._redis.xgroup_create(self._keys.tasks, WORKER_GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def depth(self, lease_ms: int) -> QueueDepth:
+        """Waiting: tasks no live worker holds (never delivered, or held by a worker whose lease
+        lapsed). In flight: tasks live workers hold. Correct with no worker at all."""
+        length, pending, stale = await self._depth(keys=[self._keys.tasks], args=[lease_ms, 10000])
+        in_flight = int(pending) - int(stale)
+        return QueueDepth(waiting=max(0, int(length) - in_flight), in_flight=in_flight)
+
+    async def live_workers(self, now_ms: int, lease_ms: int) -> int:
+        """Workers whose heartbeat is younger than one lease."""
+        return int(await self._redis.zcount(self._keys.workers, now_ms - lease_ms, "+inf"))
+
+    async def read_new(self, consumer: str, count: int, block_ms: int | None) -> list[Claim]:
+        """Claim up to ``count`` never-delivered tasks, waiting up to block_ms (None: no wait)."""
+        try:
+            reply: Any = await self._redis.xreadgroup(
+                WORKER_GROUP, consumer, {self._keys.tasks: ">"}, count=count, block=block_ms
+            )
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            await self.ensure_group()
+            return []
+        return [
+            Claim(reply_text(eid), reply_text(f[b"task_id"]))
+            for _, entries in reply
+            for eid, f in entries
+        ]
+
+    async def reclaim_expired(self, consumer: str, count: int, lease_ms: int) -> list[Claim]:
+        """Take over up to ``count`` tasks whose holder has not renewed them for a lease."""
+        try:
+            reply: Any = await self._redis.xautoclaim(
+                self._keys.tasks, WORKER_GROUP, consumer, lease_ms, "0-0", count=count
+            )
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            await self.ensure_group()
+            return []
+        claimed, deleted = reply[1], reply[2] if len(reply) > 2 else []
+        if deleted:  # entries already deleted (finished elsewhere): drop them from the pending list
+            await self._redis.xack(self._keys.tasks, WORKER_GROUP, *deleted)
+        return [Claim(reply_text(eid), reply_text(f[b"task_id"])) for eid, f in claimed if f]
+
+    async def drop(self, claim: Claim) -> None:
+        """Remove the entry of a task Redis no longer knows, so nobody claims it again."""
+        await self._redis.xack(self._keys.tasks, WORKER_GROUP, claim.entry_id)
+        await self._redis.xdel(self._keys.tasks, claim.entry_id)
+
+    async def renew(self, consumer: str, entry_ids: list[str]) -> list[str]:
+        """Keep holding these entries; returns those this consumer no longer holds."""
+        if not entry_ids:
+            return []
+        lost = await self._renew(keys=[self._keys.tasks], args=[consumer, *entry_ids])
+        return [reply_text(e) for e in lost]
+
+    async def release(self, consumer: str, entry_ids: list[str], lease_ms: int) -> None:
+        """Hand entries back at once: mark them idle for longer than a lease."""
+        if entry_ids:
+            ids: list[int | bytes | str | memoryview] = list(entry_ids)
+            await self._redis.xclaim(
+                self._keys.tasks,
+                WORKER_GROUP,
+                consumer,
+                0,
+                ids,
+                idle=lease_ms * 10,
+                justid=True,
+            )
+
+    async def take_read_turn(self, worker: str, turn_ms: int) -> bool:
+        """Become the one worker that reads new tasks, for at most turn_ms (keys.reader)."""
+        return bool(await self._redis.set(self._keys.reader, worker, nx=True, px=turn_ms))
+
+    async def end_read_turn(self, worker: str) -> None:
+        """Let the next idle worker read."""
+        await self._end_turn(keys=[self._keys.reader], args=[worker])
+
+    async def heartbeat(self, worker: str, now_ms: int, lease_ms: int) -> None:
+        """Record that this worker is alive, and forget workers silent for ten leases."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(self._keys.workers, {worker: now_ms})
+            pipe.zremrangebyscore(self._keys.workers, "-inf", now_ms - 10 * lease_ms)
+            await pipe.execute()
+
+    async def leave(self, worker: str) -> None:
+        """Remove this worker from the live set on a clean exit."""
+        await self._redis.zrem(self._keys.workers, worker)

@@ -1,0 +1,53 @@
+-- Shared by every script that can end a task (start, finish, abort); scripts.py prepends it.
+-- By convention those scripts take the stats sorted set as their last KEYS entry and the
+-- stats window (ms) as their last ARGV entry.
+local STATS_KEY = KEYS[#KEYS]
+local STATS_WINDOW_MS = tonumber(ARGV[#ARGV])
+
+-- Record a task's outcome in the stats sorted set, so /stats counts every task exactly once,
+-- whoever ends it.
+local function record(task, task_id, state, code, data)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local f = redis.call('HMGET', task, 'created_ms', 'started_ms', 'first_token_ms', 'worker',
+    'preview')
+  local rec
+  if state == STATE_DONE then
+    local d = cjson.decode(data)
+    rec = {queue_ms = d.queue_ms, ttft_ms = d.ttft_ms, total_ms = d.total_ms,
+      batch_size = d.batch_size, worker = d.worker}
+  else
+    local created = tonumber(f[1]) or now
+    rec = {queue_ms = f[2] and (tonumber(f[2]) - created) or cjson.null,
+      ttft_ms = f[3] and (tonumber(f[3]) - created) or cjson.null,
+      total_ms = now - created, batch_size = cjson.null, worker = f[4] or cjson.null}
+  end
+  rec.task_id = task_id
+  rec.at_ms = now
+  rec.outcome = state
+  rec.code = code
+  rec.preview = f[5] or ''
+  redis.call('ZADD', STATS_KEY, now, cjson.encode(rec))
+  redis.call('ZREMRANGEBYSCORE', STATS_KEY, '-inf', now - STATS_WINDOW_MS)
+  redis.call('ZREMRANGEBYRANK', STATS_KEY, 0, -STATS_MAX_RECORDS - 1)
+end
+
+-- End a task: record it, write and announce its one terminal entry, and remove its queue entry.
+local function finish(task, task_id, result, tasks, state, code, data, ttl)
+  record(task, task_id, state, code, data)
+  redis.call('HSET', task, 'state', state, 'code', code)
+  redis.call('XADD', result, TERMINAL_ENTRY_ID, 'kind', state, 'data', data)
+  redis.call('PEXPIRE', result, ttl)
+  redis.call('PEXPIRE', task, ttl)
+  redis.call('PUBLISH', result,
+    '{"id":"' .. TERMINAL_ENTRY_ID .. '","kind":"' .. state .. '","data":' .. data .. '}')
+  local entry = redis.call('HGET', task, 'entry')
+  if entry then
+    redis.pcall('XACK', tasks, WORKER_GROUP, entry)
+    redis.call('XDEL', tasks, entry)
+  end
+end
+
+local function is_final(state)
+  return state == STATE_DONE or state == STATE_ERROR
+end

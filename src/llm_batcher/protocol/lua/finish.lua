@@ -1,0 +1,11 @@
+-- FINISH: a worker ends its attempt's task with done or error (ending.lua prepended).
+-- KEYS[1] task hash, KEYS[2] result stream, KEYS[3] tasks stream, KEYS[4] stats
+-- ARGV[1] attempt, ARGV[2] state, ARGV[3] code, ARGV[4] data (JSON), ARGV[5] ttl_ms,
+-- ARGV[6] task_id, ARGV[7] stats_window_ms
+-- Returns {WRITE_OK}, or {why} with why 'missing', 'not_running' (already ended) or 'fenced'.
+local f = redis.call('HMGET', KEYS[1], 'attempt', 'state')
+if not f[2] then return {WRITE_MISSING} end
+if is_final(f[2]) then return {WRITE_NOT_RUNNING} end
+if f[1] ~= ARGV[1] then return {WRITE_FENCED} end
+finish(KEYS[1], ARGV[6], KEYS[2], KEYS[3], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
+return {WRITE_OK}

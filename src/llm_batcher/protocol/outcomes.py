@@ -1,0 +1,73 @@
+"""The typed outcomes of the task protocol: task states, error codes, and what the Lua scripts
+answer. The scripts reply with these values' strings; everything in Python uses the enums."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class TaskState(StrEnum):
+    """The `state` field of a task hash: queued -> running -> done | error."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    ERROR = "error"
+
+
+class ErrorCode(StrEnum):
+    """Every error code a client can see: in a refusal's JSON, or in a stream's `error` event.
+    The README's table of codes is checked against this enum."""
+
+    # Refusals of a request (api/errors.py maps each to its HTTP status).
+    MISSING_CONTEXT = "missing_context"
+    INVALID_BODY = "invalid_body"
+    INVALID_LAST_EVENT_ID = "invalid_last_event_id"
+    UNKNOWN_TASK = "unknown_task"
+    CONTEXT_TOO_LARGE = "context_too_large"
+    QUEUE_FULL = "queue_full"
+    SHUTTING_DOWN = "shutting_down"
+    # Both a refusal and a terminal error of a stream that had started.
+    REDIS_UNAVAILABLE = "redis_unavailable"
+    # Terminal errors of a task.
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+    DEAD_LETTER = "dead_letter"
+    LOST = "lost"
+    LLM_CRASHED = "llm_crashed"
+    LLM_TIMEOUT = "llm_timeout"
+    LLM_BAD_OUTPUT = "llm_bad_output"
+    LLM_TRUNCATED = "llm_truncated"
+    LLM_UNAVAILABLE = "llm_unavailable"
+
+
+class StartOutcome(StrEnum):
+    """START's answer for a claimed task."""
+
+    RUN = "run"  # this worker runs the task (attempt n)
+    MISSING = "missing"  # Redis no longer knows the task (expired, or lost in a restart)
+    FINAL = "final"  # the task already ended
+    TIMEOUT = "timeout"  # its deadline passed: START ended it with `timeout`
+    DEAD = "dead"  # delivered max_attempts times: START dead-lettered it
+
+    @property
+    def ended_task(self) -> ErrorCode | None:
+        """The error START ended the task with, if it did."""
+        return {
+            StartOutcome.TIMEOUT: ErrorCode.TIMEOUT,
+            StartOutcome.DEAD: ErrorCode.DEAD_LETTER,
+        }.get(self)
+
+
+class WriteResult(StrEnum):
+    """A worker's write (APPEND, FINISH) into a task's answer."""
+
+    OK = "ok"
+    FENCED = "fenced"  # another attempt owns the task now
+    NOT_RUNNING = "not_running"  # the task is not running (it ended, e.g. by its deadline)
+    MISSING = "missing"  # Redis no longer knows the task
+
+    @property
+    def ours(self) -> bool:
+        """Whether the task is still this attempt's to write."""
+        return self is WriteResult.OK

@@ -1,0 +1,82 @@
+"""The Lua scripts that change a task's state atomically (docs/protocol.md, part 3).
+
+Every state change of a task is one script, so that two writers (an API replica enforcing a
+deadline, a worker that lost its lease, a worker that took the task over) can never interleave
+half-done updates. A worker's writes carry the attempt number it was given when it started the
+task: a fencing token, so a worker whose lease ran out cannot write into an answer that another
+worker now owns.
+
+Each script lives in `lua/<name>.lua`, which opens by naming its KEYS and ARGV. Key names come in
+as KEYS; the fixed names of the schema (keys.py) and the enums' values (outcomes.py) are prepended
+as Lua constants, so the scripts write none of them down again.
+"""
+
+from __future__ import annotations
+
+from enum import Enum, StrEnum
+from functools import cache
+from importlib.resources import files
+
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+
+from llm_batcher.protocol import keys
+from llm_batcher.protocol.outcomes import ErrorCode, StartOutcome, TaskState, WriteResult
+
+
+class Script(StrEnum):
+    """The scripts, by file name."""
+
+    SUBMIT = "submit"
+    START = "start"
+    APPEND = "append"
+    FINISH = "finish"
+    ABORT = "abort"
+    RENEW = "renew"
+    DEPTH = "depth"
+    END_TURN = "end_turn"
+
+
+_ENDING = frozenset({Script.START, Script.FINISH, Script.ABORT})
+"""Scripts that can end a task, and so need the shared `finish` and `record` (ending.lua)."""
+
+
+def _lua_literal(value: str | int) -> str:
+    if isinstance(value, int):
+        return str(value)
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _constants() -> str:
+    values: dict[str, str | int] = {
+        "WORKER_GROUP": keys.WORKER_GROUP,
+        "TERMINAL_ENTRY_ID": keys.TERMINAL_ENTRY_ID,
+        "TOKEN_ENTRY_PREFIX": keys.TOKEN_ENTRY_PREFIX,
+        "STATS_MAX_RECORDS": keys.STATS_MAX_RECORDS,
+        "DEAD_LETTER_MAXLEN": keys.DEAD_LETTER_MAXLEN,
+    }
+    prefixes: list[tuple[str, type[Enum]]] = [
+        ("STATE", TaskState),
+        ("ERROR", ErrorCode),
+        ("START", StartOutcome),
+        ("WRITE", WriteResult),
+    ]
+    for prefix, enum in prefixes:
+        values.update({f"{prefix}_{member.name}": member.value for member in enum})
+    return "".join(f"local {name} = {_lua_literal(value)}\n" for name, value in values.items())
+
+
+@cache
+def source(script: Script) -> str:
+    """The full Lua source of a script, constants (and the shared helpers) included."""
+    lua = files("llm_batcher.protocol") / "lua"
+    parts = [_constants()]
+    if script in _ENDING:
+        parts.append((lua / "ending.lua").read_text())
+    parts.append((lua / f"{script.value}.lua").read_text())
+    return "\n".join(parts)
+
+
+def register_all(redis: Redis) -> dict[Script, AsyncScript]:
+    """Every script, registered on a client (loaded into Redis on first use, by SHA after)."""
+    return {script: redis.register_script(source(script)) for script in Script}

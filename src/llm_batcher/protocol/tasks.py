@@ -1,0 +1,188 @@
+"""The task state machine: queued -> running -> done | error, one Lua script per change.
+
+The API submits, cancels and expires tasks; a worker starts its claims, appends tokens and ends
+its tasks. Every write of a worker carries its attempt number (a fencing token, scripts.py).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from redis.commands.core import AsyncScript
+
+from llm_batcher.protocol.claims import Claim, Claims
+from llm_batcher.protocol.connection import reply_text
+from llm_batcher.protocol.keys import Keys
+from llm_batcher.protocol.outcomes import ErrorCode, StartOutcome, TaskState, WriteResult
+from llm_batcher.protocol.scripts import Script
+
+PREVIEW_CHARS = 80
+"""How much of a context /stats shows (then an ellipsis)."""
+
+
+def context_preview(context: str) -> str:
+    """What /stats shows of a context."""
+    return context if len(context) <= PREVIEW_CHARS else context[:PREVIEW_CHARS] + "…"
+
+
+def error_data(code: ErrorCode, message: str) -> str:
+    """The JSON of a terminal `error` entry."""
+    return json.dumps({"code": code.value, "message": message}, ensure_ascii=False)
+
+
+@dataclass(frozen=True, slots=True)
+class StartedTask:
+    """A task a worker may run: START said `run`."""
+
+    task_id: str
+    entry_id: str
+    attempt: int
+    context: str
+    tokens_written: int
+    created_ms: int
+    started_ms: int
+    first_token_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """START did not let the worker run the task, and why."""
+
+    outcome: StartOutcome
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """What APPEND did: the tokens now in the answer, if the task is still this attempt's."""
+
+    result: WriteResult
+    tokens: int = 0
+
+
+class Tasks:
+    """Every change of a task's state."""
+
+    def __init__(
+        self,
+        keys: Keys,
+        scripts: dict[Script, AsyncScript],
+        claims: Claims,
+        *,
+        result_ttl_s: float,
+        stats_window_s: float,
+    ) -> None:
+        self._keys = keys
+        self._scripts = scripts
+        self._claims = claims
+        self.ttl_ms = int(result_ttl_s * 1000)
+        self.stats_window_ms = int(stats_window_s * 1000)
+
+    # --- API side ---------------------------------------------------------------------------
+
+    async def submit(
+        self, task_id: str, context: str, *, now_ms: int, deadline_ms: int, max_queue: int
+    ) -> bool:
+        """Queue a task; False (and nothing queued) when max_queue tasks are queued or running."""
+        preview = context_preview(context)
+        args: list[str | int] = [task_id, context, now_ms, deadline_ms, max_queue, self.ttl_ms]
+        args.append(preview)
+        keys = [self._keys.tasks, self._keys.task(task_id)]
+        return bool(await self._scripts[Script.SUBMIT](keys=keys, args=args))
+
+    async def cancel(self, task_id: str) -> bool:
+        """End a task that no worker has started with error `cancelled`; False if it had started."""
+        return await self._abort_if(
+            task_id, [TaskState.QUEUED], ErrorCode.CANCELLED, "the client went away"
+        )
+
+    async def expire(self, task_id: str, message: str) -> bool:
+        """End a task that has not finished with error `timeout`; False if it had finished."""
+        states = [TaskState.QUEUED, TaskState.RUNNING]
+        return await self._abort_if(task_id, states, ErrorCode.TIMEOUT, message)
+
+    async def _abort_if(
+        self, task_id: str, states: list[TaskState], code: ErrorCode, message: str
+    ) -> bool:
+        data = error_data(code, message)
+        args: list[str | int] = [
+            ",".join(states),
+            code.value,
+            data,
+            self.ttl_ms,
+            task_id,
+            self.stats_window_ms,
+        ]
+        return bool(await self._scripts[Script.ABORT](keys=self._ending_keys(task_id), args=args))
+
+    # --- worker side ------------------------------------------------------------------------
+
+    async def start(
+        self, claim: Claim, *, worker: str, now_ms: int, max_attempts: int
+    ) -> StartedTask | Refused:
+        """Begin an attempt: a StartedTask, or why not (missing, final, timeout, dead)."""
+        task_id = claim.task_id
+        keys = [
+            self._keys.task(task_id),
+            self._keys.result(task_id),
+            self._keys.tasks,
+            self._keys.dead,
+            self._keys.stats,
+        ]
+        timeout = error_data(
+            ErrorCode.TIMEOUT, "the task's deadline passed before a worker started it"
+        )
+        dead = error_data(ErrorCode.DEAD_LETTER, f"the task was delivered {max_attempts} times")
+        window = self.stats_window_ms
+        args: list[str | int] = [now_ms, max_attempts, worker, self.ttl_ms, timeout, dead]
+        args += [task_id, window]
+        reply = await self._scripts[Script.START](keys=keys, args=args)
+        outcome = StartOutcome(reply_text(reply[0]))
+        if outcome is not StartOutcome.RUN:
+            if outcome is StartOutcome.MISSING:  # expired or lost with a Redis restart
+                await self._claims.drop(claim)
+            return Refused(outcome)
+        _, attempt, context, tokens, created, started, first = reply
+        return StartedTask(
+            task_id=task_id,
+            entry_id=claim.entry_id,
+            attempt=int(attempt),
+            context=reply_text(context),
+            tokens_written=int(tokens),
+            created_ms=int(created),
+            started_ms=int(started),
+            first_token_ms=int(first) if first else None,
+        )
+
+    async def append(
+        self, task: StartedTask, first_index: int, tokens: list[str], now_ms: int
+    ) -> Appended:
+        """Write tokens from position first_index on (those already written are skipped)."""
+        keys = [self._keys.task(task.task_id), self._keys.result(task.task_id)]
+        args: list[str | int] = [task.attempt, now_ms, first_index, self.ttl_ms, *tokens]
+        reply = await self._scripts[Script.APPEND](keys=keys, args=args)
+        result = WriteResult(reply_text(reply[0]))
+        return Appended(result, int(reply[1]) if result is WriteResult.OK else 0)
+
+    async def complete(self, task: StartedTask, summary: dict[str, Any]) -> WriteResult:
+        """End this attempt's task with `done`; ``summary`` is the done event's data."""
+        return await self._finish(task, TaskState.DONE, "", json.dumps(summary, ensure_ascii=False))
+
+    async def fail(self, task: StartedTask, code: ErrorCode, message: str) -> WriteResult:
+        """End this attempt's task with `error`."""
+        return await self._finish(task, TaskState.ERROR, code.value, error_data(code, message))
+
+    async def _finish(
+        self, task: StartedTask, state: TaskState, code: str, data: str
+    ) -> WriteResult:
+        window = self.stats_window_ms
+        args = [task.attempt, state.value, code, data, self.ttl_ms, task.task_id, window]
+        keys = self._ending_keys(task.task_id)
+        reply = await self._scripts[Script.FINISH](keys=keys, args=args)
+        return WriteResult(reply_text(reply[0]))
+
+    def _ending_keys(self, task_id: str) -> list[str]:
+        """KEYS of FINISH and ABORT: task hash, result stream, tasks stream, stats."""
+        k = self._keys
+        return [k.task(task_id), k.result(task_id), k.tasks, k.stats]

@@ -1,0 +1,38 @@
+"""The README's table of error codes is the ErrorCode enum, with the API's statuses."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from llm_batcher.api.errors import HTTP_STATUS
+from llm_batcher.protocol.outcomes import ErrorCode
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def error_table() -> dict[str, tuple[str, str]]:
+    """code -> (refusal status, stream error) of the README's error table."""
+    text = README.read_text()
+    table = text[text.index("| code | refusal status | stream error | when |") :]
+    rows: dict[str, tuple[str, str]] = {}
+    for line in table.splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        code, status, stream = (cell.strip() for cell in line.strip("|").split("|")[:3])
+        rows[code.strip("`")] = (status, stream)
+    return rows
+
+
+def test_the_readme_lists_every_error_code_once() -> None:
+    rows = error_table()
+    assert set(rows) == {code.value for code in ErrorCode}
+
+
+def test_the_readme_gives_each_refusal_its_status() -> None:
+    rows = error_table()
+    documented = {code: int(status) for code, (status, _) in rows.items() if status}
+    assert documented == {code.value: status for code, status in HTTP_STATUS.items()}
+    for code, (status, stream) in rows.items():
+        assert status or stream, f"{code} is neither a refusal nor a stream error"
+        assert re.fullmatch(r"(yes)?", stream), code

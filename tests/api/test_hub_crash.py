@@ -3,6 +3,7 @@ logged and counted, and open streams keep getting their entries through pub/sub.
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -32,8 +33,8 @@ async def test_a_crashed_reader_restarts_and_streams_keep_their_entries(
         async with hub.subscribe("t1", timeout_s=5) as sub:
             with caplog.at_level(logging.ERROR, logger="llm_batcher.background"):
                 await redis.publish(keys.result("t1"), b"{not json")  # the reader raises on it
-                token = '{"id": "%s", "kind": "token", "text": "after"}' % token_entry_id(0)
-                await redis.publish(keys.result("t1"), token.encode())
+                token = {"id": token_entry_id(0), "kind": "token", "text": "after"}
+                await redis.publish(keys.result("t1"), json.dumps(token))
                 # The restarted reader tells the stream to re-read Redis (the message it was
                 # dispatching is lost), then relays the next announcement as usual. The dead
                 # reader of old gave nothing: the stream only woke on its 5 s liveness poll.

@@ -10,13 +10,13 @@ from fastapi import Request
 from pydantic import BaseModel, Field, ValidationError
 from sse_starlette import EventSourceResponse
 
+from llm_batcher import contract
 from llm_batcher.api.errors import ApiError
 from llm_batcher.api.outage import redis_call
 from llm_batcher.api.state import AppState
 from llm_batcher.api.stream import StreamState, TaskStream
 from llm_batcher.background import spawn
 from llm_batcher.clock import now_ms
-from llm_batcher.protocol.keys import MAX_TOKEN_INDEX
 from llm_batcher.protocol.outcomes import ErrorCode
 
 log = logging.getLogger(__name__)
@@ -107,14 +107,8 @@ async def resume(state: AppState, last_event_id: str) -> EventSourceResponse:
 
 def parse_event_id(value: str) -> tuple[str, int]:
     """The task id and token index of an event id; ApiError `invalid_last_event_id` if malformed."""
-    task_id, _, index = value.strip().rpartition(":")
     try:
-        parsed = str(uuid.UUID(task_id)), int(index)
-        # -1 is the `task` event; an index outside Redis's stream-id range would make the
-        # range read fail after the 200 went out, and EventSource would retry it forever.
-        if not -1 <= parsed[1] <= MAX_TOKEN_INDEX:
-            raise ValueError(index)
-        return parsed
+        return contract.parse_event_id(value)
     except ValueError:
         raise ApiError(
             ErrorCode.INVALID_LAST_EVENT_ID, "Last-Event-ID must look like <task_id>:<index>"

@@ -10,7 +10,6 @@ and triggers a backfill. Nothing is held back to group tokens.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -18,7 +17,7 @@ from dataclasses import dataclass
 
 from sse_starlette import ServerSentEvent
 
-from llm_batcher import metrics
+from llm_batcher import contract, metrics
 from llm_batcher.api.hub import CLOSE, RESYNC, ResultHub
 from llm_batcher.background import spawn
 from llm_batcher.clock import now_ms
@@ -66,11 +65,8 @@ class TaskStream:
         outcome = "disconnected"
         metrics.OPEN_STREAMS.inc()
         try:
-            yield ServerSentEvent(
-                event="task",
-                id=f"{state.task_id}:{state.next_index - 1}",
-                data=json.dumps({"task_id": state.task_id}),
-                retry=self.settings.retry_ms,
+            yield _sse(
+                contract.task_event(state.task_id, state.next_index - 1, self.settings.retry_ms)
             )
             async with self.hub.subscribe(state.task_id, self.settings.redis_timeout_s * 5) as sub:
                 pending = await self._backfill()
@@ -155,13 +151,7 @@ class TaskStream:
                 break
             if entry.index != state.next_index:
                 continue  # a duplicate (< next); a gap (> next) cannot come from a range read
-            events.append(
-                ServerSentEvent(
-                    event="token",
-                    id=f"{state.task_id}:{entry.index}",
-                    data=json.dumps({"text": entry.text}, ensure_ascii=False),
-                )
-            )
+            events.append(_sse(contract.token_event(state.task_id, entry.index, entry.text)))
             state.next_index += 1
         tokens = len(events) - int(state.terminal_sent)
         if tokens:
@@ -178,7 +168,7 @@ class TaskStream:
             data.get("code") or f"{data.get('tokens')} tokens in {data.get('total_ms')} ms",
             extra={"task_id": self.state.task_id},
         )  # fmt: skip
-        return ServerSentEvent(event=entry.kind, data=json.dumps(data, ensure_ascii=False))
+        return _sse(contract.Event(contract.EventKind(entry.kind), data))
 
     def _error(self, code: ErrorCode, message: str) -> ServerSentEvent:
         self.state.terminal_sent = True
@@ -190,11 +180,18 @@ class TaskStream:
             message,
             extra={"task_id": self.state.task_id},
         )
-        return ServerSentEvent(event="error", data=json.dumps({"code": code, "message": message}))
+        return _sse(contract.error_event(code, message))
 
     def _wait_s(self) -> float:
         to_deadline = (self.state.deadline_ms - now_ms()) / 1000
         return max(0.0, min(_LIVENESS_CHECK_S, to_deadline))
+
+
+def _sse(event: contract.Event) -> ServerSentEvent:
+    """The contract's event as sse-starlette sends it."""
+    return ServerSentEvent(
+        event=event.kind, id=event.id, data=contract.encode_data(event), retry=event.retry
+    )
 
 
 def _observe_latencies(data: dict[str, object]) -> None:

@@ -58,7 +58,9 @@ def _cmd_api(args: argparse.Namespace) -> int:
     settings = load_settings(ApiSettings, host=args.host, port=args.port)
     logs.configure(settings.log_level, settings.log_format)
     from llm_batcher.api.server import serve
+    from llm_batcher.limits import raise_open_file_limit
 
+    raise_open_file_limit()
     return serve(settings)
 
 
@@ -80,8 +82,10 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
+    from llm_batcher.limits import raise_open_file_limit
     from llm_batcher.local.up import main as up_main
 
+    raise_open_file_limit()  # inherited by the API it starts
     return up_main(args)
 
 

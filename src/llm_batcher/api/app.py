@@ -13,6 +13,7 @@ from fastapi.staticfiles import StaticFiles
 from llm_batcher import __version__, metrics
 from llm_batcher.api.errors import install_error_handlers
 from llm_batcher.api.hub import ResultHub
+from llm_batcher.api.liveness import RedisLiveness
 from llm_batcher.api.outage import BUSY_WAIT_FACTOR
 from llm_batcher.api.routes import STATIC_DIR, router
 from llm_batcher.api.state import AppState
@@ -45,8 +46,11 @@ def create_app(settings: ApiSettings) -> FastAPI:
         queue = TaskQueue.create(
             redis, keys, result_ttl_s=settings.result_ttl_s, stats_window_s=settings.stats_window_s
         )
-        hub = ResultHub(redis, keys)
-        app.state.llmb = AppState(settings=settings, redis=redis, queue=queue, hub=hub)
+        liveness = RedisLiveness()
+        hub = ResultHub(redis, keys, liveness)
+        app.state.llmb = AppState(
+            settings=settings, redis=redis, queue=queue, hub=hub, liveness=liveness
+        )
         try:
             await queue.claims.ensure_group()
         except REDIS_UNAVAILABLE as exc:

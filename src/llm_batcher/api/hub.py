@@ -18,6 +18,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
+from llm_batcher.api.liveness import RedisLiveness
 from llm_batcher.background import keep_running
 from llm_batcher.protocol.connection import REDIS_UNAVAILABLE
 from llm_batcher.protocol.keys import Keys
@@ -63,8 +64,9 @@ class _ReconnectAwarePubSub(PubSub):
 class ResultHub:
     """Multiplexes every open stream of this process over one pub/sub connection."""
 
-    def __init__(self, redis: Redis, keys: Keys) -> None:
+    def __init__(self, redis: Redis, keys: Keys, liveness: RedisLiveness | None = None) -> None:
         self.keys = keys
+        self.liveness = liveness or RedisLiveness()
         self._pubsub = _ReconnectAwarePubSub(redis.connection_pool, ignore_subscribe_messages=False)
         self._pubsub.hub = self
         self._subs: dict[str, set[Subscription]] = {}
@@ -182,6 +184,7 @@ class ResultHub:
                 backoff = min(backoff * 2, 2.0)
                 continue
             if message is not None:
+                self.liveness.answered()
                 self._dispatch(message)
 
     def _dispatch(self, message: dict[str, Any]) -> None:

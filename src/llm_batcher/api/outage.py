@@ -20,7 +20,8 @@ async def redis_call(state: AppState, call: Awaitable[T]) -> T:
     """Await Redis on behalf of a request; ApiError `redis_unavailable` (503) if Redis seems down.
 
     Redis counts as down when the call fails to connect, or gets no answer within
-    redis_timeout_s while no other call of this process got one either. In a burst, calls
+    redis_timeout_s while nothing else of this process heard from Redis either
+    (liveness.RedisLiveness: streams' reads and pub/sub messages count too). In a burst, calls
     wait for a pool connection and for the event loop, and that wait is no outage: with a
     plain timeout, 1,000 streams opened at once were refused as "Redis is unreachable".
     A Redis that answers others but not this call is given up on after BUSY_WAIT_FACTOR
@@ -35,10 +36,9 @@ async def redis_call(state: AppState, call: Awaitable[T]) -> T:
             done, _ = await asyncio.wait({task}, timeout=timeout_s)
             if done:
                 result = task.result()
-                state.redis_answered_at = loop.time()
+                state.liveness.answered()
                 return result
-            now = loop.time()
-            if now - state.redis_answered_at > timeout_s or now >= give_up_at:
+            if state.liveness.silent_for_s() > timeout_s or loop.time() >= give_up_at:
                 raise TimeoutError(f"no answer within {timeout_s:g} s")
     except REDIS_UNAVAILABLE as exc:
         raise redis_unavailable(exc) from exc

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
 from llm_batcher.api.hub import ResultHub
+from llm_batcher.api.liveness import RedisLiveness
 from llm_batcher.protocol.queue import TaskQueue
 from llm_batcher.settings import ApiSettings
 
@@ -18,4 +19,4 @@ class AppState:
     queue: TaskQueue
     hub: ResultHub
     draining: bool = False
-    redis_answered_at: float = float("-inf")  # loop time of the last answer to a request's call
+    liveness: RedisLiveness = field(default_factory=RedisLiveness)

@@ -132,6 +132,7 @@ class TaskStream:
                 entries = await results.after(self.state.task_id, self.state.next_index - 1)
                 if not entries and not await results.task_exists(self.state.task_id):
                     return [_lost_entry()]
+                self.hub.liveness.answered()
                 self._outage_since = None
                 return entries
             except REDIS_UNAVAILABLE:

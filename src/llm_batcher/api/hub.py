@@ -49,6 +49,13 @@ class Subscription:
         except TimeoutError:
             return None
 
+    async def get_ready(self, timeout_s: float) -> list[Item | None]:
+        """The next item and every one queued behind it; [None] after timeout_s of silence."""
+        items = [await self.get(timeout_s)]
+        while items[-1] is not None and not self.items.empty():
+            items.append(self.items.get_nowait())
+        return items
+
 
 class _ReconnectAwarePubSub(PubSub):
     """redis-py reconnects and resubscribes by itself; the hub must know when it did."""

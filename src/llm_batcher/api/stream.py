@@ -15,8 +15,6 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from sse_starlette import ServerSentEvent
-
 from llm_batcher import contract, metrics
 from llm_batcher.api.hub import CLOSE, RESYNC, ResultHub
 from llm_batcher.background import spawn
@@ -59,23 +57,28 @@ class TaskStream:
         self.state = state
         self._outage_since: float | None = None
 
-    async def events(self) -> AsyncIterator[ServerSentEvent]:
-        """The whole stream; on a client disconnect before any token, cancel a task it queued."""
+    async def events(self) -> AsyncIterator[bytes]:
+        """The whole stream, as SSE frames; events that are ready together leave in one write.
+        On a client disconnect before any token, cancel the task this request queued."""
         state = self.state
         outcome = "disconnected"
         metrics.OPEN_STREAMS.inc()
         try:
-            yield _sse(
-                contract.task_event(state.task_id, state.next_index - 1, self.settings.retry_ms)
+            yield _wire(
+                [contract.task_event(state.task_id, state.next_index - 1, self.settings.retry_ms)]
             )
             async with self.hub.subscribe(state.task_id, self.settings.redis_timeout_s * 5) as sub:
-                pending = await self._backfill()
+                events = self._emit(await self._backfill())
                 while not state.terminal_sent:
-                    for event in self._emit(pending):
-                        yield event
-                    if state.terminal_sent:
-                        break
-                    pending = await self._next(await sub.get(self._wait_s()))
+                    if events:
+                        yield _wire(events)
+                    # Everything announced meanwhile is taken at once; nothing waits for company.
+                    events = []
+                    for item in await sub.get_ready(self._wait_s()):
+                        events += self._emit(await self._next(item))
+                        if state.terminal_sent:
+                            break
+                yield _wire(events)
         except _Closed:
             outcome = "closed"
             log.info(
@@ -84,7 +87,7 @@ class TaskStream:
                 extra={"task_id": state.task_id},
             )
         except REDIS_UNAVAILABLE as exc:
-            yield self._error(ErrorCode.REDIS_UNAVAILABLE, f"Redis is unreachable: {exc}")
+            yield _wire([self._error(ErrorCode.REDIS_UNAVAILABLE, f"Redis is unreachable: {exc}")])
         finally:
             metrics.OPEN_STREAMS.dec()
             gone_before_start = state.created_here and state.next_index == 0
@@ -142,7 +145,8 @@ class TaskStream:
                     raise
                 await asyncio.sleep(0.25)
 
-    def _emit(self, entries: list[ResultEntry]) -> list[ServerSentEvent]:
+    def _emit(self, entries: list[ResultEntry]) -> list[contract.Event]:
+        """The events of these entries, in order: duplicates skipped, the terminal one last."""
         events = []
         state = self.state
         for entry in entries:
@@ -152,14 +156,14 @@ class TaskStream:
                 break
             if entry.index != state.next_index:
                 continue  # a duplicate (< next); a gap (> next) cannot come from a range read
-            events.append(_sse(contract.token_event(state.task_id, entry.index, entry.text)))
+            events.append(contract.token_event(state.task_id, entry.index, entry.text))
             state.next_index += 1
         tokens = len(events) - int(state.terminal_sent)
         if tokens:
             metrics.TOKENS_SENT.inc(tokens)
         return events
 
-    def _terminal(self, entry: ResultEntry) -> ServerSentEvent:
+    def _terminal(self, entry: ResultEntry) -> contract.Event:
         data = entry.data or {}
         metrics.REQUESTS.labels(entry.kind, data.get("code") or "").inc()
         if entry.kind == "done" and self.state.created_here:
@@ -169,9 +173,9 @@ class TaskStream:
             data.get("code") or f"{data.get('tokens')} tokens in {data.get('total_ms')} ms",
             extra={"task_id": self.state.task_id},
         )  # fmt: skip
-        return _sse(contract.Event(contract.EventKind(entry.kind), data))
+        return contract.Event(contract.EventKind(entry.kind), data)
 
-    def _error(self, code: ErrorCode, message: str) -> ServerSentEvent:
+    def _error(self, code: ErrorCode, message: str) -> contract.Event:
         self.state.terminal_sent = True
         metrics.REQUESTS.labels("error", code).inc()
         log.warning(
@@ -181,18 +185,16 @@ class TaskStream:
             message,
             extra={"task_id": self.state.task_id},
         )
-        return _sse(contract.error_event(code, message))
+        return contract.error_event(code, message)
 
     def _wait_s(self) -> float:
         to_deadline = (self.state.deadline_ms - now_ms()) / 1000
         return max(0.0, min(_LIVENESS_CHECK_S, to_deadline))
 
 
-def _sse(event: contract.Event) -> ServerSentEvent:
-    """The contract's event as sse-starlette sends it."""
-    return ServerSentEvent(
-        event=event.kind, id=event.id, data=contract.encode_data(event), retry=event.retry
-    )
+def _wire(events: list[contract.Event]) -> bytes:
+    """The SSE frames of these events, in one chunk (sse-starlette sends bytes as they are)."""
+    return "".join(map(contract.encode, events)).encode()
 
 
 def _observe_latencies(data: dict[str, object]) -> None:

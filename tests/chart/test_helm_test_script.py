@@ -29,7 +29,7 @@ from llm_batcher.contract import (
 )
 from llm_batcher.mock.tokens import tokenize
 from tests.chart.support import render_scenario
-from tests.helpers import start_api, start_worker, wait_http
+from tests.support.processes import start_api, start_worker, wait_http
 
 CHECK = Path(sys.executable).parent / "llm-batcher"
 TASK = "7f06c2d2-34de-4236-863a-e26748456437"
@@ -137,6 +137,7 @@ def test_the_mock_answer_is_the_body_of_the_context() -> None:
     assert mock_answer("@mock extra_tokens=2\nx").startswith("x ")
 
 
+@pytest.mark.system
 async def test_the_command_passes_against_the_real_api_and_worker(
     redis: Redis, redis_url: str, key_prefix: str, tmp_path: Path
 ) -> None:

@@ -6,11 +6,21 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
 from redis.asyncio import Redis
 
 from llm_batcher.queue import StartedTask
-from tests.helpers import eventually, make_queue, submit, wait_result
-from tests.worker.support import assert_complete_answer, assert_error, running_worker
+from tests.support.processes import running_worker
+from tests.support.results import (
+    assert_complete_answer,
+    assert_error,
+    make_queue,
+    submit,
+    wait_result,
+)
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.system
 
 FAST = "@mock ttft_ms=0 itl_ms=0\n"
 MAX_ATTEMPTS = 3

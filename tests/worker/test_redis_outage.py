@@ -8,12 +8,16 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
+import pytest
 from redis.asyncio import Redis
 
 from llm_batcher.embedded_redis import EmbeddedRedis
 from llm_batcher.keys import WORKER_GROUP
-from tests.helpers import eventually, make_queue, submit, wait_result
-from tests.worker.support import assert_complete_answer, running_worker
+from tests.support.processes import running_worker
+from tests.support.results import assert_complete_answer, make_queue, submit, wait_result
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.system
 
 FAST = "@mock ttft_ms=0 itl_ms=0\n"
 

@@ -11,12 +11,16 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
 from redis.asyncio import Redis
 
 from llm_batcher.keys import TERMINAL_ENTRY_ID, token_entry_id
 from llm_batcher.queue import ResultEntry
-from tests.helpers import eventually, make_queue, submit
-from tests.worker.support import assert_complete_answer, read_as_they_come, running_worker
+from tests.support.processes import running_worker
+from tests.support.results import assert_complete_answer, make_queue, read_as_they_come, submit
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.system
 
 ITL_MS = 400
 SLOW_BODY = "one two three four five six"

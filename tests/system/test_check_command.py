@@ -7,7 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.e2e.support import Cluster, start_together
+import pytest
+
+from tests.support.processes import Stack, start_together
+
+pytestmark = pytest.mark.system
 
 LLM_BATCHER = Path(sys.executable).parent / "llm-batcher"
 
@@ -19,9 +23,9 @@ async def _check(url: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-async def test_check_passes_a_mock_answer_and_names_a_failed_task(cluster: Cluster) -> None:
-    api, _ = await start_together(cluster.api(), cluster.worker())
-    await cluster.wait_ready(api)
+async def test_check_passes_a_mock_answer_and_names_a_failed_task(stack: Stack) -> None:
+    api, _ = await start_together(stack.api(), stack.worker())
+    await stack.wait_ready(api)
 
     ok = await _check(api.url, "--expect-mock")
     assert ok.returncode == 0, ok.stdout + ok.stderr
@@ -40,10 +44,10 @@ async def test_check_passes_a_mock_answer_and_names_a_failed_task(cluster: Clust
     assert "4 tokens" in filler.stdout
 
 
-async def test_check_fails_when_the_api_is_gone(cluster: Cluster) -> None:
-    api = await cluster.api()
+async def test_check_fails_when_the_api_is_gone(stack: Stack) -> None:
+    api = await stack.api()
     url = api.url
-    cluster.close()
+    stack.stop()
     result = await _check(url, "--expect-mock")
     assert result.returncode == 1
     assert result.stdout.startswith(f"FAIL: GET {url}/generate: "), result.stdout

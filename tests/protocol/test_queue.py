@@ -13,7 +13,8 @@ from redis.exceptions import ResponseError
 
 from llm_batcher.keys import WORKER_GROUP
 from llm_batcher.queue import Claim, QueueDepth, ResultEntry, StartedTask, TaskQueue
-from tests.helpers import answer, eventually, make_queue, submit, terminal
+from tests.support.results import answer, make_queue, submit, terminal
+from tests.support.waiting import eventually
 
 MAX_ATTEMPTS = 3
 

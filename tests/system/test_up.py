@@ -9,11 +9,16 @@ from pathlib import Path
 
 import httpx
 import psutil
+import pytest
 from redis.asyncio import Redis
 
 from llm_batcher.embedded_redis import free_port
-from tests.e2e.support import Up, alive, command_lines, descendants, generate
-from tests.helpers import eventually
+from tests.support.processes import alive, command_lines, descendants
+from tests.support.sse import generate
+from tests.support.up import Up
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.system
 
 RunUp = Callable[..., Awaitable[Up]]
 UP_TIMEOUT_S = 30

@@ -1,17 +1,21 @@
 """Shared fixtures: a real Redis server (LLMB_TEST_REDIS_URL, else an embedded Valkey), a clean
-key prefix per test, and helpers that wait on conditions instead of sleeping."""
+key prefix per test, an HTTP client, and the real processes of a test (helpers in tests/support)."""
 
 from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from redis.asyncio import Redis
 
 from llm_batcher.local.embedded_redis import EmbeddedRedis
+from tests.support.processes import Stack
+from tests.support.sse import STREAM_TIMEOUT_S
+from tests.support.up import Up, up_env
 
 
 @pytest.fixture(scope="session")
@@ -57,3 +61,57 @@ def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client with room for many concurrent streams and no proxy from the environment."""
+    limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
+    timeout = httpx.Timeout(10.0, read=STREAM_TIMEOUT_S)
+    async with httpx.AsyncClient(limits=limits, timeout=timeout, trust_env=False) as http:
+        yield http
+
+
+@pytest.fixture
+async def stack(
+    redis: Redis, redis_url: str, key_prefix: str, tmp_path: Path
+) -> AsyncIterator[Stack]:
+    """Start APIs and workers with stack.api() / stack.worker() on the session Redis under this
+    test's key prefix (its keys removed after); all are stopped afterwards."""
+    processes = Stack(redis_url, key_prefix, tmp_path)
+    try:
+        yield processes
+    finally:
+        processes.stop()
+        print(processes.logs())  # shown by pytest only when the test failed
+
+
+@pytest.fixture
+async def own_stack(
+    own_redis: EmbeddedRedis, key_prefix: str, tmp_path: Path
+) -> AsyncIterator[Stack]:
+    """Processes on a Redis server of this test's own, which the test may stop and restart."""
+    processes = Stack(own_redis.url, key_prefix, tmp_path)
+    try:
+        yield processes
+    finally:
+        processes.stop()
+        print(processes.logs())
+
+
+@pytest.fixture
+async def run_up(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Up]]]:
+    """Start `llm-batcher up ARGS` in a tmp folder (env: see up_env); always stopped after."""
+    started: list[Up] = []
+
+    async def start(*args: str, **env: str) -> Up:
+        up = await Up.start(list(args), tmp_path, up_env(tmp_path, **env))
+        started.append(up)
+        return up
+
+    try:
+        yield start
+    finally:
+        for up in started:
+            await up.close()
+            print(up.output())  # shown by pytest only when the test failed

@@ -6,7 +6,7 @@ import asyncio
 
 from llm_batcher import metrics
 from llm_batcher.background import keep_running, spawn
-from tests.helpers import eventually
+from tests.support.waiting import eventually
 
 
 def crashes(task: str) -> float:

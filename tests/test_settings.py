@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from llm_batcher.settings import ApiSettings, CommonSettings, WorkerSettings
-from tests.helpers import BIN
+from tests.support.processes import BIN
 
 README = Path(__file__).parent.parent / "README.md"
 

@@ -1,4 +1,4 @@
-"""`llm-batcher`: the command line of every process kind (api, worker, up)."""
+"""`llm-batcher`: the command line of every process kind (api, worker, up) and its tools."""
 
 from __future__ import annotations
 
@@ -81,6 +81,12 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_check(args: argparse.Namespace) -> int:
+    from llm_batcher.check import main as check_main
+
+    return check_main(args)
+
+
 def _cmd_up(args: argparse.Namespace) -> int:
     from llm_batcher.limits import raise_open_file_limit
     from llm_batcher.local.up import main as up_main
@@ -114,6 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     stats.add_argument("--json", action="store_true", help="print the raw JSON report")
     stats.set_defaults(func=_cmd_stats)
+
+    from llm_batcher.check import add_arguments as add_check_arguments
+
+    check = sub.add_parser(
+        "check", help="stream one answer from the API and check it against the stream contract"
+    )
+    add_check_arguments(check)
+    check.set_defaults(func=_cmd_check)
 
     from llm_batcher.local.up import add_arguments as add_up_arguments
 

@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-import json
+import re
 
 import httpx
 import pytest
 from redis.asyncio import Redis
 
-from tests.api.support import (
-    DONE_FIELDS,
-    Stack,
-    Stream,
-    fields,
-    frames,
-    read_raw,
-    read_sse,
-    task_ids,
-    with_context,
-    words,
-)
-from tests.helpers import eventually
+from llm_batcher.contract import SseParser
+from tests.support.processes import Stack
+from tests.support.results import task_ids
+from tests.support.sse import Stream, read_raw, read_sse, with_context, words
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.system
 
 HOSTILE = (
     "line one\nline two\r\nline three\rafter a lone CR \"double\" 'single' back\\slash "
@@ -32,26 +26,16 @@ HOSTILE = (
 
 
 def assert_complete(stream: Stream, context: str) -> None:
-    """task, tokens with consecutive ids, then one `done` that agrees with the tokens."""
-    assert stream.status == 200, stream.body
+    """The contract's check with ``context`` as the answer (task, tokens with consecutive ids,
+    one `done` that agrees with them), and the exact data and timings of each event."""
     assert stream.ended_by_server
-    task, *tokens, done = stream.events
-    assert task.event == "task"
-    task_id = task.data["task_id"]
-    assert task.data == {"task_id": task_id}
-    assert task.id == f"{task_id}:-1"
-    assert [t.event for t in tokens] == ["token"] * len(tokens)
-    assert [t.id for t in tokens] == [f"{task_id}:{i}" for i in range(len(tokens))]
-    assert all(set(t.data) == {"text"} for t in tokens)
-    assert done.event == "done", done.data
-    assert set(done.data) >= DONE_FIELDS
-    assert done.data["task_id"] == task_id
-    assert done.data["tokens"] == len(tokens)
-    assert stream.text == done.data["text"] == context
-    timings = [done.data[k] for k in ("queue_ms", "ttft_ms", "total_ms")]
+    done = stream.assert_exact(context)
+    assert stream.events[0].data == {"task_id": stream.task_id}
+    assert all(set(t.data) == {"text"} for t in stream.tokens)
+    timings = [done[k] for k in ("queue_ms", "ttft_ms", "total_ms")]
     assert all(isinstance(t, int) and t >= 0 for t in timings), timings
-    assert done.data["queue_ms"] <= done.data["ttft_ms"] <= done.data["total_ms"]
-    assert done.data["batch_size"] >= 1
+    assert done["queue_ms"] <= done["ttft_ms"] <= done["total_ms"]
+    assert done["batch_size"] >= 1
 
 
 def assert_sse_headers(headers: httpx.Headers) -> None:
@@ -93,17 +77,17 @@ async def test_raw_frames_have_ids_retry_and_ping_comments_only(
         client, "GET", f"{api.url}/generate", params={"context": context}
     )
     assert response.status_code == 200
-    all_frames = frames(raw)
-    comments = [f for f in all_frames if all(line.startswith(":") for line in f)]
-    events = [fields(f) for f in all_frames if f not in comments]
-    assert len(comments) >= 2, raw  # pings are comments, nothing a client would dispatch
-    assert [e.get("event") for e in events] == ["task", "token", "token", "token", "done"]
-    task_id = json.loads(events[0]["data"])["task_id"]
-    assert events[0]["id"] == f"{task_id}:-1"
-    assert events[0]["retry"] == "1500"
-    assert [e["id"] for e in events[1:4]] == [f"{task_id}:{i}" for i in range(3)]
-    assert all(set(e) <= {"event", "data", "id", "retry"} for e in events)
-    assert json.loads(events[-1]["data"])["text"] == "w0 w1 w2"
+    parser = SseParser()
+    events = parser.feed(raw) + parser.close()
+    assert parser.comments >= 2, raw  # pings are comments, nothing a client would dispatch
+    assert [e.kind for e in events] == ["task", "token", "token", "token", "done"]
+    task_id = events[0].data["task_id"]
+    assert events[0].id == f"{task_id}:-1"
+    assert events[0].retry == 1500
+    assert [e.id for e in events[1:4]] == [f"{task_id}:{i}" for i in range(3)]
+    lines = [line for line in re.split(r"\r\n|\r|\n", raw) if line]
+    assert all(re.match(r"(event|data|id|retry): |:", line) for line in lines), raw
+    assert events[-1].data["text"] == "w0 w1 w2"
 
 
 @pytest.mark.parametrize("method", ["GET", "POST"])

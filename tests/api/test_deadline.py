@@ -5,9 +5,14 @@ from __future__ import annotations
 import time
 
 import httpx
+import pytest
 from redis.asyncio import Redis
 
-from tests.api.support import Stack, read_sse, task_state, words
+from tests.support.processes import Stack
+from tests.support.results import task_state
+from tests.support.sse import read_sse, words
+
+pytestmark = pytest.mark.system
 
 
 async def test_a_task_slower_than_its_deadline_ends_with_timeout(
@@ -38,7 +43,7 @@ async def test_the_deadline_also_cuts_a_stream_already_under_way(
     started = time.monotonic()
     stream = await read_sse(client, "GET", f"{api.url}/generate", params={"context": context})
     assert time.monotonic() - started < 3.5
-    assert stream.terminal.event == "error"
+    assert stream.terminal.kind == "error"
     assert stream.terminal.data["code"] == "timeout"
     assert 1 <= len(stream.tokens) < 20
     assert words(20).startswith(stream.text)  # what came before the error is a true prefix

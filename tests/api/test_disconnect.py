@@ -6,19 +6,15 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import pytest
 from redis.asyncio import Redis
 
-from tests.api.support import (
-    SLOW,
-    Stack,
-    after_task,
-    after_tokens,
-    queue_length,
-    read_sse,
-    task_state,
-    words,
-)
-from tests.helpers import eventually
+from tests.support.processes import Stack
+from tests.support.results import queue_length, task_state
+from tests.support.sse import SLOW, after_task, after_tokens, read_sse, words
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.system
 
 
 async def test_hanging_up_before_the_task_starts_cancels_it(
@@ -37,8 +33,8 @@ async def test_hanging_up_before_the_task_starts_cancels_it(
 
     worker = await stack.worker()
     later = await read_sse(client, "GET", url, params={"context": "runs after"})
-    assert later.terminal.event == "done"  # the worker has gone past where the task was
-    assert task_id not in worker.log()
+    assert later.terminal.kind == "done"  # the worker has gone past where the task was
+    assert task_id not in worker.proc.log()
     resumed = await read_sse(client, "GET", url, headers={"Last-Event-ID": f"{task_id}:-1"})
     assert resumed.kinds == ["task", "error"]
     assert resumed.terminal.data["code"] == "cancelled"
@@ -69,7 +65,7 @@ async def test_hanging_up_mid_stream_costs_nothing(
     assert gone.kinds == ["task", "token", "token"]
     for reader, context in zip(readers, stay, strict=True):
         stream = await reader
-        assert stream.terminal.event == "done", stream.terminal.data
+        assert stream.terminal.kind == "done", stream.terminal.data
         assert stream.terminal.data["batch_size"] == 3
         assert stream.text == context.split("\n", 1)[1]
     task_id = gone.events[0].data["task_id"]
@@ -79,5 +75,5 @@ async def test_hanging_up_mid_stream_costs_nothing(
 
     await eventually(done, 10, "the abandoned task to end `done` in Redis")
     replay = await read_sse(client, "GET", url, headers={"Last-Event-ID": f"{task_id}:-1"})
-    assert replay.terminal.event == "done"
+    assert replay.terminal.kind == "done"
     assert replay.text == replay.terminal.data["text"] == words(8, "quit-")

@@ -11,7 +11,8 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 from redis.asyncio import Redis
 
-from tests.api.support import Stack, task_ids
+from tests.support.processes import Stack
+from tests.support.results import task_ids
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -26,10 +27,14 @@ UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 NUMBER = re.compile(r"^\d+(\.\d)?$")
 HOSTILE = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2">'
 
-pytestmark = pytest.mark.skipif(
-    shutil.which(CHROMIUM) is None,
-    reason=f"no Chromium at {CHROMIUM} (Playwright's own browser download is not available)",
-)
+pytestmark = [
+    pytest.mark.system,
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        shutil.which(CHROMIUM) is None,
+        reason=f"no Chromium at {CHROMIUM} (Playwright's own browser download is not available)",
+    ),
+]
 
 
 @pytest.fixture(scope="module")

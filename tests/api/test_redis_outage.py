@@ -4,37 +4,20 @@ stream, and recovery without a restart of the API or the worker."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import httpx
 import psutil
 import pytest
-from httpx_sse import aconnect_sse
 
+from llm_batcher.contract import Event
 from llm_batcher.local.embedded_redis import EmbeddedRedis
-from tests.api.support import TERMINALS, Api, Event, Stack, Stream, dispatched, read_sse, words
-from tests.helpers import eventually
+from tests.support.processes import Api, Stack
+from tests.support.sse import Stream, read_sse, sse_events, words
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.system
 
 FAST_503_S = 1.5  # LLMB_REDIS_TIMEOUT_S is 1 s by default
-
-
-@pytest.fixture
-async def own_stack(
-    own_redis: EmbeddedRedis, key_prefix: str, tmp_path: Path
-) -> AsyncIterator[Stack]:
-    processes = Stack(own_redis.url, key_prefix, tmp_path)
-    try:
-        yield processes
-    finally:
-        processes.stop()
-
-
-async def wait_ready(client: httpx.AsyncClient, api: Api, timeout_s: float = 15) -> None:
-    async def ready() -> bool:
-        return (await client.get(f"{api.url}/readyz")).status_code == 200
-
-    await eventually(ready, timeout_s, "/readyz to answer 200")
 
 
 async def assert_fast_503s(client: httpx.AsyncClient, api: Api, task_id: str) -> None:
@@ -62,20 +45,20 @@ async def test_redis_restart_under_a_live_api(
 ) -> None:
     api = await own_stack.api()
     worker = await own_stack.worker()
-    await wait_ready(client, api)
+    await own_stack.wait_ready(api, 15)
     context = "@mock ttft_ms=0 itl_ms=200\n" + words(15)  # three seconds of tokens
     url = f"{api.url}/generate"
-    async with aconnect_sse(client, "GET", url, params={"context": context}) as source:
+    async with client.stream("GET", url, params={"context": context}) as response:
         events: list[Event] = []
-        async for sse in dispatched(source.aiter_sse()):
-            events.append(Event.of(sse))
+        async for event in sse_events(response):
+            events.append(event)
             if len(events) == 2:  # task, then a first token: the task is running
                 own_redis.stop()
                 await assert_fast_503s(client, api, events[0].data["task_id"])
                 await eventually(
                     lambda: (
                         "pub/sub connection lost" in api.proc.log()
-                        and "heartbeat failed" in worker.log()
+                        and "heartbeat failed" in worker.proc.log()
                     ),
                     5,
                     "the API and the worker to notice the outage",
@@ -83,15 +66,15 @@ async def test_redis_restart_under_a_live_api(
                 own_redis.start()  # same port, empty: no persistence
             assert len(events) < 40, "the stream went on past the restart"
     # Not a hang: the stream ends, with an error since the restarted Redis lost the task.
-    kinds = [e.event for e in events]
+    kinds = [e.kind for e in events]
     assert kinds[:2] == ["task", "token"]
-    assert sum(k in TERMINALS for k in kinds) == 1
-    assert events[-1].event == "error", kinds
+    assert sum(e.is_terminal for e in events) == 1
+    assert events[-1].kind == "error", kinds
     assert events[-1].data["code"] in {"lost", "redis_unavailable"}
 
-    await wait_ready(client, api)  # the worker's heartbeat reached the new server
+    await own_stack.wait_ready(api, 15)  # the worker's heartbeat reached the new server
     after = await read_sse(client, "GET", url, params={"context": "after the restart"})
-    assert after.terminal.event == "done"
+    assert after.terminal.kind == "done"
     assert after.text == "after the restart"
 
 
@@ -102,24 +85,24 @@ async def test_a_frozen_redis_gives_fast_503s_and_the_stream_survives(
     request; once it answers again, the open stream goes on with nothing lost."""
     api = await own_stack.api()
     await own_stack.worker()
-    await wait_ready(client, api)
+    await own_stack.wait_ready(api, 15)
     answer = words(12)
     context = "@mock ttft_ms=0 itl_ms=150\n" + answer
     url = f"{api.url}/generate"
     assert own_redis.process is not None
     redis_process = psutil.Process(own_redis.process.pid)
-    async with aconnect_sse(client, "GET", url, params={"context": context}) as source:
+    async with client.stream("GET", url, params={"context": context}) as response:
         events: list[Event] = []
-        async for sse in dispatched(source.aiter_sse()):
-            events.append(Event.of(sse))
+        async for event in sse_events(response):
+            events.append(event)
             if len(events) == 2:
                 redis_process.suspend()
                 try:
                     await assert_fast_503s(client, api, events[0].data["task_id"])
                 finally:
                     redis_process.resume()
-    stream = Stream(200, httpx.Headers(), events)
-    assert stream.terminal.event == "done", stream.terminal.data
+    stream = Stream(events)
+    assert stream.terminal.kind == "done", stream.terminal.data
     assert stream.text == stream.terminal.data["text"] == answer
     task_id = events[0].data["task_id"]
     assert [e.id for e in stream.tokens] == [f"{task_id}:{i}" for i in range(12)]

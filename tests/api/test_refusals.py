@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 from redis.asyncio import Redis
 
-from tests.api.support import (
-    Stack,
-    Stream,
-    after_task,
-    assert_nothing_queued,
-    queue_length,
-    read_sse,
-    task_ids,
-    with_context,
-)
-from tests.helpers import eventually
+from tests.support.processes import Stack
+from tests.support.results import assert_nothing_queued, queue_length, task_ids
+from tests.support.sse import Stream, after_task, read_sse, with_context
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.system
 
 LIMIT = 100  # LLMB_MAX_CONTEXT_BYTES of these tests
 
@@ -99,7 +95,7 @@ async def test_a_context_over_the_byte_limit_is_413(
     at_limit = "é" * (LIMIT // 2)  # exactly LIMIT bytes
     for method in ("GET", "POST"):
         accepted = await read_sse(client, method, url, **with_context(method, at_limit))
-        assert accepted.terminal.event == "done"
+        assert accepted.terminal.kind == "done"
         assert accepted.text == at_limit
 
 

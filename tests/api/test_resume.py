@@ -7,23 +7,16 @@ import asyncio
 import uuid
 
 import httpx
+import pytest
 from redis.asyncio import Redis
 
-from tests.api.support import (
-    SLOW,
-    Api,
-    Event,
-    Stack,
-    Stream,
-    after_tokens,
-    assert_nothing_queued,
-    queue_length,
-    read_sse,
-    task_ids,
-    with_context,
-    words,
-)
-from tests.helpers import eventually
+from llm_batcher.contract import Event
+from tests.support.processes import Api, Stack
+from tests.support.results import assert_nothing_queued, queue_length, task_ids
+from tests.support.sse import SLOW, Stream, after_tokens, read_sse, with_context, words
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.system
 
 ANSWER = words(10)
 CONTEXT = SLOW + ANSWER  # ten tokens, one every 150 ms
@@ -205,7 +198,7 @@ async def test_three_clients_follow_one_task_on_one_api(
     first, left, stayed = await asyncio.gather(original, leaving, staying)
     assert left.kinds == ["task", "token", "token"]
     for stream in (first, stayed):
-        assert stream.terminal.event == "done"
+        assert stream.terminal.kind == "done"
         assert stream.text == stream.terminal.data["text"] == ANSWER
         assert [e.id for e in stream.tokens] == [f"{task_id}:{i}" for i in range(10)]
     assert await task_ids(redis, stack.prefix) == {task_id}

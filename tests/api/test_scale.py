@@ -12,20 +12,16 @@ from urllib.parse import urlparse
 
 import httpx
 import psutil
-from httpx_sse import aconnect_sse
+import pytest
 from redis.asyncio import Redis
 
-from tests.api.support import (
-    Event,
-    Stack,
-    Stream,
-    after_task,
-    dispatched,
-    queue_length,
-    read_sse,
-    words,
-)
-from tests.helpers import eventually
+from llm_batcher.contract import Event
+from tests.support.processes import Stack
+from tests.support.results import queue_length
+from tests.support.sse import Stream, after_task, read_sse, sse_events, words
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.system
 
 STREAMS = 1000
 MAX_REDIS_CONNECTIONS = 10
@@ -93,12 +89,12 @@ async def test_a_thousand_concurrent_streams(stack: Stack, redis: Redis, redis_u
     async def one(client: httpx.AsyncClient, i: int) -> Stream:
         events: list[Event] = []
         context = f"stream {i}: " + words(6, f"s{i}.")
-        async with aconnect_sse(client, "GET", url, params={"context": context}) as source:
-            assert source.response.status_code == 200, await source.response.aread()
-            async for sse in dispatched(source.aiter_sse()):
-                events.append(Event.of(sse))
+        async with client.stream("GET", url, params={"context": context}) as response:
+            assert response.status_code == 200, await response.aread()
+            async for event in sse_events(response):
+                events.append(event)
                 opened.add(i)
-        return Stream(200, source.response.headers, events)
+        return Stream(events, 200, response.headers)
 
     async with (
         httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(60)) as client,
@@ -130,7 +126,7 @@ async def test_a_thousand_concurrent_streams(stack: Stack, redis: Redis, redis_u
     for i, stream in enumerate(streams):
         answer = f"stream {i}: " + words(6, f"s{i}.")
         assert stream.kinds[0] == "task"
-        assert stream.terminal.event == "done", (i, stream.terminal.data)
+        assert stream.terminal.kind == "done", (i, stream.terminal.data)
         assert stream.text == stream.terminal.data["text"] == answer, i
         task_id = stream.events[0].data["task_id"]
         assert [e.id for e in stream.tokens] == [f"{task_id}:{n}" for n in range(8)]

@@ -8,20 +8,15 @@ import signal
 import time
 
 import httpx
-from httpx_sse import aconnect_sse
+import pytest
 from redis.asyncio import Redis
 
-from tests.api.support import (
-    TERMINALS,
-    Event,
-    Stack,
-    Stream,
-    dispatched,
-    read_sse,
-    task_ids,
-    task_state,
-    words,
-)
+from llm_batcher.contract import Event
+from tests.support.processes import Stack
+from tests.support.results import task_ids, task_state
+from tests.support.sse import Stream, read_sse, sse_events, words
+
+pytestmark = pytest.mark.system
 
 
 async def wait_exit(proc_wait: object, timeout_s: float) -> int:
@@ -39,9 +34,9 @@ async def test_sigterm_closes_long_streams_for_them_to_resume_elsewhere(
     context = "@mock ttft_ms=0 itl_ms=200\n" + answer  # six seconds of tokens
     events: list[Event] = []
     url = f"{draining.url}/generate"
-    async with aconnect_sse(client, "GET", url, params={"context": context}) as source:
-        async for sse in dispatched(source.aiter_sse()):
-            events.append(Event.of(sse))
+    async with client.stream("GET", url, params={"context": context}) as response:
+        async for event in sse_events(response):
+            events.append(event)
             if len(events) == 3:  # task and two tokens
                 sent_at = time.monotonic()
                 draining.proc.signal(signal.SIGTERM)
@@ -52,8 +47,8 @@ async def test_sigterm_closes_long_streams_for_them_to_resume_elsewhere(
                 assert refused.status_code == 503
                 assert refused.json()["code"] == "shutting_down"
     closed_after_s = time.monotonic() - sent_at
-    first = Stream(200, httpx.Headers(), events)
-    assert not any(kind in TERMINALS for kind in first.kinds), first.kinds
+    first = Stream(events)
+    assert not first.terminals, first.kinds
     assert 2 <= len(first.tokens) < 30
     assert 0.9 <= closed_after_s < 3, closed_after_s  # after the 1 s grace, not at the end
     assert await wait_exit(draining.proc.wait, 10) == 0
@@ -65,7 +60,7 @@ async def test_sigterm_closes_long_streams_for_them_to_resume_elsewhere(
         params={"context": context},
         headers={"Last-Event-ID": events[-1].id},
     )
-    assert rest.terminal.event == "done"
+    assert rest.terminal.kind == "done"
     task_id = events[0].data["task_id"]
     ids = [e.id for e in first.tokens + rest.tokens]
     assert ids == [f"{task_id}:{i}" for i in range(30)]  # no token missing or twice
@@ -81,16 +76,14 @@ async def test_a_stream_that_ends_within_the_grace_time_gets_its_done(
     answer = words(8)
     context = "@mock ttft_ms=0 itl_ms=100\n" + answer  # under a second
     events: list[Event] = []
-    async with aconnect_sse(
-        client, "GET", f"{api.url}/generate", params={"context": context}
-    ) as source:
-        async for sse in dispatched(source.aiter_sse()):
-            events.append(Event.of(sse))
+    async with client.stream("GET", f"{api.url}/generate", params={"context": context}) as response:
+        async for event in sse_events(response):
+            events.append(event)
             if len(events) == 2:
                 sent_at = time.monotonic()
                 api.proc.signal(signal.SIGTERM)
-    stream = Stream(200, httpx.Headers(), events)
-    assert stream.terminal.event == "done"
+    stream = Stream(events)
+    assert stream.terminal.kind == "done"
     assert stream.text == answer
     # the process exits once its last stream ended, without waiting out the grace time
     assert await wait_exit(api.proc.wait, 8) == 0
@@ -105,11 +98,11 @@ async def test_a_task_still_queued_at_shutdown_is_not_cancelled(
     other = await stack.api()
     url = f"{draining.url}/generate"
     events: list[Event] = []
-    async with aconnect_sse(client, "GET", url, params={"context": "waits"}) as source:
-        async for sse in dispatched(source.aiter_sse()):
-            events.append(Event.of(sse))
+    async with client.stream("GET", url, params={"context": "waits"}) as response:
+        async for event in sse_events(response):
+            events.append(event)
             draining.proc.signal(signal.SIGTERM)  # no worker: the task is still queued
-    assert [e.event for e in events] == ["task"]
+    assert [e.kind for e in events] == ["task"]
     assert await wait_exit(draining.proc.wait, 10) == 0
     task_id = events[0].data["task_id"]
     assert await task_state(redis, stack.prefix, task_id) == ("queued", None)
@@ -118,5 +111,5 @@ async def test_a_task_still_queued_at_shutdown_is_not_cancelled(
     rest = await read_sse(
         client, "GET", f"{other.url}/generate", headers={"Last-Event-ID": events[0].id}
     )
-    assert rest.terminal.event == "done"
+    assert rest.terminal.kind == "done"
     assert rest.text == "waits"

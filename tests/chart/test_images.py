@@ -56,9 +56,7 @@ def test_the_test_hook_runs_in_the_api_image() -> None:
     assert hook["metadata"]["annotations"]["helm.sh/hook"] == "test"
     container = hook["spec"]["containers"][0]
     assert container["image"] == rendered.container("Deployment", "llm-batcher-api")["image"]
-    assert container["command"][:2] == ["python3", "-c"]
-    assert container["command"][2] == (CHART_DIR / "files" / "helm-test.py").read_text()
-    assert container["command"][3:] == ["http://llm-batcher-api:8000", "60", "--echo"]
+    assert container["command"][:2] == ["llm-batcher", "check"]
 
 
 def test_skaffold_builds_the_three_images_from_their_dockerfiles() -> None:

@@ -7,12 +7,13 @@ import json
 import logging
 from pathlib import Path
 
+import httpx
 import pytest
 from redis.asyncio import Redis
 
 from llm_batcher import logs
-from tests.helpers import start_api, start_worker
-from tests.observability.support import generate
+from tests.support.processes import start_api, start_worker
+from tests.support.sse import generate
 
 
 def _json_lines(text: str) -> list[dict[str, object]]:
@@ -20,14 +21,16 @@ def _json_lines(text: str) -> list[dict[str, object]]:
     return [json.loads(line) for line in lines]  # fails if any line is not JSON
 
 
+@pytest.mark.system
 async def test_json_logs_carry_task_and_batch_ids(
-    redis: Redis, redis_url: str, key_prefix: str, tmp_path: Path
+    redis: Redis, redis_url: str, key_prefix: str, tmp_path: Path, client: httpx.AsyncClient
 ) -> None:
     settings = {"log_format": "json", "log_level": "INFO"}
     worker, _ = await start_worker(redis_url, key_prefix, tmp_path, **settings)
     api, base = await start_api(redis_url, key_prefix, tmp_path, **settings)
     try:
-        kind, data = await generate(base, "@mock ttft_ms=0 itl_ms=0\nlog me")
+        end = (await generate(client, base, "@mock ttft_ms=0 itl_ms=0\nlog me")).terminal
+        kind, data = end.kind, end.data
     finally:
         api.stop()
         worker.stop()

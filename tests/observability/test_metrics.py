@@ -6,14 +6,18 @@ import asyncio
 from pathlib import Path
 
 import httpx
+import pytest
 from redis.asyncio import Redis
 
-from tests.helpers import start_api, start_worker
-from tests.observability.support import generate, scrape, value
+from tests.support.metrics import scrape, value
+from tests.support.processes import start_api, start_worker
+from tests.support.sse import generate
+
+pytestmark = pytest.mark.system
 
 
 async def test_api_and_worker_metrics_move_during_a_run(
-    redis: Redis, redis_url: str, key_prefix: str, tmp_path: Path
+    redis: Redis, redis_url: str, key_prefix: str, tmp_path: Path, client: httpx.AsyncClient
 ) -> None:
     worker, health_port = await start_worker(redis_url, key_prefix, tmp_path, window_ms=300)
     api, base = await start_api(redis_url, key_prefix, tmp_path)
@@ -22,15 +26,14 @@ async def test_api_and_worker_metrics_move_during_a_run(
         api_before, worker_before = await scrape(f"{base}/metrics"), await scrape(worker_metrics)
         good = [f"@mock ttft_ms=100 itl_ms=0\nmetric run {i} a b" for i in range(3)]
         poison = "@mock ttft_ms=0 fail=exit\nboom"
-        results = await asyncio.gather(*(generate(base, c) for c in [*good, poison]))
-        async with httpx.AsyncClient() as client:
-            refused = await client.get(f"{base}/generate", params={"context": ""})
+        results = await asyncio.gather(*(generate(client, base, c) for c in [*good, poison]))
+        refused = await client.get(f"{base}/generate", params={"context": ""})
         api_after, worker_after = await scrape(f"{base}/metrics"), await scrape(worker_metrics)
     finally:
         api.stop()
         worker.stop()
 
-    assert [kind for kind, _ in results] == ["done", "done", "done", "error"]
+    assert [stream.terminal.kind for stream in results] == ["done", "done", "done", "error"]
     assert refused.status_code == 422
 
     def api_delta(name: str, **labels: str) -> float:

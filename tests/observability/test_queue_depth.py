@@ -6,11 +6,16 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
+import pytest
 from redis.asyncio import Redis
 
 from llm_batcher.protocol.claims import QueueDepth
-from tests.helpers import eventually, make_queue, start_api, start_worker, submit
-from tests.observability.support import scrape, value
+from tests.support.metrics import scrape, value
+from tests.support.processes import start_api, start_worker
+from tests.support.results import make_queue, submit
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.system
 
 LEASE_MS = 1500
 

@@ -7,14 +7,17 @@ import subprocess
 from pathlib import Path
 
 import httpx
+import pytest
 from redis.asyncio import Redis
 
-from tests.helpers import BIN, start_api, start_worker
-from tests.observability.support import generate
+from tests.support.processes import BIN, start_api, start_worker
+from tests.support.sse import generate
+
+pytestmark = pytest.mark.system
 
 
 async def test_stats_agree_across_two_api_processes(
-    redis: Redis, redis_url: str, key_prefix: str, tmp_path: Path
+    redis: Redis, redis_url: str, key_prefix: str, tmp_path: Path, client: httpx.AsyncClient
 ) -> None:
     worker, _ = await start_worker(redis_url, key_prefix, tmp_path, window_ms=50)
     api_a, base_a = await start_api(redis_url, key_prefix, tmp_path)
@@ -22,12 +25,11 @@ async def test_stats_agree_across_two_api_processes(
     try:
         contexts = [f"@mock ttft_ms={50 * i} itl_ms=0\nstats {i}" for i in range(1, 7)]
         results = await asyncio.gather(
-            *(generate(base_a if i % 2 else base_b, c) for i, c in enumerate(contexts))
+            *(generate(client, base_a if i % 2 else base_b, c) for i, c in enumerate(contexts))
         )
-        kind, _ = await generate(base_a, "@mock fail=exit\nfails")
-        async with httpx.AsyncClient(timeout=5) as client:
-            report_a = (await client.get(f"{base_a}/stats")).json()
-            report_b = (await client.get(f"{base_b}/stats")).json()
+        kind = (await generate(client, base_a, "@mock fail=exit\nfails")).terminal.kind
+        report_a = (await client.get(f"{base_a}/stats")).json()
+        report_b = (await client.get(f"{base_b}/stats")).json()
         completed = await asyncio.to_thread(
             subprocess.run,
             [str(BIN / "llm-batcher"), "stats", "--url", base_b],
@@ -42,7 +44,7 @@ async def test_stats_agree_across_two_api_processes(
         api_b.stop()
         worker.stop()
 
-    assert all(k == "done" for k, _ in results) and kind == "error"
+    assert all(s.terminal.kind == "done" for s in results) and kind == "error"
     for field in ("requests", "ttft_ms", "total_ms", "queue_ms", "slowest"):
         assert report_a[field] == report_b[field], field
     assert report_a["requests"]["done"] == 6

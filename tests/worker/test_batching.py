@@ -5,9 +5,13 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
 from redis.asyncio import Redis
 
-from tests.helpers import answer, make_queue, start_worker, submit, terminal, wait_result
+from tests.support.processes import start_worker
+from tests.support.results import answer, make_queue, submit, terminal, wait_result
+
+pytestmark = pytest.mark.system
 
 FAST = "@mock ttft_ms=0 itl_ms=0\n"
 

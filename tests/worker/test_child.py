@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from llm_batcher.worker.child import LlmChild
-from tests.helpers import eventually
+from tests.support.waiting import eventually
 
 # Writes one token line, then waits for the gap before the next one.
 CHATTY_LLM = """

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from redis.asyncio import Redis
 
-from llm_batcher.mock.tokens import FILLER_WORDS
-from tests.helpers import make_queue, submit, wait_result
-from tests.worker.support import (
+from llm_batcher.mock.tokens import FILLER_WORDS, tokenize
+from tests.support.processes import running_worker
+from tests.support.results import (
     assert_complete_answer,
-    mock_tokens,
+    make_queue,
     read_as_they_come,
-    running_worker,
+    submit,
+    wait_result,
 )
+
+pytestmark = pytest.mark.system
 
 
 async def test_ttft_ms_delays_the_first_token(
@@ -58,7 +62,7 @@ async def test_extra_tokens_follow_the_echo(
         entries = await wait_result(queue, task_id)
         again = await wait_result(queue, again_id)
     tokens = [e.text for e in entries if e.kind == "token"]
-    echo = mock_tokens(body)
+    echo = tokenize(body)
     assert tokens[: len(echo)] == echo
     assert len(tokens) == len(echo) + extra
     assert all(t in FILLER_WORDS for t in tokens[len(echo) :])

@@ -6,17 +6,23 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
 from redis.asyncio import Redis
 
+from llm_batcher.mock.tokens import tokenize
 from llm_batcher.protocol.keys import token_entry_id
-from tests.helpers import answer, eventually, make_queue, submit, wait_result
-from tests.worker.support import (
+from tests.support.processes import llm_children, running_worker
+from tests.support.results import (
+    answer,
     assert_complete_answer,
     assert_error,
-    llm_children,
-    mock_tokens,
-    running_worker,
+    make_queue,
+    submit,
+    wait_result,
 )
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.system
 
 FAST = "@mock ttft_ms=0 itl_ms=0\n"
 
@@ -152,7 +158,7 @@ async def test_a_poison_mid_stream_cuts_only_the_streams_already_started(
     # tokens at 0, 110, 220 ms were written before the crash at 300 ms
     cut = assert_error(results["streaming"], "llm_crashed")
     delivered = [e.text for e in results["streaming"][:-1]]
-    assert delivered == mock_tokens(streaming_body)[:3]
+    assert delivered == tokenize(streaming_body)[:3]
     assert str(cut["message"]).endswith("(after 3 tokens)")
     assert await attempt_of(redis, queue.keys.task(ids["streaming"])) == 1
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from redis.asyncio import Redis
 
-from tests.helpers import make_queue, submit, wait_result
-from tests.worker.support import assert_complete_answer, running_worker
+from tests.support.processes import running_worker
+from tests.support.results import assert_complete_answer, make_queue, submit, wait_result
+
+pytestmark = pytest.mark.system
 
 _WORDS = "lorem ipsum, dolor sit amet; consectetur\tadipiscing\nelit "
 BIG_BODY = (_WORDS * (65536 // len(_WORDS) + 1))[:65536]

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from pathlib import Path
 
+import pytest
 from redis.asyncio import Redis
 
+from llm_batcher.clock import now_ms
 from llm_batcher.protocol.tasks import StartedTask
-from tests.helpers import eventually, make_queue, submit, wait_result
-from tests.worker.support import assert_complete_answer, assert_error, running_worker
+from tests.support.processes import running_worker
+from tests.support.results import (
+    assert_complete_answer,
+    assert_error,
+    make_queue,
+    submit,
+    wait_result,
+)
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.system
 
 FAST = "@mock ttft_ms=0 itl_ms=0\n"
 MAX_ATTEMPTS = 3
@@ -49,7 +59,7 @@ async def test_a_task_delivered_max_attempts_times_is_dead_lettered(
     [claim] = await queue.claims.read_new("crashed-worker", 1, None)
     for attempt in range(1, MAX_ATTEMPTS + 1):
         started = await queue.tasks.start(
-            claim, worker="crashed-worker", now_ms=int(time.time() * 1000),
+            claim, worker="crashed-worker", now_ms=now_ms(),
             max_attempts=MAX_ATTEMPTS,
         )  # fmt: skip
         assert isinstance(started, StartedTask) and started.attempt == attempt
@@ -78,12 +88,12 @@ async def test_a_task_past_its_deadline_ends_with_timeout(
     queue = make_queue(redis, key_prefix)
     await queue.claims.ensure_group()
     task_id = str(uuid.uuid4())
-    created = int(time.time() * 1000)
+    created = now_ms()
     deadline = created + 200
     assert await queue.tasks.submit(
         task_id, f"{FAST}too late", now_ms=created, deadline_ms=deadline, max_queue=100
     )
-    await eventually(lambda: time.time() * 1000 > deadline, 5, "the deadline to pass")
+    await eventually(lambda: now_ms() > deadline, 5, "the deadline to pass")
     async with running_worker(redis_url, key_prefix, tmp_path) as (worker, _):
         entries = await wait_result(queue, task_id)
         await eventually(lambda: f"task {task_id} not run: timeout" in worker.log(), 5, "the log")

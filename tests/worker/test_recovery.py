@@ -7,13 +7,17 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
 from redis.asyncio import Redis
 
 from llm_batcher.protocol.keys import WORKER_GROUP
 from llm_batcher.protocol.queue import TaskQueue
 from llm_batcher.protocol.results import ResultEntry
-from tests.helpers import eventually, make_queue, start_worker, submit, wait_result
-from tests.worker.support import assert_complete_answer, running_worker
+from tests.support.processes import running_worker, start_worker
+from tests.support.results import assert_complete_answer, make_queue, submit, wait_result
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.system
 
 
 def slow_body(task: int, words: int) -> str:

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
+import pytest
 from redis.asyncio import Redis
 
+from llm_batcher.clock import now_ms
 from llm_batcher.local.embedded_redis import EmbeddedRedis
 from llm_batcher.protocol.keys import WORKER_GROUP
-from tests.helpers import eventually, make_queue, submit, wait_result
-from tests.worker.support import assert_complete_answer, running_worker
+from tests.support.processes import running_worker
+from tests.support.results import assert_complete_answer, make_queue, submit, wait_result
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.system
 
 FAST = "@mock ttft_ms=0 itl_ms=0\n"
 
@@ -126,7 +130,7 @@ async def test_redis_refusing_writes_mid_batch_loses_nothing(
             )
         finally:
             await redis.config_set("maxmemory", 0)
-        restored_ms = int(time.time() * 1000)
+        restored_ms = now_ms()
         entries = await wait_result(queue, task_id, timeout_s=15)
         done = assert_complete_answer(entries, body)
         assert done.data is not None

@@ -11,12 +11,17 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
 from redis.asyncio import Redis
 
+from llm_batcher.clock import now_ms
 from llm_batcher.protocol.keys import TERMINAL_ENTRY_ID, token_entry_id
 from llm_batcher.protocol.results import ResultEntry
-from tests.helpers import eventually, make_queue, submit
-from tests.worker.support import assert_complete_answer, read_as_they_come, running_worker
+from tests.support.processes import running_worker
+from tests.support.results import assert_complete_answer, make_queue, read_as_they_come, submit
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.system
 
 ITL_MS = 400
 SLOW_BODY = "one two three four five six"
@@ -77,7 +82,7 @@ async def test_relay_delay_from_child_stdout_to_redis(
         task_id = str(uuid.uuid4())
         await pubsub.subscribe(queue.keys.result(task_id))
         try:
-            now = int(time.time() * 1000)
+            now = now_ms()
             assert await queue.tasks.submit(
                 task_id, "stamps", now_ms=now, deadline_ms=now + 60_000, max_queue=100
             )

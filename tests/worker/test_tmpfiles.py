@@ -7,18 +7,27 @@ import os
 import stat
 from pathlib import Path
 
+import pytest
 from redis.asyncio import Redis
 
-from tests.helpers import eventually, make_queue, submit, wait_result
-from tests.worker.support import (
+from llm_batcher.worker.child import BATCH_DIR_PREFIX
+from tests.support.processes import llm_children, running_worker
+from tests.support.results import (
     assert_complete_answer,
     assert_error,
-    batch_dirs,
-    llm_children,
-    running_worker,
+    make_queue,
+    submit,
+    wait_result,
 )
+from tests.support.waiting import eventually
 
 
+def batch_dirs(root: Path) -> list[Path]:
+    """Per-batch context folders left in ``root``."""
+    return sorted(root.glob(f"{BATCH_DIR_PREFIX}*"))
+
+
+@pytest.mark.system
 async def test_batch_folder_is_private_and_removed_after_success_failure_and_hang(
     redis: Redis, redis_url: str, key_prefix: str, tmp_path: Path
 ) -> None:
@@ -54,6 +63,7 @@ async def test_batch_folder_is_private_and_removed_after_success_failure_and_han
     assert list(tmp_dir.iterdir()) == []
 
 
+@pytest.mark.system
 async def test_folder_left_by_a_killed_worker_is_removed_by_the_next_one(
     redis: Redis, redis_url: str, key_prefix: str, tmp_path: Path
 ) -> None:

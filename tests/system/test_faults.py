@@ -7,50 +7,50 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import pytest
 from redis.asyncio import Redis
 
 from llm_batcher.local.embedded_redis import EmbeddedRedis
 from llm_batcher.protocol.keys import Keys
-from tests.e2e.support import (
+from tests.support.processes import Stack, alive, llm_children, start_together
+from tests.support.sse import (
     STREAM_TIMEOUT_S,
-    Answer,
-    Cluster,
-    alive,
+    Stream,
+    after_tokens,
     generate,
-    mock_children,
-    read_events,
+    read_sse,
     resume,
-    start_together,
-    while_clients_run,
     words,
 )
-from tests.helpers import eventually
+from tests.support.waiting import eventually, while_clients_run
+
+pytestmark = pytest.mark.system
 
 
 async def test_worker_killed_mid_batch_every_client_still_gets_its_exact_answer(
-    cluster: Cluster, client: httpx.AsyncClient, redis: Redis, key_prefix: str
+    stack: Stack, client: httpx.AsyncClient, redis: Redis, key_prefix: str
 ) -> None:
     api, *workers = await start_together(
-        cluster.api(), *(cluster.worker(window_ms=200, lease_ms=1500) for _ in range(2))
+        stack.api(), *(stack.worker(window_ms=200, lease_ms=1500) for _ in range(2))
     )
-    await cluster.wait_ready(api)
-    bodies = [f"client {i}: {words(24, f'k{i}')}" for i in range(8)]
+    await stack.wait_ready(api)
+    bodies = [f"client {i}: {words(24, f'k{i}-w')}" for i in range(8)]
     contexts = [f"@mock ttft_ms=100 itl_ms=50\n{body}" for body in bodies]
-    answers = [Answer() for _ in bodies]
+    answers = [Stream() for _ in bodies]
     dropped, killed = asyncio.Event(), asyncio.Event()
 
     async def follow(i: int) -> None:
         url, params = f"{api.url}/generate", {"context": contexts[i]}
         async with asyncio.timeout(STREAM_TIMEOUT_S):
             if i == 0:  # drops its connection after 3 tokens, comes back after the kill
-                await read_events(
-                    client, "GET", url, answers[0], stop_after_tokens=3, params=params
+                await read_sse(
+                    client, "GET", url, into=answers[0], until=after_tokens(3), params=params
                 )
                 dropped.set()
                 await killed.wait()
                 await resume(client, api.url, answers[0])
             else:
-                await read_events(client, "GET", url, answers[i], params=params)
+                await read_sse(client, "GET", url, into=answers[i], params=params)
 
     clients = [asyncio.create_task(follow(i)) for i in range(len(bodies))]
     try:
@@ -58,7 +58,7 @@ async def test_worker_killed_mid_batch_every_client_still_gets_its_exact_answer(
         owner = await redis.hget(Keys(key_prefix).task(answers[0].task_id), "worker")
         victim = next(w for w in workers if w.id.encode() == owner)
         survivor = next(w for w in workers if w is not victim)
-        mocks = mock_children(victim.proc.pid)
+        mocks = llm_children(victim.proc.pid)
         assert mocks, "the victim is not running a batch"
         victim.proc.kill_group()
         killed.set()
@@ -78,28 +78,28 @@ async def test_worker_killed_mid_batch_every_client_still_gets_its_exact_answer(
 
 
 async def test_api_killed_mid_stream_clients_resume_on_another_api(
-    cluster: Cluster, client: httpx.AsyncClient
+    stack: Stack, client: httpx.AsyncClient
 ) -> None:
     # 4 streams and a long window: one batch, which starts as soon as it is full
     doomed, other, _ = await start_together(
-        cluster.api(), cluster.api(), cluster.worker(window_ms=2000, mock_ttft_ms=0, mock_itl_ms=40)
+        stack.api(), stack.api(), stack.worker(window_ms=2000, mock_ttft_ms=0, mock_itl_ms=40)
     )
-    await cluster.wait_ready(doomed)
-    contexts = [f"stream {i} " + words(30, f"a{i}") for i in range(4)]  # no directive: echo all
-    answers = [Answer() for _ in contexts]
+    await stack.wait_ready(doomed)
+    contexts = [f"stream {i} " + words(30, f"a{i}-w") for i in range(4)]  # no directive: echo all
+    answers = [Stream() for _ in contexts]
 
     async def follow(i: int) -> None:
         async with asyncio.timeout(STREAM_TIMEOUT_S):
             try:
                 if i % 2:
                     body = {"context": contexts[i]}
-                    await read_events(
-                        client, "POST", f"{doomed.url}/generate", answers[i], json=body
+                    await read_sse(
+                        client, "POST", f"{doomed.url}/generate", into=answers[i], json=body
                     )
                 else:
                     params = {"context": contexts[i]}
-                    await read_events(
-                        client, "GET", f"{doomed.url}/generate", answers[i], params=params
+                    await read_sse(
+                        client, "GET", f"{doomed.url}/generate", into=answers[i], params=params
                     )
             except httpx.TransportError:
                 pass  # the API died under this stream
@@ -123,19 +123,19 @@ async def test_api_killed_mid_stream_clients_resume_on_another_api(
 
 
 async def test_redis_restart_under_load_ends_open_streams_and_recovers(
-    own_cluster: Cluster, own_redis: EmbeddedRedis, client: httpx.AsyncClient
+    own_stack: Stack, own_redis: EmbeddedRedis, client: httpx.AsyncClient
 ) -> None:
     # a window long enough for the 4 requests to make one batch (it starts when it is full)
-    api, _ = await start_together(own_cluster.api(), own_cluster.worker(window_ms=1000))
-    await own_cluster.wait_ready(api)
-    bodies = [f"load {i} " + words(60, f"r{i}") for i in range(4)]  # 6 s of tokens
+    api, _ = await start_together(own_stack.api(), own_stack.worker(window_ms=1000))
+    await own_stack.wait_ready(api)
+    bodies = [f"load {i} " + words(60, f"r{i}-w") for i in range(4)]  # 6 s of tokens
     contexts = [f"@mock ttft_ms=50 itl_ms=100\n{body}" for body in bodies]
-    answers = [Answer() for _ in bodies]
+    answers = [Stream() for _ in bodies]
 
     async def follow(i: int) -> None:
         params = {"context": contexts[i]}
         async with asyncio.timeout(STREAM_TIMEOUT_S):  # an error event, never a hang
-            await read_events(client, "GET", f"{api.url}/generate", answers[i], params=params)
+            await read_sse(client, "GET", f"{api.url}/generate", into=answers[i], params=params)
 
     clients = [asyncio.create_task(follow(i)) for i in range(len(bodies))]
     try:
@@ -159,7 +159,7 @@ async def test_redis_restart_under_load_ends_open_streams_and_recovers(
         assert body.startswith(answer.text) and len(answer.text) < len(body)
 
     # the same processes serve again once Redis is back (4 requests: a full batch, no window)
-    await own_cluster.wait_ready(api)
+    await own_stack.wait_ready(api)
     again = await asyncio.gather(
         *(generate(client, api.url, f"after restart {i}") for i in range(4))
     )
@@ -167,4 +167,4 @@ async def test_redis_restart_under_load_ends_open_streams_and_recovers(
         done = answer.assert_exact(f"after restart {i}")
         # served at once: the worker did not sit out the rest of the batch Redis forgot
         assert done["total_ms"] < 3000, done
-    assert all(p.popen.poll() is None for p in own_cluster.procs)
+    assert all(p.popen.poll() is None for p in own_stack.procs)

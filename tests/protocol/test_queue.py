@@ -10,19 +10,17 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from llm_batcher.clock import now_ms
 from llm_batcher.protocol.claims import Claim, QueueDepth
 from llm_batcher.protocol.keys import WORKER_GROUP
 from llm_batcher.protocol.outcomes import StartOutcome, WriteResult
 from llm_batcher.protocol.queue import TaskQueue
 from llm_batcher.protocol.results import ResultEntry
 from llm_batcher.protocol.tasks import Refused, StartedTask
-from tests.helpers import answer, eventually, make_queue, submit, terminal
+from tests.support.results import answer, make_queue, submit, terminal
+from tests.support.waiting import eventually
 
 MAX_ATTEMPTS = 3
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @pytest.fixture

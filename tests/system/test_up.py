@@ -9,11 +9,17 @@ from pathlib import Path
 
 import httpx
 import psutil
+import pytest
 from redis.asyncio import Redis
 
 from llm_batcher.local.embedded_redis import free_port
-from tests.e2e.support import Up, alive, command_lines, descendants, generate
-from tests.helpers import eventually
+from llm_batcher.worker.child import BATCH_DIR_PREFIX
+from tests.support.processes import alive, command_lines, descendants
+from tests.support.sse import generate
+from tests.support.up import Up
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.system
 
 RunUp = Callable[..., Awaitable[Up]]
 UP_TIMEOUT_S = 30
@@ -57,7 +63,7 @@ async def test_up_serves_then_stops_on_sigterm_leaving_nothing_behind(
     assert await up.terminate(UP_TIMEOUT_S) == 0, up.output()
     assert not alive(children), command_lines(children)
     assert up.matching(r"all processes stopped") and up.matching(r"embedded Redis stopped")
-    assert not list((tmp_path / "tmp").glob("llmb-batch-*"))
+    assert not list((tmp_path / "tmp").glob(f"{BATCH_DIR_PREFIX}*"))
     assert (tmp_path / "data" / "redis").is_dir()  # the embedded server's data went there
 
 

@@ -9,20 +9,24 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
+import pytest
 
-from tests.e2e.support import Cluster, RawResponse, generate, raw_get, start_together, words
+from tests.support.processes import Stack, start_together
+from tests.support.sse import RawResponse, generate, raw_get, words
+
+pytestmark = pytest.mark.system
 
 CLIENTS = 32
 
 
 async def test_32_concurrent_clients_each_get_their_own_complete_answer(
-    cluster: Cluster, client: httpx.AsyncClient
+    stack: Stack, client: httpx.AsyncClient
 ) -> None:
     api, *workers = await start_together(
-        cluster.api(), *(cluster.worker(window_ms=200, max_batch=4) for _ in range(2))
+        stack.api(), *(stack.worker(window_ms=200, max_batch=4) for _ in range(2))
     )
-    await cluster.wait_ready(api)
-    bodies = [f"client {n} says {words(12, f'c{n}')}" for n in range(CLIENTS)]
+    await stack.wait_ready(api)
+    bodies = [f"client {n} says {words(12, f'c{n}-w')}" for n in range(CLIENTS)]
     contexts = [f"@mock ttft_ms=300 itl_ms=20\n{body}" for body in bodies]
 
     answers = await asyncio.gather(*(generate(client, api.url, c) for c in contexts))
@@ -55,10 +59,10 @@ HOSTILE = {
 
 
 async def test_hostile_contexts_are_echoed_exactly_and_run_nothing(
-    cluster: Cluster, client: httpx.AsyncClient, tmp_path: Path
+    stack: Stack, client: httpx.AsyncClient, tmp_path: Path
 ) -> None:
-    api, _ = await start_together(cluster.api(), cluster.worker())
-    await cluster.wait_ready(api)
+    api, _ = await start_together(stack.api(), stack.worker())
+    await stack.wait_ready(api)
     marker = tmp_path / "pwned"
     contexts = dict(HOSTILE)
     contexts["subshell"] = f"$(touch {marker})"
@@ -78,16 +82,16 @@ async def test_hostile_contexts_are_echoed_exactly_and_run_nothing(
 def assert_answer_or_4xx(response: RawResponse, expected: str) -> None:
     """Either the exact echo of what the server decoded, or a clear 4xx."""
     if response.status == 200:
-        response.answer().assert_exact(expected)
+        response.stream().assert_exact(expected)
     else:
         assert 400 <= response.status < 500, (response.status, response.body[:200])
 
 
 async def test_malformed_and_oversized_requests_get_an_answer_or_a_clear_4xx(
-    cluster: Cluster, client: httpx.AsyncClient
+    stack: Stack, client: httpx.AsyncClient
 ) -> None:
-    api, _ = await start_together(cluster.api(), cluster.worker())
-    await cluster.wait_ready(api)
+    api, _ = await start_together(stack.api(), stack.worker())
+    await stack.wait_ready(api)
 
     # invalid percent-encoding, truncated UTF-8, a NUL byte (sent as raw bytes), and 10,000
     # query parameters: each its answer or a 4xx

@@ -1,0 +1,82 @@
+"""`llm-batcher check URL`: stream one /generate answer and check it against the stream contract.
+
+What the chart's `helm test` hook runs in the API image. One line out, `OK: ...` or
+`FAIL: ...`; exit status 0 or 1 (1 too when the API cannot be reached).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import uuid
+
+import httpx
+
+from llm_batcher.contract import Event, SseParser, check
+from llm_batcher.mock.cli import Context, MockConfig, plan_context
+from llm_batcher.mock.directives import split_context
+
+MOCK_DIRECTIVE = "@mock ttft_ms=0 itl_ms=10\n"
+"""Prefixed to the default context with --expect-mock: a quick answer at any mock setting."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("url", help="the API's base URL, e.g. http://llm-batcher-api:8000")
+    parser.add_argument("--context", help="the context to send (default: a short unique text)")
+    parser.add_argument(
+        "--timeout-s", type=float, default=60, help="the longest the whole answer may take (60)"
+    )
+    parser.add_argument(
+        "--expect-mock",
+        action="store_true",
+        help="the worker runs llm-mock: the answer must be the mock's for the context",
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    context = args.context
+    if context is None:
+        context = f"llm-batcher check {uuid.uuid4().hex[:8]}: queued, batched, streamed."
+        if args.expect_mock:
+            context = MOCK_DIRECTIVE + context
+    expected = mock_answer(context) if args.expect_mock else None
+    url = args.url.rstrip("/") + "/generate"
+    started = time.monotonic()
+    try:
+        events = read_stream(url, context, args.timeout_s)
+    except (httpx.HTTPError, TimeoutError, ValueError) as exc:
+        print(f"FAIL: GET {url}: {str(exc) or type(exc).__name__}")
+        return 1
+    verdict = check(events, expected_text=expected)
+    print(f"{verdict} [{(time.monotonic() - started) * 1000:.0f} ms]")
+    return 0 if verdict.ok else 1
+
+
+def mock_answer(context: str) -> str:
+    """The answer llm-mock gives ``context`` (at its default of no filler tokens)."""
+    directive, body = split_context(context)
+    config = MockConfig(ttft_ms=(0, 0), itl_ms=(0, 0), extra_tokens=0)
+    return "".join(plan_context(Context(context, directive, body), config, 0, 0).tokens)
+
+
+def read_stream(url: str, context: str, timeout_s: float) -> list[Event]:
+    """The events of one GET /generate, until the server closes the stream (at most timeout_s).
+
+    Raises httpx.HTTPError when the request fails, TimeoutError past the deadline, ValueError
+    when the answer is not an event stream or an event's data is not a JSON object.
+    """
+    deadline = time.monotonic() + timeout_s
+    parser, events = SseParser(), []
+    timeout = httpx.Timeout(min(timeout_s, 10.0), read=timeout_s)
+    with (
+        httpx.Client(timeout=timeout) as client,
+        client.stream("GET", url, params={"context": context}) as response,
+    ):
+        ctype = response.headers.get("content-type", "")
+        if not ctype.startswith("text/event-stream"):
+            raise ValueError(f"answered {response.status_code} {ctype!r}, not text/event-stream")
+        for chunk in response.iter_text():
+            events += parser.feed(chunk)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no complete answer within {timeout_s:g} s")
+    return events + parser.close()

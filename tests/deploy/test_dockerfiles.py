@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.images.support import (
+from tests.deploy.images_support import (
     APP_IMAGES,
     IMAGES,
     ROOT,

@@ -35,7 +35,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {"default": {}} | {
     for path in sorted((CHART_DIR / "ci").glob("*-values.yaml"))
 }
 
-# Kinds whose schemas come from their CRDs (tests/chart/crd-schemas), not kubernetes-validate.
+# Kinds whose schemas come from their CRDs (tests/deploy/crd-schemas), not kubernetes-validate.
 CRD_KINDS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor-monitoring-v1.json",
     ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrule-monitoring-v1.json",

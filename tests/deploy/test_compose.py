@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from llm_batcher.settings import ApiSettings, WorkerSettings
-from tests.images.support import (
+from tests.deploy.images_support import (
     COMPOSE_FILE,
     IMAGES,
     IMAGES_README,

@@ -8,7 +8,7 @@ import json
 import pytest
 import yaml
 
-from tests.chart.support import CHART_DIR, REPO, render_scenario
+from tests.deploy.support import CHART_DIR, REPO, render_scenario
 
 COPIES = {
     "files/llm-batcher-dashboard.json": "deploy/grafana/llm-batcher-dashboard.json",

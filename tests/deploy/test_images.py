@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from llm_batcher.cli import build_parser
-from tests.chart.support import CHART_DIR, REPO, chart, render, render_scenario
+from tests.deploy.support import CHART_DIR, REPO, chart, render, render_scenario
 
 SKAFFOLD = yaml.safe_load((REPO / "skaffold.yaml").read_text())
 IMAGES = {  # image -> (Dockerfile, chart values holding its repository and tag)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from tests.chart.support import CHART_DIR
+from tests.deploy.support import CHART_DIR
 from tests.helpers import start_api, start_worker, wait_http
 
 SCRIPT = (CHART_DIR / "files" / "helm-test.py").read_text()

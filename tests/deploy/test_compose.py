@@ -25,6 +25,7 @@ from tests.deploy.images_support import (
     find_tool,
     setting_names,
 )
+from tests.deploy.support import CHART_DIR
 
 COMPOSE_TEXT = COMPOSE_FILE.read_text(encoding="utf-8")
 APP_SERVICES = {"api": "llm-batcher-api", "worker": "llm-batcher-worker"}
@@ -199,7 +200,7 @@ def test_prometheus_scrapes_both_kinds_and_loads_the_alerts(compose: dict[str, A
     by_host = {path.resolve(): target for target, path in mounts.items()}
     config_path = next(p for t, p in mounts.items() if t == "/etc/prometheus/prometheus.yml")
     config = _load_yaml(config_path)
-    alerts_target = by_host[(ROOT / "deploy" / "prometheus" / "alerts.yaml").resolve()]
+    alerts_target = by_host[(CHART_DIR / "files" / "alerts.yaml").resolve()]
     assert config["rule_files"] == [alerts_target]
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     api_port = ApiSettings.model_fields["port"].default
@@ -220,7 +221,7 @@ def test_grafana_provisions_the_dashboard_and_its_data_source(compose: dict[str,
     [(target, dashboard_path)] = [
         (t, p) for t, p in mounts.items() if t.startswith(dashboards_dir + "/")
     ]
-    expected = ROOT / "deploy" / "grafana" / "llm-batcher-dashboard.json"
+    expected = CHART_DIR / "files" / "llm-batcher-dashboard.json"
     assert dashboard_path.resolve() == expected.resolve()
     assert target.endswith(".json")
     # The dashboard picks a Prometheus data source through a variable, or names the provisioned

@@ -3,17 +3,16 @@ reader."""
 
 from __future__ import annotations
 
-import re
 import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from llm_batcher.settings import ApiSettings, WorkerSettings
+from tests.deploy.support import MOCK_ENV, REPO
 
-ROOT = Path(__file__).resolve().parents[2]
-IMAGES = ROOT / "images"
-COMPOSE_FILE = ROOT / "compose.yaml"
+IMAGES = REPO / "images"
+COMPOSE_FILE = REPO / "compose.yaml"
 IMAGES_README = IMAGES / "README.md"
 TEST_SCRIPT = IMAGES / "test.sh"
 # The three images of the package: name -> (entrypoint, environment the image must set).
@@ -32,12 +31,7 @@ def setting_names() -> set[str]:
         for kind in (ApiSettings, WorkerSettings)
         for field in kind.model_fields
     }
-    # The mock reads LLMB_MOCK_<FLAG> for each of its flags (mock/cli.py, _setting).
-    mock_cli = (ROOT / "src" / "llm_batcher" / "mock" / "cli.py").read_text(encoding="utf-8")
-    flags = re.findall(r'add_argument\(\s*"--([a-z][a-z-]*)"', mock_cli)
-    assert flags, "no flags found in the mock's command line"
-    names |= {"LLMB_MOCK_" + flag.replace("-", "_").upper() for flag in flags}
-    return names
+    return names | MOCK_ENV
 
 
 def find_tool(name: str) -> str | None:

@@ -43,6 +43,9 @@ CRD_KINDS = {
     ("gateway.networking.k8s.io/v1", "HTTPRoute"): "httproute-gateway-v1.json",
 }
 POD_KINDS = {"Deployment", "StatefulSet", "Pod"}
+# Read by the mock LLM, which the worker runs as its child (it inherits the worker's environment);
+# test_settings_env.py checks that the mock reads them.
+MOCK_ENV = {"LLMB_MOCK_TTFT_MS", "LLMB_MOCK_ITL_MS", "LLMB_MOCK_EXTRA_TOKENS"}
 
 
 @functools.cache

@@ -1,9 +1,6 @@
 """Checks of compose.yaml and its monitoring files: `docker-compose config`, the variables it
 passes are settings the code reads, start order and shutdown times match the settings, and every
-file it mounts is where it says. images/test.sh runs the stack for real.
-
-The structural checks read YAML with PyYAML and are skipped, with the reason, without it.
-"""
+file it mounts is where it says. images/test.sh runs the stack for real."""
 
 from __future__ import annotations
 
@@ -14,13 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from llm_batcher.settings import ApiSettings, WorkerSettings
 from tests.deploy.images_support import (
     COMPOSE_FILE,
     IMAGES,
     IMAGES_README,
-    ROOT,
+    REPO,
     TEST_SCRIPT,
     find_tool,
     setting_names,
@@ -37,13 +35,11 @@ def _compose_variables() -> set[str]:
 
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
-    yaml = pytest.importorskip("yaml", reason="PyYAML is not installed in this environment")
     document: dict[str, Any] = yaml.safe_load(COMPOSE_TEXT)
     return document
 
 
 def _load_yaml(path: Path) -> Any:
-    yaml = pytest.importorskip("yaml", reason="PyYAML is not installed in this environment")
     return yaml.safe_load(path.read_text(encoding="utf-8"))
 
 
@@ -127,7 +123,7 @@ def test_images_and_builds(compose: dict[str, Any]) -> None:
         assert service["image"] == image + ":${LLMB_IMAGE_TAG:-dev}"
         build = service["build"]
         assert build["context"] == "."
-        assert (ROOT / build["dockerfile"]).is_file()
+        assert (REPO / build["dockerfile"]).is_file()
         assert build["args"]["BASE_IMAGE"] == "${LLMB_BASE_IMAGE:-" + dockerfile_base[1] + "}"
 
 
@@ -180,7 +176,7 @@ def _mounts(service: dict[str, Any]) -> dict[str, Path]:
     for volume in service.get("volumes", []):
         source, target = volume.split(":")[:2]
         if source.startswith("./"):
-            mounts[target] = ROOT / source
+            mounts[target] = REPO / source
     return mounts
 
 

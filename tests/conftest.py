@@ -18,6 +18,16 @@ from tests.support.sse import STREAM_TIMEOUT_S
 from tests.support.up import Up, up_env
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Leave the docker tests out unless -m names them: they need Docker and build images."""
+    if "docker" in (config.option.markexpr or ""):
+        return
+    docker = [item for item in items if item.get_closest_marker("docker")]
+    if docker:
+        config.hook.pytest_deselected(items=docker)
+        items[:] = [item for item in items if not item.get_closest_marker("docker")]
+
+
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """URL of the Redis server the tests use."""

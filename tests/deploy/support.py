@@ -35,7 +35,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {"default": {}} | {
     for path in sorted((CHART_DIR / "ci").glob("*-values.yaml"))
 }
 
-# Kinds whose schemas come from their CRDs (tests/chart/crd-schemas), not kubernetes-validate.
+# Kinds whose schemas come from their CRDs (tests/deploy/crd-schemas), not kubernetes-validate.
 CRD_KINDS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor-monitoring-v1.json",
     ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrule-monitoring-v1.json",
@@ -43,6 +43,9 @@ CRD_KINDS = {
     ("gateway.networking.k8s.io/v1", "HTTPRoute"): "httproute-gateway-v1.json",
 }
 POD_KINDS = {"Deployment", "StatefulSet", "Pod"}
+# Read by the mock LLM, which the worker runs as its child (it inherits the worker's environment);
+# test_settings_env.py checks that the mock reads them.
+MOCK_ENV = {"LLMB_MOCK_TTFT_MS", "LLMB_MOCK_ITL_MS", "LLMB_MOCK_EXTRA_TOKENS"}
 
 
 @functools.cache

@@ -10,7 +10,7 @@ import helm_python
 import pytest
 import yaml
 
-from tests.chart.support import CHART_DIR, SCENARIOS, chart
+from tests.deploy.support import CHART_DIR, SCENARIOS, chart
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from llm_batcher.cli import build_parser
-from tests.chart.support import render_scenario
+from tests.deploy.support import render_scenario
 from tests.support.processes import BIN, Stack
 
 SERVICE_URL = "http://llm-batcher-api:8000"

@@ -3,26 +3,28 @@ reader."""
 
 from __future__ import annotations
 
-import re
 import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from llm_batcher.settings import ApiSettings, WorkerSettings
+from tests.deploy.support import MOCK_ENV, REPO
 
-ROOT = Path(__file__).resolve().parents[2]
-IMAGES = ROOT / "images"
-COMPOSE_FILE = ROOT / "compose.yaml"
+IMAGES = REPO / "images"
+COMPOSE_FILE = REPO / "compose.yaml"
 IMAGES_README = IMAGES / "README.md"
-TEST_SCRIPT = IMAGES / "test.sh"
-# The three images of the package: name -> (entrypoint, environment the image must set).
+DOCKERFILE = IMAGES / "Dockerfile"
+SETUP_SCRIPT = IMAGES / "setup-docker.sh"
+RUNTIME_LOCK = REPO / "requirements" / "runtime.txt"
+TEST_LOCK = REPO / "requirements" / "test.txt"
+# The three images of the package, targets of images/Dockerfile:
+# target -> (entrypoint, environment the image must set).
 APP_IMAGES: dict[str, tuple[list[str], dict[str, str]]] = {
     "api": (["llm-batcher", "api"], {"LLMB_HOST": "0.0.0.0"}),
     "worker": (["llm-batcher", "worker"], {"LLMB_HEALTH_HOST": "0.0.0.0", "LLMB_TMP_DIR": "/tmp"}),
     "llm-mock": (["llm-mock"], {}),
 }
-SHARED_PART_END = "# ---- specific to this image"
 
 
 def setting_names() -> set[str]:
@@ -32,12 +34,7 @@ def setting_names() -> set[str]:
         for kind in (ApiSettings, WorkerSettings)
         for field in kind.model_fields
     }
-    # The mock reads LLMB_MOCK_<FLAG> for each of its flags (mock/cli.py, _setting).
-    mock_cli = (ROOT / "src" / "llm_batcher" / "mock" / "cli.py").read_text(encoding="utf-8")
-    flags = re.findall(r'add_argument\(\s*"--([a-z][a-z-]*)"', mock_cli)
-    assert flags, "no flags found in the mock's command line"
-    names |= {"LLMB_MOCK_" + flag.replace("-", "_").upper() for flag in flags}
-    return names
+    return names | MOCK_ENV
 
 
 def find_tool(name: str) -> str | None:
@@ -97,3 +94,9 @@ def env_of(instructions: list[Instruction]) -> dict[str, str]:
                 assert sep, f"ENV {instruction.args!r}: use the KEY=VALUE form"
                 env[key] = value
     return env
+
+
+def target(name: str) -> list[Instruction]:
+    """What a target of images/Dockerfile runs with: the shared runtime stage, then its own."""
+    by_stage = stages(read_dockerfile(DOCKERFILE))
+    return by_stage["runtime"] + by_stage[name]

@@ -15,10 +15,16 @@ from pydantic import BaseModel
 
 from llm_batcher.mock import cli as mock_cli
 from llm_batcher.settings import ApiSettings, CommonSettings, WorkerSettings
-from tests.chart.support import CHART_DIR, SCENARIOS, Rendered, env_of, render, render_scenario
+from tests.deploy.support import (
+    CHART_DIR,
+    MOCK_ENV,
+    SCENARIOS,
+    Rendered,
+    env_of,
+    render,
+    render_scenario,
+)
 
-# Read by the mock LLM, which the worker runs as its child (it inherits the worker's environment).
-MOCK_ENV = {"LLMB_MOCK_TTFT_MS", "LLMB_MOCK_ITL_MS", "LLMB_MOCK_EXTRA_TOKENS"}
 # Settings the chart derives instead of taking them from a `config:` value.
 DERIVED = {
     "redis_url": "redis.enabled (the chart's Redis) or externalRedis.url",

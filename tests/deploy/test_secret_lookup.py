@@ -15,7 +15,7 @@ import helm_python
 import pytest
 import yaml
 
-from tests.chart.support import NAMESPACE, RELEASE, chart
+from tests.deploy.support import NAMESPACE, RELEASE, chart
 
 SECRET_PATH = f"/api/v1/namespaces/{NAMESPACE}/secrets/{RELEASE}-redis"
 # Discovery: what client-go asks to map the kind Secret to its resource.

@@ -1,15 +1,12 @@
-"""Checks of the Grafana dashboard and the Prometheus alert rules in deploy/.
+"""Checks of the Grafana dashboard and the Prometheus alert rules (charts/llm-batcher/files/).
 
 The main check: every metric name that a PromQL expression uses (dashboard targets and alert
 expressions) must be a sample name that the code exports, as computed from the registries of
 llm_batcher.metrics. A renamed metric, or a histogram queried without its `_bucket` suffix,
 fails here and not on a blank panel in production.
 
-The rules file is read with PyYAML when it is importable. PyYAML is not among the project's
-dependencies, so without it a small parser of the subset of YAML that alerts.yaml uses reads
-the rules; when PyYAML is there, a test checks that both agree. The checks that run promtool
-(syntax of the rules and of every dashboard expression, and unit tests of the alerts on
-synthetic series) are skipped when promtool is not on PATH.
+The checks that run promtool (syntax of the rules and of every dashboard expression, and unit
+tests of the alerts on synthetic series) are skipped when promtool is not on PATH.
 """
 
 from __future__ import annotations
@@ -25,13 +22,14 @@ from typing import Any
 
 import prometheus_client
 import pytest
+import yaml
 from prometheus_client.registry import CollectorRegistry
 
 import llm_batcher.metrics as metrics_module
+from tests.deploy.support import CHART_DIR
 
-ROOT = Path(__file__).resolve().parents[2]
-DASHBOARD_PATH = ROOT / "deploy" / "grafana" / "llm-batcher-dashboard.json"
-ALERTS_PATH = ROOT / "deploy" / "prometheus" / "alerts.yaml"
+DASHBOARD_PATH = CHART_DIR / "files" / "llm-batcher-dashboard.json"
+ALERTS_PATH = CHART_DIR / "files" / "alerts.yaml"
 
 DATASOURCE_UID = "${datasource}"
 ROWS = ["Traffic", "Latency", "Queue & workers", "Batching", "Failures", "Redis"]
@@ -145,90 +143,9 @@ def dashboard_exprs(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
 
 # --- the alert rules --------------------------------------------------------------------------
 
-_BLOCK_STYLES = {"|", "|-", "|+", ">", ">-", ">+"}
-_KEY = re.compile(r"^(\s*)([A-Za-z_][\w-]*):(?:\s+(.*))?$")
-
-
-def _indent(line: str) -> int:
-    return len(line) - len(line.lstrip(" "))
-
-
-def _skippable(line: str) -> bool:
-    return not line.strip() or line.lstrip().startswith("#")
-
-
-def _scalar(raw: str) -> str:
-    if len(raw) >= 2 and raw[0] == raw[-1] == '"':
-        return str(json.loads(raw))  # the escapes alerts.yaml uses (\") are JSON's too
-    if len(raw) >= 2 and raw[0] == raw[-1] == "'":
-        return raw[1:-1].replace("''", "'")
-    return raw
-
-
-def _block(lines: list[str], i: int, parent: int, style: str) -> tuple[str, int]:
-    """A literal (|) or folded (>) block scalar under a key indented by `parent`."""
-    body: list[str] = []
-    while i < len(lines) and (not lines[i].strip() or _indent(lines[i]) > parent):
-        body.append(lines[i])
-        i += 1
-    while body and not body[-1].strip():
-        body.pop()
-    if not body:
-        return "", i
-    indent = _indent(next(line for line in body if line.strip()))
-    text_lines = [line[indent:] if line.strip() else "" for line in body]
-    if style.startswith("|"):
-        text = "\n".join(text_lines)
-    else:  # folded: lines of a paragraph joined by spaces, paragraphs by newlines
-        text = "\n".join(" ".join(p.split("\n")) for p in "\n".join(text_lines).split("\n\n"))
-    return (text if style.endswith("-") else text + "\n"), i
-
-
-def _mapping(lines: list[str], i: int, indent: int) -> tuple[dict[str, Any], int]:
-    """`key: value` lines at `indent`, with nested mappings and block scalars."""
-    out: dict[str, Any] = {}
-    while i < len(lines):
-        line = lines[i]
-        if _skippable(line):
-            i += 1
-            continue
-        match = _KEY.match(line)
-        if _indent(line) < indent:
-            break
-        if _indent(line) > indent or match is None:
-            raise ValueError(f"alerts.yaml subset parser: unexpected line {line!r}")
-        key, value = match.group(2), (match.group(3) or "").strip()
-        i += 1
-        if value in _BLOCK_STYLES:
-            out[key], i = _block(lines, i, indent, value)
-        elif value:
-            out[key] = _scalar(value)
-        else:
-            child = next((ln for ln in lines[i:] if not _skippable(ln)), "")
-            out[key], i = _mapping(lines, i, _indent(child))
-    return out, i
-
-
-def parse_alert_rules_subset(text: str) -> list[dict[str, Any]]:
-    """The alerting rules of a rules file, for the YAML subset that alerts.yaml uses."""
-    lines = text.splitlines()
-    rules = []
-    for i, line in enumerate(lines):
-        item = re.match(r"^(\s*)- (alert:.*)$", line)
-        if item:
-            indent = len(item.group(1)) + 2
-            rule, _ = _mapping([" " * indent + item.group(2), *lines[i + 1 :]], 0, indent)
-            rules.append(rule)
-    return rules
-
 
 def load_alert_rules() -> list[dict[str, Any]]:
-    text = ALERTS_PATH.read_text(encoding="utf-8")
-    try:
-        import yaml
-    except ImportError:
-        return parse_alert_rules_subset(text)
-    document = yaml.safe_load(text)
+    document = yaml.safe_load(ALERTS_PATH.read_text(encoding="utf-8"))
     return [rule for group in document["groups"] for rule in group["rules"] if "alert" in rule]
 
 
@@ -377,20 +294,12 @@ def test_dashboard_expressions_are_valid_promql(tmp_path: Path) -> None:
 
 
 def test_alert_rules_parse_as_yaml() -> None:
-    yaml = pytest.importorskip("yaml", reason="PyYAML is not installed in this environment")
     document = yaml.safe_load(ALERTS_PATH.read_text(encoding="utf-8"))
     assert set(document) == {"groups"}
     for group in document["groups"]:
         assert group["name"] and group["rules"]
         for rule in group["rules"]:
             assert set(rule) <= {"alert", "record", "expr", "for", "labels", "annotations"}
-
-
-def test_subset_parser_agrees_with_pyyaml() -> None:
-    yaml = pytest.importorskip("yaml", reason="PyYAML is not installed in this environment")
-    text = ALERTS_PATH.read_text(encoding="utf-8")
-    by_yaml = [r for g in yaml.safe_load(text)["groups"] for r in g["rules"] if "alert" in r]
-    assert parse_alert_rules_subset(text) == by_yaml
 
 
 def test_the_expected_alerts_are_defined() -> None:

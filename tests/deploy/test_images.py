@@ -6,20 +6,20 @@ from __future__ import annotations
 import json
 import re
 import tomllib
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
 from llm_batcher.cli import build_parser
-from tests.chart.support import CHART_DIR, REPO, chart, render, render_scenario
+from tests.deploy.images_support import DOCKERFILE, target
+from tests.deploy.support import CHART_DIR, REPO, chart, render, render_scenario
 
 SKAFFOLD = yaml.safe_load((REPO / "skaffold.yaml").read_text())
-IMAGES = {  # image -> (Dockerfile, chart values holding its repository and tag)
-    "llm-batcher-api": ("images/api/Dockerfile", "api.image"),
-    "llm-batcher-worker": ("images/worker/Dockerfile", "worker.image"),
-    "llm-batcher-llm-mock": ("images/llm-mock/Dockerfile", None),
+IMAGES = {  # image -> (target of images/Dockerfile, chart values holding its repository and tag)
+    "llm-batcher-api": ("api", "api.image"),
+    "llm-batcher-worker": ("worker", "worker.image"),
+    "llm-batcher-llm-mock": ("llm-mock", None),
 }
 
 
@@ -59,15 +59,16 @@ def test_the_test_hook_runs_in_the_api_image() -> None:
     assert container["command"][:2] == ["llm-batcher", "check"]
 
 
-def test_skaffold_builds_the_three_images_from_their_dockerfiles() -> None:
+def test_skaffold_builds_the_three_images_from_their_targets() -> None:
     assert SKAFFOLD["kind"] == "Config"
     version = int(re.fullmatch(r"skaffold/v4beta(\d+)", SKAFFOLD["apiVersion"]).group(1))
     assert version >= 13
     artifacts = {a["image"]: a for a in SKAFFOLD["build"]["artifacts"]}
     assert set(artifacts) == set(IMAGES)
-    for image, (dockerfile, _) in IMAGES.items():
+    for image, (target_name, _) in IMAGES.items():
         assert artifacts[image]["context"] == "."
-        assert artifacts[image]["docker"]["dockerfile"] == dockerfile
+        assert (REPO / artifacts[image]["docker"]["dockerfile"]).resolve() == DOCKERFILE
+        assert artifacts[image]["docker"]["target"] == target_name
 
 
 def _nested(dotted: dict[str, Any]) -> dict[str, Any]:
@@ -122,16 +123,13 @@ def test_skaffold_forwards_the_api_port_and_has_a_kind_profile() -> None:
 )
 def test_dockerfiles_match_the_chart(image: str, workload: str, port: int) -> None:
     """The image's entrypoint is the chart's command, its user uid 10001, its port the one the
-    chart probes (checked once images/ exists)."""
-    dockerfile: Path = REPO / IMAGES[image][0]
-    if not dockerfile.exists():
-        pytest.skip(f"{IMAGES[image][0]} is not written yet")
-    text = dockerfile.read_text()
+    chart probes."""
+    instructions = target(IMAGES[image][0])
     container = render_scenario("default").container("Deployment", workload)
-    (entrypoint,) = re.findall(r"^ENTRYPOINT\s+(\[.*\])\s*$", text, re.MULTILINE)
+    (entrypoint,) = [i.args for i in instructions if i.keyword == "ENTRYPOINT"]
     assert json.loads(entrypoint) == container["command"]
-    (user,) = re.findall(r"^USER\s+(\S+)\s*$", text, re.MULTILINE)
+    (user,) = [i.args for i in instructions if i.keyword == "USER"]
     assert user in ("10001", "10001:10001")
-    exposed = " ".join(re.findall(r"^EXPOSE\s+(.+)$", text, re.MULTILINE)).split()
+    exposed = " ".join(i.args for i in instructions if i.keyword == "EXPOSE").split()
     assert exposed == [str(port)]
     assert port in [p["containerPort"] for p in container["ports"]]

@@ -10,7 +10,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 
-from tests.chart.support import (
+from tests.deploy.support import (
     CHART_DIR,
     CRD_KINDS,
     KUBE_VERSIONS,

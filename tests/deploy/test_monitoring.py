@@ -1,26 +1,13 @@
-"""The dashboard and alerts the chart ships are the project's (deploy/), byte for byte, and reach
-Grafana and Prometheus as they are."""
+"""The chart's monitoring objects: the dashboard and the alerts of files/ reach Grafana and
+Prometheus as they are, and the ServiceMonitor scrapes the API and the workers."""
 
 from __future__ import annotations
 
 import json
 
-import pytest
 import yaml
 
-from tests.chart.support import CHART_DIR, REPO, render_scenario
-
-COPIES = {
-    "files/llm-batcher-dashboard.json": "deploy/grafana/llm-batcher-dashboard.json",
-    "files/alerts.yaml": "deploy/prometheus/alerts.yaml",
-}
-
-
-@pytest.mark.parametrize(("copy", "original"), COPIES.items())
-def test_chart_copies_are_identical_to_deploy(copy: str, original: str) -> None:
-    """Helm reads only files inside the chart: after editing deploy/, copy it to the chart."""
-    fix = f"cp {original} charts/llm-batcher/{copy}"
-    assert (CHART_DIR / copy).read_bytes() == (REPO / original).read_bytes(), fix
+from tests.deploy.support import CHART_DIR, render_scenario
 
 
 def test_dashboard_configmap_carries_the_dashboard_for_the_sidecar() -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.chart.support import CHART_DIR, SCENARIOS, Rendered, env_of, render, render_scenario
+from tests.deploy.support import CHART_DIR, SCENARIOS, Rendered, env_of, render, render_scenario
 
 SELECTOR_KEYS = {
     "app.kubernetes.io/name",

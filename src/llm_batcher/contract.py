@@ -1,8 +1,8 @@
 """The stream contract of /generate (README, "The stream contract"): its events, their SSE wire
 form, an incremental parser, and a check of a whole stream against the contract.
 
-Pure: no I/O and no imports of the API or the worker, so that the API, the `check` command and
-the tests share one definition of what a stream must look like.
+Pure: no I/O and no imports of the API or the worker (only the schema's constants), so that the
+API, the `check` command and the tests share one definition of what a stream must look like.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from llm_batcher.protocol.keys import MAX_TOKEN_INDEX
+
 TASK_INDEX = -1
 """The index in the `task` event's id: the stream resumes after it, at token 0."""
-MAX_INDEX = 2**63 - 1
-"""The largest token index: token i is result-stream entry 0-(i+1), a 64-bit sequence number."""
 DONE_FIELDS = frozenset(
     {"task_id", "text", "tokens", "batch_size", "queue_ms", "ttft_ms", "total_ms", "attempt",
      "worker", "batch_id"}
@@ -76,8 +76,8 @@ def parse_event_id(value: str) -> tuple[str, int]:
     if not sep or not re.fullmatch(r"-?[0-9]+", raw_index):
         raise ValueError(f"not <task_id>:<index>: {value[:80]!r}")
     index = int(raw_index)
-    if not TASK_INDEX <= index <= MAX_INDEX:
-        raise ValueError(f"index {index} out of range {TASK_INDEX}..{MAX_INDEX}")
+    if not TASK_INDEX <= index <= MAX_TOKEN_INDEX:
+        raise ValueError(f"index {index} out of range {TASK_INDEX}..{MAX_TOKEN_INDEX}")
     return str(uuid.UUID(task_id)), index
 
 

@@ -10,7 +10,6 @@ import pytest
 
 from llm_batcher.contract import (
     DONE_FIELDS,
-    MAX_INDEX,
     Event,
     EventKind,
     SseParser,
@@ -24,6 +23,7 @@ from llm_batcher.contract import (
     task_event,
     token_event,
 )
+from llm_batcher.protocol.keys import MAX_TOKEN_INDEX
 
 TASK = "7f06c2d2-34de-4236-863a-e26748456437"
 
@@ -41,14 +41,14 @@ def stream(tokens: list[str], *, first: int = 0, **done: object) -> list[Event]:
 # --- ids --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("index", [-1, 0, 7, MAX_INDEX])
+@pytest.mark.parametrize("index", [-1, 0, 7, MAX_TOKEN_INDEX])
 def test_an_event_id_round_trips(index: int) -> None:
     assert parse_event_id(event_id(TASK, index)) == (TASK, index)
 
 
 @pytest.mark.parametrize(
     "value",
-    ["", TASK, f"{TASK}:", f"{TASK}:x", f"{TASK}:-2", f"{TASK}:{MAX_INDEX + 1}", "nope:3",
+    ["", TASK, f"{TASK}:", f"{TASK}:x", f"{TASK}:-2", f"{TASK}:{MAX_TOKEN_INDEX + 1}", "nope:3",
      f"{TASK}:1.5", f"{TASK}:+1", f"{TASK}:٣", ":0"],
 )  # fmt: skip
 def test_a_malformed_event_id_is_refused(value: str) -> None:

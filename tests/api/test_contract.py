@@ -9,20 +9,13 @@ import pytest
 from redis.asyncio import Redis
 
 from llm_batcher.contract import SseParser
+from tests.support.hostile import ONE_CONTEXT
 from tests.support.processes import Stack
 from tests.support.results import task_ids
 from tests.support.sse import Stream, read_raw, read_sse, with_context, words
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.system
-
-HOSTILE = (
-    "line one\nline two\r\nline three\rafter a lone CR \"double\" 'single' back\\slash "
-    "data: x\n\nevent: done\n\nid: forged:9\nretry: 1\n: not a comment\n"
-    "\t tab  two  spaces  emoji 🚀🧪👩\u200d👩\u200d👧 RTL עברית مرحبا \u202ereversed\u202c "
-    "NUL\x00here \x1b[31mescape \u2028line-sep \u2029para-sep \x85nel </script> "
-    "averyveryverylongwordthatgetscutintopieces end\n\n"
-)
 
 
 def assert_complete(stream: Stream, context: str) -> None:
@@ -96,8 +89,10 @@ async def test_hostile_context_round_trips_exactly(
 ) -> None:
     api = await stack.api()
     await stack.worker()
-    stream = await read_sse(client, method, f"{api.url}/generate", **with_context(method, HOSTILE))
-    assert_complete(stream, HOSTILE)
+    stream = await read_sse(
+        client, method, f"{api.url}/generate", **with_context(method, ONE_CONTEXT)
+    )
+    assert_complete(stream, ONE_CONTEXT)
     assert stream.kinds.count("done") == 1
 
 

@@ -15,8 +15,8 @@ from llm_batcher.codec import FinishLine, ProtocolError, TokenLine, decode_line
 from llm_batcher.mock.cli import Context, MockConfig, build_plans, load_context
 from llm_batcher.mock.directives import split_context
 from llm_batcher.mock.tokens import FILLER_WORDS, tokenize
+from tests.support.hostile import ALL_TEXTS
 
-from .hostile import HOSTILE_TEXTS
 from .mockproc import (
     FAST,
     MOCK,
@@ -32,7 +32,7 @@ from .mockproc import (
 
 
 def test_echo_of_hostile_contexts(tmp_path: Path) -> None:
-    texts = list(HOSTILE_TEXTS.values())
+    texts = list(ALL_TEXTS.values())
     result = run_mock(tmp_path, [FAST + text for text in texts])
     assert (result.returncode, result.stderr) == (0, b"")
     tokens = answers(decode_all(result.stdout, len(texts)), len(texts))
@@ -42,7 +42,7 @@ def test_echo_of_hostile_contexts(tmp_path: Path) -> None:
 
 
 def test_echo_without_directives(tmp_path: Path) -> None:
-    texts = list(HOSTILE_TEXTS.values())
+    texts = list(ALL_TEXTS.values())
     result = run_mock(tmp_path, texts, "--ttft-ms", "0", "--itl-ms", "0")
     assert result.returncode == 0
     tokens = answers(decode_all(result.stdout, len(texts)), len(texts))

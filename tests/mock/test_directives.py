@@ -12,8 +12,7 @@ from llm_batcher.mock.directives import (
     parse_directive,
     split_context,
 )
-
-from .hostile import HOSTILE_TEXTS
+from tests.support.hostile import ALL_TEXTS
 
 
 def test_full_directive() -> None:
@@ -88,12 +87,12 @@ def test_not_a_directive(text: str) -> None:
     assert split_context(text) == (None, text)
 
 
-@pytest.mark.parametrize("text", HOSTILE_TEXTS.values(), ids=HOSTILE_TEXTS.keys())
+@pytest.mark.parametrize("text", ALL_TEXTS.values(), ids=ALL_TEXTS.keys())
 def test_hostile_text_without_directive_is_untouched(text: str) -> None:
     assert split_context(text) == (None, text)
 
 
-@pytest.mark.parametrize("text", HOSTILE_TEXTS.values(), ids=HOSTILE_TEXTS.keys())
+@pytest.mark.parametrize("text", ALL_TEXTS.values(), ids=ALL_TEXTS.keys())
 @pytest.mark.parametrize("line_break", ["\n", "\r\n"])
 def test_hostile_body_after_directive_is_exact(text: str, line_break: str) -> None:
     directive, body = split_context(f"@mock ttft_ms=0 itl_ms=0{line_break}{text}")

@@ -15,8 +15,7 @@ from llm_batcher.mock.schedule import (
     context_events,
 )
 from llm_batcher.mock.tokens import tokenize
-
-from .hostile import HOSTILE_TEXTS
+from tests.support.hostile import ALL_TEXTS
 
 TOKEN, FINISH, FAIL = EventKind.TOKEN, EventKind.FINISH, EventKind.FAIL
 
@@ -128,7 +127,7 @@ def test_failure_of_one_context_does_not_move_others() -> None:
     ]
 
 
-@pytest.mark.parametrize("text", HOSTILE_TEXTS.values(), ids=HOSTILE_TEXTS.keys())
+@pytest.mark.parametrize("text", ALL_TEXTS.values(), ids=ALL_TEXTS.keys())
 def test_hostile_tokens_pass_through_unchanged(text: str) -> None:
     plans = [ContextPlan(tuple(tokenize(text)), 5, 1), ContextPlan(("other",), 0, 0)]
     timeline = build_timeline(plans)

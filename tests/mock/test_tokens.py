@@ -10,8 +10,7 @@ import sys
 import pytest
 
 from llm_batcher.mock.tokens import FILLER_WORDS, MAX_TOKEN_CHARS, filler, tokenize
-
-from .hostile import HOSTILE_TEXTS
+from tests.support.hostile import ALL_TEXTS
 
 # Characters chosen to hit every branch: ASCII and Unicode white space, astral code points,
 # combining marks, controls and NUL.
@@ -46,7 +45,7 @@ def test_tokenize_examples(text: str, expected: list[str]) -> None:
     assert tokenize(text) == expected
 
 
-@pytest.mark.parametrize("text", HOSTILE_TEXTS.values(), ids=HOSTILE_TEXTS.keys())
+@pytest.mark.parametrize("text", ALL_TEXTS.values(), ids=ALL_TEXTS.keys())
 def test_tokens_join_back_to_hostile_text(text: str) -> None:
     assert "".join(tokenize(text)) == text
 
@@ -56,7 +55,7 @@ def test_tokens_join_back_to_random_text() -> None:
         assert "".join(tokenize(text)) == text, repr(text)
 
 
-@pytest.mark.parametrize("text", [*HOSTILE_TEXTS.values(), *_random_texts(200)])
+@pytest.mark.parametrize("text", [*ALL_TEXTS.values(), *_random_texts(200)])
 def test_token_shape(text: str) -> None:
     tokens = tokenize(text)
     for position, token in enumerate(tokens):
@@ -67,7 +66,7 @@ def test_token_shape(text: str) -> None:
 
 
 def test_long_run_is_cut_into_16_character_pieces() -> None:
-    tokens = tokenize(HOSTILE_TEXTS["run_64k"])
+    tokens = tokenize(ALL_TEXTS["run_64k"])
     assert len(tokens) == 65536 // MAX_TOKEN_CHARS
     assert set(tokens) == {"é" * MAX_TOKEN_CHARS}
 

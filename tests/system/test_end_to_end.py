@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.hostile import HOSTILE_TEXTS
 from tests.support.processes import Stack, start_together
 from tests.support.sse import RawResponse, generate, raw_get, words
 
@@ -42,29 +43,13 @@ async def test_32_concurrent_clients_each_get_their_own_complete_answer(
     assert all(d["attempt"] == 1 for d in dones)
 
 
-HOSTILE = {
-    "newlines": "line one\nline two\n\nline four\n",
-    "crlf": "crlf\r\nline\r\n\r\nend\r",
-    "quotes": 'double " single \' back ` quotes """',
-    "backslashes": "back\\slash \\n \\\\ \\u0000 \\x41 C:\\temp\\",
-    "emoji": "emoji 🙂👍🏽 👨‍👩‍👧 flag 🇫🇷 and 𝄞",
-    "rtl": "RTL: שלום עולם مرحبا بالعالم \u202eoverride\u202c\u200f",
-    "sse": "data: x\n\nevent: done\n\n",
-    "sse2": "id: 1\nretry: 1\n: comment\r\rdata: y\n\n\n",
-    "controls": "tab\there\x0bvt\x0cff\x1besc\x7fdel",
-    "percent": "%41%42 %ZZ %FF + & = ? #frag",
-    "spaces": "   ",
-    "html": "<script>alert('x')</script></body>",
-}
-
-
 async def test_hostile_contexts_are_echoed_exactly_and_run_nothing(
     stack: Stack, client: httpx.AsyncClient, tmp_path: Path
 ) -> None:
     api, _ = await start_together(stack.api(), stack.worker())
     await stack.wait_ready(api)
     marker = tmp_path / "pwned"
-    contexts = dict(HOSTILE)
+    contexts = {name: text for name, text in HOSTILE_TEXTS.items() if text}
     contexts["subshell"] = f"$(touch {marker})"
     contexts["backticks"] = f"`touch {marker}`; touch {marker}"
     contexts["big"] = ('64 KiB: שלום 🙂 "q" \\ line\r\n' * 3000)[: 64 * 1024]

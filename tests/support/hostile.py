@@ -1,4 +1,5 @@
-"""Context texts that try to break line framing, shells, parsers and tokenizers."""
+"""Context texts that try to break line framing, shells, parsers and tokenizers: the one set every
+suite (mock, API, whole system) feeds through its layer and expects back exactly."""
 
 _WORDS = "lorem ipsum, dolor sit amet; consectetur\tadipiscing\nelit "
 
@@ -23,6 +24,21 @@ HOSTILE_TEXTS: dict[str, str] = {
     "unicode_breaks": "line\u2028sep\u2029para\x85next\u00a0nbsp\u3000ideographic",
     "mock_later": "first line\n@mock fail=exit\n",
     "long_run": "x" * 100,
+    "long_word": "averyveryverylongwordthatgetscutintopieces end",
+    "sse_forged": "id: forged:9\nretry: 1\n: not a comment\r\rdata: y\n\n\n",
+    "percent": "%41%42 %ZZ %FF + & = ? #frag",
+    "html": "<script>alert('x')</script></body>",
+    "lone_cr": "before a lone CR\rafter it",
+}
+
+BIG_TEXTS: dict[str, str] = {
     "words_64k": (_WORDS * (65536 // len(_WORDS) + 1))[:65536],
     "run_64k": "é" * 65536,
 }
+"""Large texts (64 Ki characters; 128 KiB of UTF-8 for run_64k): for the layers without a size
+limit, or through POST."""
+
+ONE_CONTEXT = " ".join(text for text in HOSTILE_TEXTS.values() if text)
+"""Every small hostile text in one context."""
+
+ALL_TEXTS: dict[str, str] = {**HOSTILE_TEXTS, **BIG_TEXTS}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -135,10 +136,9 @@ class Connection:
     async def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
-            try:
+            # A connection the server already reset has nothing left to release.
+            with contextlib.suppress(OSError):
                 await self._writer.wait_closed()
-            except OSError:
-                pass  # already reset by the server: nothing left to release
         self._reader = self._writer = None
 
     async def stream(

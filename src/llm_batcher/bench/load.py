@@ -114,13 +114,15 @@ async def open_loop(job: Job, outcomes: list[Outcome]) -> None:
 
 
 def progress(outcomes: Sequence[Outcome]) -> dict[str, int]:
-    """Counts for the progress line: sent, holding a task, ended, failed, open."""
+    """Counts for the progress line: sent, given a task, holding it now, ended, failed, open."""
     tasked = sum(1 for o in outcomes if o.task_s is not None)
     ended = [o for o in outcomes if o.end_s is not None]
     failed = sum(1 for o in ended if not o.ok)
+    holding = sum(1 for o in outcomes if o.task_s is not None and o.end_s is None)
     return {
         "sent": len(outcomes),
         "tasked": tasked,
+        "holding": holding,
         "ended": len(ended),
         "failed": failed,
         "open": len(outcomes) - len(ended),
@@ -147,9 +149,10 @@ async def run_job(job: Job) -> dict[str, object]:
                 await open_loop(job, outcomes)
     except TimeoutError:
         timed_out = True
+        late = f"still open at the run's deadline ({job.deadline_s:.0f} s)"
         for outcome in outcomes:
             if outcome.end_s is None:
-                outcome.error = outcome.error or f"still open at the run's deadline ({job.deadline_s:.0f} s)"
+                outcome.error = outcome.error or late
     finally:
         reporter.cancel()
     print(json.dumps(progress(outcomes)), flush=True)

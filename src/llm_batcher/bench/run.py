@@ -55,6 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--concurrency", help="closed-loop clients of the saturation runs (default 1,8,64,512)")
     add("--streams", type=int, help="streams of the capacity run (default 10000, quick 1000)")
     add("--open-rate", type=float, default=1000.0, help="streams opened a second (default 1000)")
+    add("--requests", type=int, help="requests of each closed-loop run (default: by scenario)")
     add("--scenarios", default=",".join(KINDS), help=f"some of {','.join(KINDS)} (default all)")
     add("--url", help="measure the API at this URL instead of starting a stack "
         "(--workers and --max-batch must then describe it)")  # fmt: skip
@@ -69,7 +70,7 @@ def options(args: argparse.Namespace) -> Options:
     if args.workers < 1 or args.max_batch < 1 or any(c < 1 for c in levels or ()):
         raise SystemExit("llm-batcher bench: --workers, --max-batch, --concurrency must be >= 1")
     return Options(args.quick, args.workers, args.max_batch, args.window_ms, levels,
-                   args.streams, args.open_rate, kinds)  # fmt: skip
+                   args.streams, args.open_rate, kinds, args.requests)  # fmt: skip
 
 
 def main(args: argparse.Namespace) -> int:
@@ -230,6 +231,7 @@ class Follower:
     hold: Stack | None = None
     started_s: float = field(default_factory=time.monotonic)
     _shown_s: float = 0.0
+    _ended: int = 0
 
     async def follow(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None
@@ -257,6 +259,7 @@ class Follower:
         if sys.stderr.isatty():
             sys.stderr.write(f"\rbench: {text}   ")
             sys.stderr.flush()
-        elif now - self._shown_s >= 5 or counts["ended"] == self.scenario.requests:
+        elif now - self._shown_s >= 5 or (counts["ended"] == self.scenario.requests > self._ended):
             self._shown_s = now
             say(text)
+        self._ended = counts["ended"]

@@ -77,6 +77,7 @@ class Options:
     streams: int | None
     open_rate: float
     kinds: tuple[str, ...]
+    requests: int | None = None  # per closed-loop scenario, instead of the defaults
 
 
 def build_plan(opts: Options) -> list[Group]:
@@ -85,7 +86,7 @@ def build_plan(opts: Options) -> list[Group]:
     if SATURATION in opts.kinds:
         config = StackConfig(opts.workers, opts.max_batch, opts.window_ms)
         levels = opts.concurrency or (QUICK_CONCURRENCY if opts.quick else FULL_CONCURRENCY)
-        scenarios = tuple(saturation(c, config, opts.quick) for c in levels)
+        scenarios = tuple(saturation(c, config, opts.quick, opts.requests) for c in levels)
         groups.append(Group(SATURATION, config, scenarios))
     rest = [s for s in (capacity(opts), *efficiency(opts)) if s is not None]
     if rest:
@@ -95,17 +96,22 @@ def build_plan(opts: Options) -> list[Group]:
     return groups
 
 
-def saturation(concurrency: int, config: StackConfig, quick: bool) -> Scenario:
+def saturation(
+    concurrency: int, config: StackConfig, quick: bool, requests: int | None = None
+) -> Scenario:
     """Closed loop at ``concurrency``: two rounds per client, and enough for many batches."""
-    if concurrency == 1:
-        requests = 10 if quick else 30
-    else:
-        rounds = 2
-        batches = 8 if quick else 32
-        requests = max(rounds * concurrency, batches * config.workers * config.max_batch)
+    if requests is None:
+        requests = default_requests(concurrency, config, quick)
     return Scenario(
         f"c{concurrency}", SATURATION, "closed", concurrency, requests, SATURATION_MODEL
     )
+
+
+def default_requests(concurrency: int, config: StackConfig, quick: bool) -> int:
+    if concurrency == 1:
+        return 10 if quick else 30
+    batches = 8 if quick else 32
+    return max(2 * concurrency, batches * config.workers * config.max_batch)
 
 
 def capacity(opts: Options) -> Scenario | None:
@@ -122,7 +128,7 @@ def efficiency(opts: Options) -> Sequence[Scenario]:
     event come from the difference."""
     if EFFICIENCY not in opts.kinds:
         return ()
-    requests = 300 if opts.quick else 3000
+    requests = opts.requests or (300 if opts.quick else 3000)
     return (
         Scenario(f"cpu {ZERO_SHORT.words} tok", EFFICIENCY, "closed", 64, requests, ZERO_SHORT),
         Scenario(f"cpu {ZERO_LONG.words} tok", EFFICIENCY, "closed", 64, requests, ZERO_LONG),

@@ -30,8 +30,8 @@ MIN_EVENTS_PER_CPU_S = 15_000.0
 MAX_OVERHEAD_MS = 1.0
 
 
-def at_most(target: str, value: float | None, limit: float, unit: str) -> Check:
-    measured = "n/a" if value is None else f"{value:.1f} {unit}".strip()
+def at_most(target: str, value: float | None, limit: float, unit: str, digits: int = 1) -> Check:
+    measured = "n/a" if value is None else f"{value:.{digits}f} {unit}".strip()
     met = None if value is None else value <= limit
     return Check(target, f"<= {limit:g} {unit}".strip(), measured, met)
 
@@ -78,7 +78,7 @@ def capacity_checks(row: Row) -> list[Check]:
         Check(f"{name}: open at once", f"all {streams:,}", f"{row.peak_open:,}", held),
         answers(row),
         at_most(f"{name}: API RSS", _mib(api.rss_bytes), MAX_RSS_BYTES / MIB, "MiB"),
-        at_most(f"{name}: Redis connections", api.redis_connections, MAX_REDIS_CONNECTIONS, ""),
+        at_most(f"{name}: Redis connections", api.redis_connections, MAX_REDIS_CONNECTIONS, "", 0),
     ]
     healthz = None if api.healthz_max_s is None else api.healthz_max_s * 1000
     if api.healthz_failures:

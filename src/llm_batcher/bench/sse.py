@@ -26,14 +26,12 @@ class SseParser:
 
     def __init__(self) -> None:
         self._pending = ""  # text after the last blank line, line breaks normalised to \n
-        self._held_cr = False  # a \r at the end of the last feed may be the start of \r\n
+        self._after_cr = False  # the last feed ended with \r: a \n now is the rest of a \r\n
 
     def feed(self, text: str) -> list[SseEvent]:
-        if self._held_cr:
-            text = "\r" + text
-        self._held_cr = text.endswith("\r")
-        if self._held_cr:
-            text = text[:-1]
+        if self._after_cr and text.startswith("\n"):
+            text = text[1:]
+        self._after_cr = text.endswith("\r")
         self._pending += text.replace("\r\n", "\n").replace("\r", "\n")
         *blocks, self._pending = self._pending.split("\n\n")
         return [event for block in blocks if (event := parse_block(block)) is not None]

@@ -56,6 +56,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--streams", type=int, help="streams of the capacity run (default 10000, quick 1000)")
     add("--open-rate", type=float, default=1000.0, help="streams opened a second (default 1000)")
     add("--requests", type=int, help="requests of each closed-loop run (default: by scenario)")
+    add(
+        "--set",
+        action="append",
+        default=[],
+        metavar="LLMB_NAME=VALUE",
+        help="a setting of every process of the stack, e.g. to compare two policies (repeatable)",
+    )
     add("--scenarios", default=",".join(KINDS), help=f"some of {','.join(KINDS)} (default all)")
     add("--url", help="measure the API at this URL instead of starting a stack "
         "(--workers and --max-batch must then describe it)")  # fmt: skip
@@ -69,8 +76,16 @@ def options(args: argparse.Namespace) -> Options:
     levels = tuple(int(c) for c in args.concurrency.split(",")) if args.concurrency else None
     if args.workers < 1 or args.max_batch < 1 or any(c < 1 for c in levels or ()):
         raise SystemExit("llm-batcher bench: --workers, --max-batch, --concurrency must be >= 1")
+    env = tuple(_setting(item) for item in args.set)
     return Options(args.quick, args.workers, args.max_batch, args.window_ms, levels,
-                   args.streams, args.open_rate, kinds, args.requests)  # fmt: skip
+                   args.streams, args.open_rate, kinds, args.requests, env)  # fmt: skip
+
+
+def _setting(item: str) -> tuple[str, str]:
+    name, sep, value = item.partition("=")
+    if not sep or not name.startswith("LLMB_"):
+        raise SystemExit(f"llm-batcher bench: --set {item!r} is not LLMB_NAME=VALUE")
+    return name, value
 
 
 def main(args: argparse.Namespace) -> int:

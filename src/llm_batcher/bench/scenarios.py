@@ -78,19 +78,20 @@ class Options:
     open_rate: float
     kinds: tuple[str, ...]
     requests: int | None = None  # per closed-loop scenario, instead of the defaults
+    env: tuple[tuple[str, str], ...] = ()  # more settings of a local stack
 
 
 def build_plan(opts: Options) -> list[Group]:
     """The groups to run, in order; empty groups are left out."""
     groups = []
     if SATURATION in opts.kinds:
-        config = StackConfig(opts.workers, opts.max_batch, opts.window_ms)
+        config = StackConfig(opts.workers, opts.max_batch, opts.window_ms, opts.env)
         levels = opts.concurrency or (QUICK_CONCURRENCY if opts.quick else FULL_CONCURRENCY)
         scenarios = tuple(saturation(c, config, opts.quick, opts.requests) for c in levels)
         groups.append(Group(SATURATION, config, scenarios))
     rest = [s for s in (capacity(opts), *efficiency(opts)) if s is not None]
     if rest:
-        config = StackConfig(opts.workers, THROUGHPUT_MAX_BATCH, opts.window_ms)
+        config = StackConfig(opts.workers, THROUGHPUT_MAX_BATCH, opts.window_ms, opts.env)
         hold = rest[0].kind == CAPACITY
         groups.append(Group("zero-delay model", config, tuple(rest), hold))
     return groups

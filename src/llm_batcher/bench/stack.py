@@ -25,11 +25,13 @@ READY_TIMEOUT_S = 60.0
 
 @dataclass(frozen=True)
 class StackConfig:
-    """What the workers run with; None keeps the setting's default."""
+    """What the workers run with; None keeps the setting's default. ``env``: more LLMB_*
+    settings for every process of a local stack."""
 
     workers: int
     max_batch: int
     window_ms: int | None = None
+    env: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -89,6 +91,7 @@ class LocalStack:
         self.env.update({"LLMB_MAX_BATCH": str(config.max_batch), "LLMB_LOG_LEVEL": "INFO"})
         if config.window_ms is not None:
             self.env["LLMB_WINDOW_MS"] = str(config.window_ms)
+        self.env.update(config.env)
         api_env = dict(self.env, LLMB_HOST="127.0.0.1", LLMB_PORT=str(port))
         url = f"http://127.0.0.1:{port}/healthz"
         api = await self._launch(ChildSpec("api", [*_CLI, "api"], api_env, url))

@@ -153,6 +153,7 @@ async def run_job(job: Job) -> dict[str, object]:
         for outcome in outcomes:
             if outcome.end_s is None:
                 outcome.error = outcome.error or late
+                outcome.end_s = time.monotonic()
     finally:
         reporter.cancel()
     print(json.dumps(progress(outcomes)), flush=True)

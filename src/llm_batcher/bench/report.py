@@ -124,7 +124,8 @@ def summarise(
     """One row (without its checks) and its samples from the generator's records."""
     ok = [r for r in records if r["ok"]]
     ttft_s = scenario.model.ttft_ms / 1000
-    added = [(_f(r["first_s"]) - _f(r["sent_s"]) - ttft_s) * 1000 for r in ok if r["first_s"]]
+    firsts = [(_f(r["first_s"]), _f(r["sent_s"])) for r in ok if r["first_s"] is not None]
+    added = [(first - sent - ttft_s) * 1000 for first, sent in firsts]
     relay = [us / 1000 for r in ok for us in _ints(r["relay_us"])]
     held = [(_f(r["task_s"]), _f(r["end_s"])) for r in records if r["task_s"] is not None]
     sizes = batch_sizes(ok)

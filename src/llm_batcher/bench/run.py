@@ -47,7 +47,7 @@ WARMUP_MODEL = Model(ttft_ms=0, itl_ms=0, words=3)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
-    add("--quick", action="store_true", help="small counts: about two minutes on 2 cores")
+    add("--quick", action="store_true", help="small counts: about a minute on 2 cores")
     add("--out", default="bench-results", help="folder of the report (default bench-results)")
     add("--workers", type=int, default=2, help="workers of the stack (default 2)")
     add("--max-batch", type=int, default=4, help="most tasks per batch (default 4)")

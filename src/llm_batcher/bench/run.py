@@ -163,10 +163,12 @@ class Bench:
 
 
 def git_commit() -> str:
+    """The commit of the code being measured (the package's checkout), or "unknown"."""
     try:
         found = subprocess.run(
-            ["git", "describe", "--always", "--dirty"], capture_output=True, text=True, timeout=5
-        )
+            ["git", "describe", "--always", "--dirty"],
+            cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5,
+        )  # fmt: skip
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     return found.stdout.strip() or "unknown"

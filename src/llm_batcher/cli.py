@@ -95,6 +95,12 @@ def _cmd_up(args: argparse.Namespace) -> int:
     return up_main(args)
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from llm_batcher.bench.run import main as bench_main
+
+    return bench_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llm-batcher",
@@ -134,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="run the whole system on this machine (Redis, API, workers)")
     add_up_arguments(up)
     up.set_defaults(func=_cmd_up)
+
+    from llm_batcher.bench.run import add_arguments as add_bench_arguments
+
+    bench = sub.add_parser("bench", help="measure throughput, latency and API cost")
+    add_bench_arguments(bench)
+    bench.set_defaults(func=_cmd_bench)
     return parser
 
 

@@ -106,6 +106,19 @@ def test_lines_arrive_as_they_are_written(tmp_path: Path) -> None:
     assert proc.returncode == 0
 
 
+def test_stamp_puts_the_write_time_before_each_token(tmp_path: Path) -> None:
+    contexts = ["@mock ttft_ms=0 itl_ms=20 stamp=1\none two three", FAST + "not stamped"]
+    before_ns = time.time_ns()
+    result = run_mock(tmp_path, contexts)
+    after_ns = time.time_ns()
+    assert (result.returncode, result.stderr) == (0, b"")
+    stamped, plain = answers(decode_all(result.stdout, 2), 2)
+    times = [int(token.partition("|")[0]) for token in stamped]
+    assert [token.partition("|")[2] for token in stamped] == ["one ", "two ", "three"]
+    assert before_ns < times[0] <= times[1] <= times[2] < after_ns
+    assert plain == ["not ", "stamped"]
+
+
 def test_fail_exit_after_two_tokens(tmp_path: Path) -> None:
     contexts = [FAST + "a b c", "@mock ttft_ms=0 itl_ms=0 fail=exit fail_after=2\nw x y z"]
     result = run_mock(tmp_path, contexts)

@@ -65,6 +65,11 @@ def test_crlf_line_break_is_not_part_of_values() -> None:
     assert body == "line 1\r\nline 2"
 
 
+@pytest.mark.parametrize(("raw", "stamp"), [("1", True), ("0", False)])
+def test_stamp_is_on_or_off(raw: str, stamp: bool) -> None:
+    assert parse_directive(f"@mock stamp={raw}") == Directive(stamp=stamp)
+
+
 def test_directive_without_body() -> None:
     assert split_context("@mock itl_ms=9") == (Directive(itl_ms=9), "")
 
@@ -117,6 +122,8 @@ def test_hostile_body_after_directive_is_exact(text: str, line_break: str) -> No
         ("@mock ttft_ms=-5", "ttft_ms='-5' must not be negative"),
         ("@mock extra_tokens=-1", "extra_tokens='-1' must not be negative"),
         ("@mock fail_after=-0", "must not be negative"),
+        ("@mock stamp=2", "stamp='2' is larger than 1"),
+        ("@mock stamp=yes", "stamp='yes' is not a non-negative integer"),
         (f"@mock ttft_ms={MAX_MS + 1}", "larger than"),
         (f"@mock extra_tokens={10**30}", "larger than"),
         ("@mock fail=boom", "fail='boom' is not one of: exit, hang, garbage"),

@@ -14,6 +14,7 @@ import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TextIO
 
 import httpx
 
@@ -41,6 +42,7 @@ class Supervised:
     say: Callable[[str], None]
     proc: asyncio.subprocess.Process | None = None
     restarts: int = 0
+    out: TextIO | None = None  # where the child's output goes; None means this process's stdout
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     _stopping: bool = False
     _helpers: list[asyncio.Task[None]] = field(default_factory=list)
@@ -82,10 +84,11 @@ class Supervised:
         """Copy the child's output, each line prefixed with its name."""
         assert proc.stdout is not None
         width = 10
+        out = sys.stdout if self.out is None else self.out
         async for raw in proc.stdout:
             line = raw.decode("utf-8", "replace").rstrip("\n")
-            sys.stdout.write(f"{self.spec.name:<{width}} | {line}\n")
-            sys.stdout.flush()
+            out.write(f"{self.spec.name:<{width}} | {line}\n")
+            out.flush()
 
     async def _watch_ready(self, proc: asyncio.subprocess.Process) -> None:
         assert self.spec.ready_url

@@ -79,9 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         _say(f"error: {exc}")
         return EXIT_USAGE
-    timeline = build_timeline(build_plans(contexts, config))
+    plans = build_plans(contexts, config)
+    stamped = frozenset(i for i, plan in enumerate(plans) if plan.stamp)
     try:
-        return play(timeline, _stdout_writer(), parent_pid)
+        return play(build_timeline(plans), _stdout_writer(), parent_pid, stamped)
     except BrokenPipeError:
         _silence_stdout()
         return EXIT_BROKEN_PIPE
@@ -185,11 +186,21 @@ def plan_context(context: Context, config: MockConfig, ttft_ms: int, itl_ms: int
         itl_ms=itl_ms if directive.itl_ms is None else directive.itl_ms,
         fail=directive.fail,
         fail_after=directive.fail_after or 0,
+        stamp=bool(directive.stamp),
     )
 
 
-def play(timeline: Sequence[Event], emit: Callable[[bytes], None], parent_pid: int) -> int:
-    """Write the timeline in real time; return the exit status (a hang returns once orphaned)."""
+def play(
+    timeline: Sequence[Event],
+    emit: Callable[[bytes], None],
+    parent_pid: int,
+    stamped: frozenset[int] = frozenset(),
+) -> int:
+    """Write the timeline in real time; return the exit status (a hang returns once orphaned).
+
+    Tokens of the contexts in ``stamped`` start with ``time.time_ns()`` and ``|``, taken just
+    before the write, so that a client can measure how long the line took to reach it.
+    """
     start_s = time.monotonic()
     for event in timeline:
         # Sleeping until an absolute time keeps write and scheduling delays from adding up.
@@ -197,7 +208,10 @@ def play(timeline: Sequence[Event], emit: Callable[[bytes], None], parent_pid: i
         if delay_s > 0:
             time.sleep(delay_s)
         if event.kind is EventKind.TOKEN:
-            emit(encode_token(event.index, event.payload))
+            token = event.payload
+            if event.index in stamped:
+                token = f"{time.time_ns()}|{token}"
+            emit(encode_token(event.index, token))
         elif event.kind is EventKind.FINISH:
             emit(encode_finish(event.index, event.payload))
         elif event.payload == FailMode.GARBAGE:

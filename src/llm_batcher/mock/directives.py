@@ -30,9 +30,16 @@ class Directive:
     extra_tokens: int | None = None
     fail: FailMode | None = None
     fail_after: int | None = None
+    stamp: bool | None = None
 
 
-_LIMITS = {"ttft_ms": MAX_MS, "itl_ms": MAX_MS, "extra_tokens": MAX_COUNT, "fail_after": MAX_COUNT}
+_LIMITS = {
+    "ttft_ms": MAX_MS,
+    "itl_ms": MAX_MS,
+    "extra_tokens": MAX_COUNT,
+    "fail_after": MAX_COUNT,
+    "stamp": 1,
+}
 _KNOWN_KEYS = (*_LIMITS, "fail")
 
 
@@ -67,6 +74,7 @@ def parse_directive(line: str) -> Directive:
         extra_tokens=counts.get("extra_tokens"),
         fail=fail,
         fail_after=counts.get("fail_after"),
+        stamp=None if "stamp" not in counts else counts["stamp"] == 1,
     )
 
 

@@ -31,13 +31,15 @@ class Event:
 
 @dataclass(frozen=True, slots=True)
 class ContextPlan:
-    """What one context writes and when; ``fail`` strikes once ``fail_after`` tokens are out."""
+    """What one context writes and when; ``fail`` strikes once ``fail_after`` tokens are out;
+    ``stamp`` puts the time of writing in front of each token."""
 
     tokens: tuple[str, ...]
     ttft_ms: int
     itl_ms: int
     fail: FailMode | None = None
     fail_after: int = 0
+    stamp: bool = False
 
 
 def context_events(index: int, plan: ContextPlan) -> list[Event]:

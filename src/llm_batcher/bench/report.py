@@ -1,0 +1,179 @@
+"""From the generator's records and the API's figures to one row per scenario, with its targets.
+
+Pure: the same records always give the same rows, so this is tested with made-up samples.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from llm_batcher.bench.scenarios import Scenario, ideal_rps
+from llm_batcher.bench.stack import StackConfig
+
+MIB = 1024 * 1024
+FULL_STREAMS = 10_000
+
+
+@dataclass(frozen=True)
+class Check:
+    """One target: what it asks, what was measured, whether it holds (None: not applicable)."""
+
+    target: str
+    requirement: str
+    measured: str
+    met: bool | None
+
+
+@dataclass(frozen=True)
+class ApiFigures:
+    """What the API process did during the scenario, seen from outside."""
+
+    cpu_s: float | None = None
+    rss_bytes: int | None = None
+    redis_connections: int | None = None
+    healthz_max_s: float | None = None
+    healthz_failures: int = 0
+
+
+@dataclass
+class Row:
+    scenario: str
+    kind: str
+    concurrency: int
+    requests: int
+    ok: int
+    errors: dict[str, int]
+    throughput_rps: float | None
+    ideal_rps: float | None
+    ratio: float | None
+    mean_batch: float | None
+    batch_sizes: dict[int, int]
+    added_ttft_ms: tuple[float | None, float | None]  # p50, p99
+    relay_ms: tuple[float | None, float | None]
+    peak_open: int
+    events: int
+    api: ApiFigures
+    events_per_cpu_s: float | None
+    cpu_ms_per_request: float | None
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def met(self) -> bool | None:
+        """False if a check failed, True if all applicable ones held, None if none applied."""
+        verdicts = [c.met for c in self.checks if c.met is not None]
+        if False in verdicts:
+            return False
+        return True if verdicts else None
+
+
+@dataclass(frozen=True)
+class Samples:
+    """The distributions behind a row, for the plots."""
+
+    added_ttft_ms: list[float]
+    relay_ms: list[float]
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """Nearest-rank percentile (``q`` from 0 to 100); None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return float(ordered[rank - 1])
+
+
+def steady_throughput(end_times_s: Sequence[float]) -> float | None:
+    """Requests a second between the 10th and the 90th percentile of completion times: leaves
+    out the ramp-up (first window, first batch) and the tail (clients running out of work)."""
+    ends = sorted(end_times_s)
+    if len(ends) < 2:
+        return None
+    first = math.floor(0.1 * (len(ends) - 1))
+    last = math.ceil(0.9 * (len(ends) - 1))
+    span = ends[last] - ends[first]
+    return (last - first) / span if span > 0 else None
+
+
+def peak_open(intervals: Sequence[tuple[float, float]]) -> int:
+    """Most intervals open at one instant (an interval ending when another starts does not
+    overlap it)."""
+    edges = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    peak = current = 0
+    for _, step in edges:
+        current += step
+        peak = max(peak, current)
+    return peak
+
+
+def batch_sizes(records: Sequence[Mapping[str, object]]) -> dict[int, int]:
+    """How many batches had each size, counting each batch once."""
+    sizes = {r["batch_id"]: r["batch_size"] for r in records if r.get("batch_id")}
+    return dict(sorted(Counter(int(str(s)) for s in sizes.values() if s is not None).items()))
+
+
+def summarise(
+    scenario: Scenario,
+    config: StackConfig,
+    records: Sequence[Mapping[str, object]],
+    api: ApiFigures,
+) -> tuple[Row, Samples]:
+    """One row (without its checks) and its samples from the generator's records."""
+    ok = [r for r in records if r["ok"]]
+    ttft_s = scenario.model.ttft_ms / 1000
+    firsts = [(_f(r["first_s"]), _f(r["sent_s"])) for r in ok if r["first_s"] is not None]
+    added = [(first - sent - ttft_s) * 1000 for first, sent in firsts]
+    relay = [us / 1000 for r in ok for us in _ints(r["relay_us"])]
+    held = [(_f(r["task_s"]), _f(r["end_s"])) for r in records if r["task_s"] is not None]
+    sizes = batch_sizes(ok)
+    batches = sum(sizes.values())
+    throughput = steady_throughput([_f(r["end_s"]) for r in ok])
+    ideal = ideal_rps(scenario, config)
+    events = sum(int(str(r["events"])) for r in records)
+    cpu = api.cpu_s
+    row = Row(
+        scenario=scenario.name,
+        kind=scenario.kind,
+        concurrency=scenario.concurrency,
+        requests=len(records),
+        ok=len(ok),
+        errors=dict(Counter(str(r["error"]) for r in records if not r["ok"]).most_common(5)),
+        throughput_rps=throughput,
+        ideal_rps=ideal,
+        ratio=throughput / ideal if throughput and ideal else None,
+        mean_batch=sum(k * v for k, v in sizes.items()) / batches if batches else None,
+        batch_sizes=sizes,
+        added_ttft_ms=(percentile(added, 50), percentile(added, 99)),
+        relay_ms=(percentile(relay, 50), percentile(relay, 99)),
+        peak_open=peak_open(held),
+        events=events,
+        api=api,
+        events_per_cpu_s=events / cpu if cpu else None,
+        cpu_ms_per_request=cpu * 1000 / len(records) if cpu and records else None,
+    )
+    return row, Samples(added, relay)
+
+
+def _f(value: object) -> float:
+    return float(str(value))
+
+
+def _ints(value: object) -> list[int]:
+    return [int(v) for v in value] if isinstance(value, list) else []
+
+
+def cpu_split(short: Row, long: Row) -> tuple[float, float] | None:
+    """(CPU ms per request beyond its events, CPU µs per event) from two zero-delay runs whose
+    answers differ only in length: cpu per request = overhead + events per request * per event."""
+    if short.cpu_ms_per_request is None or long.cpu_ms_per_request is None:
+        return None
+    short_events, long_events = short.events / short.requests, long.events / long.requests
+    if long_events <= short_events:
+        return None
+    per_event_ms = (long.cpu_ms_per_request - short.cpu_ms_per_request) / (
+        long_events - short_events
+    )
+    return short.cpu_ms_per_request - short_events * per_event_ms, per_event_ms * 1000

@@ -9,7 +9,7 @@ import pytest
 from redis.asyncio import Redis
 
 from llm_batcher.contract import SseParser
-from tests.support.hostile import ONE_CONTEXT
+from tests.support.contexts import ONE_CONTEXT
 from tests.support.processes import Stack
 from tests.support.results import task_ids
 from tests.support.sse import Stream, read_raw, read_sse, with_context, words

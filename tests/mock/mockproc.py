@@ -16,7 +16,6 @@ from typing import IO
 from llm_batcher.codec import ChildLine, FinishLine, TokenLine, decode_line, encode_context_file
 
 MOCK = Path(sys.executable).parent / "llm-mock"
-FAST = "@mock ttft_ms=0 itl_ms=0\n"
 RUN_TIMEOUT_S = 30
 
 

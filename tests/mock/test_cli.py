@@ -15,10 +15,9 @@ from llm_batcher.codec import FinishLine, ProtocolError, TokenLine, decode_line
 from llm_batcher.mock.cli import Context, MockConfig, build_plans, load_context
 from llm_batcher.mock.directives import split_context
 from llm_batcher.mock.tokens import FILLER_WORDS, tokenize
-from tests.support.hostile import ALL_TEXTS
+from tests.support.contexts import ALL_TEXTS, FAST
 
 from .mockproc import (
-    FAST,
     MOCK,
     RUN_TIMEOUT_S,
     answers,

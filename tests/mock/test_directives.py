@@ -12,7 +12,7 @@ from llm_batcher.mock.directives import (
     parse_directive,
     split_context,
 )
-from tests.support.hostile import ALL_TEXTS
+from tests.support.contexts import ALL_TEXTS
 
 
 def test_full_directive() -> None:

@@ -15,7 +15,7 @@ from llm_batcher.mock.schedule import (
     context_events,
 )
 from llm_batcher.mock.tokens import tokenize
-from tests.support.hostile import ALL_TEXTS
+from tests.support.contexts import ALL_TEXTS
 
 TOKEN, FINISH, FAIL = EventKind.TOKEN, EventKind.FINISH, EventKind.FAIL
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from llm_batcher.mock.tokens import FILLER_WORDS, MAX_TOKEN_CHARS, filler, tokenize
-from tests.support.hostile import ALL_TEXTS
+from tests.support.contexts import ALL_TEXTS
 
 # Characters chosen to hit every branch: ASCII and Unicode white space, astral code points,
 # combining marks, controls and NUL.

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.hostile import HOSTILE_TEXTS
+from tests.support.contexts import HOSTILE_TEXTS
 from tests.support.processes import Stack, start_together
 from tests.support.sse import RawResponse, generate, raw_get, words
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
+from tests.support.contexts import FAST
 from tests.support.processes import start_worker
 from tests.support.results import answer, make_queue, submit, terminal, wait_result
 
 pytestmark = pytest.mark.system
 
-FAST = "@mock ttft_ms=0 itl_ms=0\n"
 
 
 async def test_four_tasks_run_as_one_batch_at_once(

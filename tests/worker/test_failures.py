@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 
 from llm_batcher.mock.tokens import tokenize
 from llm_batcher.protocol.keys import token_entry_id
+from tests.support.contexts import FAST
 from tests.support.processes import llm_children, running_worker
 from tests.support.results import (
     answer,
@@ -24,7 +25,6 @@ from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.system
 
-FAST = "@mock ttft_ms=0 itl_ms=0\n"
 
 
 async def attempt_of(redis: Redis, key: str) -> int:

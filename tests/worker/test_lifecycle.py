@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 
 from llm_batcher.clock import now_ms
 from llm_batcher.protocol.tasks import StartedTask
+from tests.support.contexts import FAST
 from tests.support.processes import running_worker
 from tests.support.results import (
     assert_complete_answer,
@@ -22,7 +23,6 @@ from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.system
 
-FAST = "@mock ttft_ms=0 itl_ms=0\n"
 MAX_ATTEMPTS = 3
 
 

@@ -13,13 +13,13 @@ from redis.asyncio import Redis
 from llm_batcher.clock import now_ms
 from llm_batcher.local.embedded_redis import EmbeddedRedis
 from llm_batcher.protocol.keys import WORKER_GROUP
+from tests.support.contexts import FAST
 from tests.support.processes import running_worker
 from tests.support.results import assert_complete_answer, make_queue, submit, wait_result
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.system
 
-FAST = "@mock ttft_ms=0 itl_ms=0\n"
 
 
 @contextlib.asynccontextmanager

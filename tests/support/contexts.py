@@ -1,5 +1,9 @@
-"""Context texts that try to break line framing, shells, parsers and tokenizers: the one set every
-suite (mock, API, whole system) feeds through its layer and expects back exactly."""
+"""Contexts the suites send: the directive line of a model without delays, and the texts that try
+to break line framing, shells, parsers and tokenizers (the one set every suite, mock, API and
+whole system, feeds through its layer and expects back exactly)."""
+
+FAST = "@mock ttft_ms=0 itl_ms=0\n"
+"""A first line that makes the mock answer at once."""
 
 _WORDS = "lorem ipsum, dolor sit amet; consectetur\tadipiscing\nelit "
 

@@ -68,7 +68,8 @@ class TaskStream:
                 [contract.task_event(state.task_id, state.next_index - 1, self.settings.retry_ms)]
             )
             async with self.hub.subscribe(state.task_id, self.settings.redis_timeout_s * 5) as sub:
-                events = self._emit(await self._backfill())
+                # A task this request has just queued cannot have expired: no existence check.
+                events = self._emit(await self._backfill(known_to_exist=state.created_here))
                 while not state.terminal_sent:
                     if events:
                         yield _wire(events)
@@ -127,13 +128,13 @@ class TaskStream:
         data = terminal.data or {}
         return terminal.kind == "done" and data.get("tokens") == self.state.next_index
 
-    async def _backfill(self) -> list[ResultEntry]:
+    async def _backfill(self, *, known_to_exist: bool = False) -> list[ResultEntry]:
         """Read the result stream after the last sent token; notice lost tasks and outages."""
         while True:
             try:
                 results = self.queue.results
                 entries = await results.after(self.state.task_id, self.state.next_index - 1)
-                if not entries and not await results.task_exists(self.state.task_id):
+                if not (entries or known_to_exist or await results.task_exists(self.state.task_id)):
                     return [_lost_entry()]
                 self.hub.liveness.answered()
                 self._outage_since = None

@@ -96,7 +96,14 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from llm_batcher.bench.run import main as bench_main
+    try:
+        from llm_batcher.bench.run import main as bench_main
+    except ModuleNotFoundError as exc:
+        print(
+            f"llm-batcher bench: {exc}; it needs the bench extra: pip install 'llm-batcher[bench]'",
+            file=sys.stderr,
+        )
+        return 2
 
     return bench_main(args)
 
@@ -141,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_up_arguments(up)
     up.set_defaults(func=_cmd_up)
 
-    from llm_batcher.bench.run import add_arguments as add_bench_arguments
+    from llm_batcher.bench.arguments import add_arguments as add_bench_arguments
 
     bench = sub.add_parser("bench", help="measure throughput, latency and API cost")
     add_bench_arguments(bench)

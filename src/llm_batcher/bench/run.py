@@ -45,29 +45,6 @@ HOLD_GRACE_S = 30.0  # beyond the opening time, before workers start even if str
 WARMUP_MODEL = Model(ttft_ms=0, itl_ms=0, words=3)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add = parser.add_argument
-    add("--quick", action="store_true", help="small counts: about a minute on 2 cores")
-    add("--out", default="bench-results", help="folder of the report (default bench-results)")
-    add("--workers", type=int, default=2, help="workers of the stack (default 2)")
-    add("--max-batch", type=int, default=4, help="most tasks per batch (default 4)")
-    add("--window-ms", type=int, help="batch window (default: the worker's default)")
-    add("--concurrency", help="closed-loop clients of the saturation runs (default 1,8,64,512)")
-    add("--streams", type=int, help="streams of the capacity run (default 10000, quick 1000)")
-    add("--open-rate", type=float, default=1000.0, help="streams opened a second (default 1000)")
-    add("--requests", type=int, help="requests of each closed-loop run (default: by scenario)")
-    add(
-        "--set",
-        action="append",
-        default=[],
-        metavar="LLMB_NAME=VALUE",
-        help="a setting of every process of the stack, e.g. to compare two policies (repeatable)",
-    )
-    add("--scenarios", default=",".join(KINDS), help=f"some of {','.join(KINDS)} (default all)")
-    add("--url", help="measure the API at this URL instead of starting a stack "
-        "(--workers and --max-batch must then describe it)")  # fmt: skip
-
-
 def options(args: argparse.Namespace) -> Options:
     kinds = tuple(k.strip() for k in args.scenarios.split(",") if k.strip())
     unknown = sorted(set(kinds) - set(KINDS))

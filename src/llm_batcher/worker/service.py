@@ -35,6 +35,7 @@ from llm_batcher.settings import WorkerSettings
 from llm_batcher.worker.batch import BatchRunner
 from llm_batcher.worker.child import remove_stale_batch_dirs
 from llm_batcher.worker.health import HealthServer
+from llm_batcher.worker.window import ArrivalHistory, arrival_ms, mate_likely
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class Worker:
             stats_window_s=settings.stats_window_s,
         )
         self.runner = BatchRunner(self.queue, settings)
+        self.arrivals = ArrivalHistory()
         self.held: dict[str, str] = {}  # entry id -> task id, for lease renewal and hand-back
         self.idle_block_ms = min(1000, settings.lease_ms // 3)
         self.redis_ok_at = 0.0  # monotonic time of the last successful Redis call
@@ -71,9 +73,9 @@ class Worker:
             log.info("removed %d batch folder(s) left by dead workers", removed)
         port = await self.health.start()
         log.info(
-            "worker %s ready: health on %s:%d, batches of up to %d, window %d ms",
+            "worker %s ready: health on %s:%d, batches of up to %d, window %d ms (%s)",
             self.id, self.settings.health_host, port, self.settings.max_batch,
-            self.settings.window_ms,
+            self.settings.window_ms, self.settings.window_policy,
         )  # fmt: skip
         heartbeat = keep_running("heartbeat", self._heartbeat_loop)
         self.runner.open()
@@ -134,15 +136,17 @@ class Worker:
             log.info("took over %d task(s) from a silent worker", len(claims))
         else:
             claims = await self.queue.claims.read_new(self.id, size, self.idle_block_ms)
+            self.arrivals.add(arrival_ms(c.entry_id) for c in claims)
         self._hold(claims)
         window_start = time.monotonic()
-        window_end = window_start + self.settings.window_ms / 1000
+        window_end = window_start + self._window_s()
         try:
             while claims and len(claims) < size and not stop.is_set():
                 remaining_ms = int((window_end - time.monotonic()) * 1000)
                 if remaining_ms <= 0:
                     break
                 more = await self.queue.claims.read_new(self.id, size - len(claims), remaining_ms)
+                self.arrivals.add(arrival_ms(c.entry_id) for c in more)
                 self._hold(more)
                 claims += more
         except (RedisError, OSError):
@@ -153,6 +157,15 @@ class Worker:
         if claims:
             metrics.WINDOW_WAIT.observe(time.monotonic() - window_start)
         return claims
+
+    def _window_s(self) -> float:
+        """How long this batch waits for more tasks (worker/window.py), in seconds."""
+        window_ms = self.settings.window_ms
+        if self.settings.window_policy == "adaptive" and not mate_likely(
+            self.arrivals.gaps_ms(), window_ms
+        ):
+            return 0.0
+        return window_ms / 1000
 
     def _hold(self, claims: list[Claim]) -> None:
         self.held.update((c.entry_id, c.task_id) for c in claims)

@@ -69,8 +69,12 @@ class BatchRunner:
         """Stop and reap what runs between batches."""
         await self.launcher.close()
 
-    async def run(self, tasks: list[StartedTask], batch_id: str) -> list[StartedTask]:
-        """Run one batch to its end; returns the tasks to retry, each in a batch of its own."""
+    async def run(
+        self, tasks: list[StartedTask], batch_id: str, tail: asyncio.Event | None = None
+    ) -> list[StartedTask]:
+        """Run one batch to its end; returns the tasks to retry, each in a batch of its own.
+
+        ``tail`` is set when the first task of the batch is complete."""
         runs = [
             TaskRun(t, first_token_ms=t.first_token_ms, in_redis=t.tokens_written) for t in tasks
         ]
@@ -90,6 +94,8 @@ class BatchRunner:
             ) as child:
                 async for lines in child.chunks():
                     _apply(runs, lines)
+                    if tail is not None and any(r.finished for r in runs):
+                        tail.set()
                     await self._flush(runs, batch_id)
                     if all(r.closed for r in runs) and not all(r.finished for r in runs):
                         # Every task left was taken from this worker (lease lost, or lost with a

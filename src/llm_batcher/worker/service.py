@@ -1,5 +1,8 @@
 """The worker process: one top-level coroutine that claims batches and runs them.
 
+Near the end of a batch it claims the next one (_read_ahead), so that batches follow each other
+without a gap, but only while no other worker is idle.
+
 Shutdown order (SIGTERM or SIGINT sets the stop event):
 1. stop claiming: the claim loop sees the stop event within one idle poll (at most a second);
 2. the running batch (and the retries it started) may finish within ``drain_s``;
@@ -40,6 +43,9 @@ from llm_batcher.worker.window import ArrivalHistory, arrival_ms, mate_likely
 log = logging.getLogger(__name__)
 
 _TURN_POLL_S = 0.02  # how often an idle worker asks whether it may read
+_IDLE_NOTE_S = 0.25  # how often an idle worker renews its mark in keys.idle
+_READ_AHEAD_LEAD_S = 0.05  # read ahead from this long before a batch's predicted end
+_BATCH_EWMA_WEIGHT = 0.2  # weight of the latest batch in the average batch duration
 
 
 class Worker:
@@ -56,6 +62,8 @@ class Worker:
         )
         self.runner = BatchRunner(self.queue, settings)
         self.arrivals = ArrivalHistory()
+        self.batch_s: float | None = None  # moving average of batch durations
+        self._idle_noted_at = 0.0
         self.held: dict[str, str] = {}  # entry id -> task id, for lease renewal and hand-back
         self.idle_block_ms = min(1000, settings.lease_ms // 3)
         self.redis_ok_at = 0.0  # monotonic time of the last successful Redis call
@@ -99,9 +107,10 @@ class Worker:
 
     async def _claim_loop(self, stop: asyncio.Event) -> None:
         backoff = 0.1
+        ahead: list[Claim] = []  # read ahead during the last batch (_read_ahead)
         while not stop.is_set():
             try:
-                claims = await self._gather(stop)
+                claims, ahead = await self._gather(stop, ahead), []
                 self._mark_redis_ok()
                 backoff = 0.1
             except (RedisError, OSError) as exc:
@@ -110,34 +119,36 @@ class Worker:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), backoff)
                 backoff = min(backoff * 2, 5.0)
+                ahead = [c for c in ahead if c.entry_id in self.held]  # those not dropped
                 continue
             if claims:
-                await self._run_with_drain(claims, stop)
+                ahead = await self._run_with_drain(claims, stop)
 
-    async def _gather(self, stop: asyncio.Event) -> list[Claim]:
-        """Take tasks for one batch, when it is this worker's turn to read (see keys.reader)."""
-        turn_ms = self.idle_block_ms + self.settings.window_ms + 1000
-        if not await self.queue.claims.take_read_turn(self.id, turn_ms):
+    def _turn_ms(self) -> int:
+        return self.idle_block_ms + self.settings.window_ms + 1000
+
+    async def _gather(self, stop: asyncio.Event, ahead: list[Claim]) -> list[Claim]:
+        """Take tasks for one batch, when it is this worker's turn to read (see keys.reader);
+        tasks read ahead start at once if another worker has the turn."""
+        if not ahead:
+            await self._note_idle()
+        if not await self.queue.claims.take_read_turn(self.id, self._turn_ms()):
+            if ahead:
+                return ahead
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), _TURN_POLL_S)
             return []
         try:
-            return await self._gather_in_turn(stop)
+            return await self._gather_in_turn(stop, ahead)
         finally:
             with contextlib.suppress(RedisError, OSError):
                 await self.queue.claims.end_read_turn(self.id)
 
-    async def _gather_in_turn(self, stop: asyncio.Event) -> list[Claim]:
-        """Taken-over tasks first, else new ones: the first, then more within the window."""
+    async def _gather_in_turn(self, stop: asyncio.Event, ahead: list[Claim]) -> list[Claim]:
+        """Tasks read ahead, else taken-over ones, else new ones: the first, then more within
+        the window."""
         size = self.settings.max_batch
-        claims = await self.queue.claims.reclaim_expired(self.id, size, self.settings.lease_ms)
-        if claims:
-            metrics.TASKS_TAKEN_OVER.inc(len(claims))
-            log.info("took over %d task(s) from a silent worker", len(claims))
-        else:
-            claims = await self.queue.claims.read_new(self.id, size, self.idle_block_ms)
-            self.arrivals.add(arrival_ms(c.entry_id) for c in claims)
-        self._hold(claims)
+        claims = ahead or await self._first_claims(size)
         window_start = time.monotonic()
         window_end = window_start + self._window_s()
         try:
@@ -158,6 +169,17 @@ class Worker:
             metrics.WINDOW_WAIT.observe(time.monotonic() - window_start)
         return claims
 
+    async def _first_claims(self, size: int) -> list[Claim]:
+        claims = await self.queue.claims.reclaim_expired(self.id, size, self.settings.lease_ms)
+        if claims:
+            metrics.TASKS_TAKEN_OVER.inc(len(claims))
+            log.info("took over %d task(s) from a silent worker", len(claims))
+        else:
+            claims = await self.queue.claims.read_new(self.id, size, self.idle_block_ms)
+            self.arrivals.add(arrival_ms(c.entry_id) for c in claims)
+        self._hold(claims)
+        return claims
+
     def _window_s(self) -> float:
         """How long this batch waits for more tasks (worker/window.py), in seconds."""
         window_ms = self.settings.window_ms
@@ -176,9 +198,24 @@ class Worker:
 
     # --- running ----------------------------------------------------------------------------
 
-    async def _run_with_drain(self, claims: list[Claim], stop: asyncio.Event) -> None:
-        """Run a batch; once stopping, give it drain_s, then cancel it (tasks are handed back)."""
-        batch = asyncio.create_task(self._process(claims), name="batch")
+    async def _run_with_drain(self, claims: list[Claim], stop: asyncio.Event) -> list[Claim]:
+        """Run a batch, reading the next one ahead near its end; returns the claims read ahead.
+
+        Once stopping, the batch gets drain_s, then is cancelled (tasks are handed back)."""
+        with contextlib.suppress(RedisError, OSError):
+            await self.queue.claims.note_busy(self.id)
+        self._idle_noted_at = 0.0
+        tail = asyncio.Event()
+        batch = asyncio.create_task(self._process(claims, tail), name="batch")
+        ahead = asyncio.create_task(self._read_ahead(batch, tail, stop), name="read-ahead")
+        try:
+            await self._drain(batch, stop)
+            return await ahead
+        finally:
+            batch.cancel()  # no-ops once they are done
+            ahead.cancel()
+
+    async def _drain(self, batch: asyncio.Task[None], stop: asyncio.Event) -> None:
         stopped = asyncio.create_task(stop.wait())
         try:
             await asyncio.wait({batch, stopped}, return_when=asyncio.FIRST_COMPLETED)
@@ -193,18 +230,17 @@ class Worker:
                 batch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await batch
-        except BaseException:
-            batch.cancel()
-            raise
         finally:
             stopped.cancel()
 
-    async def _process(self, claims: list[Claim]) -> None:
+    async def _process(self, claims: list[Claim], tail: asyncio.Event) -> None:
         """Start the claimed tasks, run them as one batch, then run failed ones alone."""
+        began = time.monotonic()
         try:
             started = await self._start_all(claims)
             batch_id = uuid.uuid4().hex[:12]
-            retry = await self.runner.run(started, batch_id) if started else []
+            retry = await self.runner.run(started, batch_id, tail) if started else []
+            self._batch_ended(time.monotonic() - began)
             for task in retry:
                 again = await self._start_all([Claim(task.entry_id, task.task_id)])
                 if again:
@@ -216,6 +252,73 @@ class Worker:
         except RedisError:
             log.exception("unexpected Redis error during a batch")
         self._forget(claims)
+
+    def _batch_ended(self, duration_s: float) -> None:
+        """Keep a moving average of batch durations, to predict the end of the next one."""
+        if self.batch_s is None:
+            self.batch_s = duration_s
+        else:
+            self.batch_s += _BATCH_EWMA_WEIGHT * (duration_s - self.batch_s)
+
+    # --- reading ahead ----------------------------------------------------------------------
+
+    async def _read_ahead(
+        self, batch: asyncio.Task[None], tail: asyncio.Event, stop: asyncio.Event
+    ) -> list[Claim]:
+        """Near the end of the running batch, claim the next one, so that it starts at once.
+
+        Near the end means once a task of the batch has finished (its contexts run together, so
+        the rest follow soon), or _READ_AHEAD_LEAD_S before the batch's predicted end (the
+        moving average of recent batch durations), whichever comes first.
+
+        Tasks read ahead wait for this batch to end, which is right only if no other worker
+        could start them now. So a busy worker reads ahead only while no other worker is idle
+        (keys.idle: idle workers mark themselves there, at least every _IDLE_NOTE_S, and leave
+        it when they start a batch), and the check and the taking of the read turn are one step
+        (AHEAD_TURN). It holds the turn for one read that does not block, so an idle worker
+        that appears meanwhile gets the turn back at once.
+        """
+        await self._until_tail(batch, tail)
+        claims: list[Claim] = []
+        size = self.settings.max_batch
+        try:
+            while not batch.done() and not stop.is_set() and len(claims) < size:
+                claims += await self._read_ahead_once(size - len(claims))
+                await asyncio.wait({batch}, timeout=_TURN_POLL_S)
+        except (RedisError, OSError) as exc:
+            log.warning("reading ahead failed (%s); the next batch waits for this one", exc)
+        if claims:
+            log.debug("read %d task(s) ahead", len(claims))
+        return claims
+
+    async def _until_tail(self, batch: asyncio.Task[None], tail: asyncio.Event) -> None:
+        lead_s = None if self.batch_s is None else max(0.0, self.batch_s - _READ_AHEAD_LEAD_S)
+        tail_seen = asyncio.create_task(tail.wait())
+        try:
+            await asyncio.wait(
+                {batch, tail_seen}, timeout=lead_s, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            tail_seen.cancel()
+
+    async def _read_ahead_once(self, count: int) -> list[Claim]:
+        turn_ms = self._turn_ms()
+        idle_since_ms = now_ms() - 2 * turn_ms
+        if not await self.queue.claims.take_turn_ahead(self.id, turn_ms, idle_since_ms):
+            return []
+        try:
+            claims = await self.queue.claims.read_new(self.id, count, None)
+        finally:
+            await self.queue.claims.end_read_turn(self.id)
+        self.arrivals.add(arrival_ms(c.entry_id) for c in claims)
+        self._hold(claims)
+        return claims
+
+    async def _note_idle(self) -> None:
+        """Mark this worker idle in Redis (keys.idle), at most every _IDLE_NOTE_S."""
+        if time.monotonic() - self._idle_noted_at >= _IDLE_NOTE_S:
+            await self.queue.claims.note_idle(self.id, now_ms())
+            self._idle_noted_at = time.monotonic()
 
     async def _start_all(self, claims: list[Claim]) -> list[StartedTask]:
         started = []

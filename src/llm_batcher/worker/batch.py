@@ -97,14 +97,16 @@ class BatchRunner:
                     if tail is not None and any(r.finished for r in runs):
                         tail.set()
                     await self._flush(runs, batch_id)
-                    if all(r.closed for r in runs) and not all(r.finished for r in runs):
-                        # Every task left was taken from this worker (lease lost, or lost with a
-                        # Redis restart): stop the LLM instead of holding the worker for nothing.
-                        log.info(
-                            "batch %s: no task is this worker's any more; stopping it",
-                            batch_id,
-                            extra={"batch_id": batch_id},
-                        )
+                    if all(r.closed for r in runs):
+                        # Every answer is written, or every task left was taken from this worker
+                        # (lease lost, or lost with a Redis restart): the batch is over. Its LLM
+                        # is stopped rather than awaited: its exit would add nothing.
+                        if not all(r.finished for r in runs):
+                            log.info(
+                                "batch %s: no task is this worker's any more; stopping it",
+                                batch_id,
+                                extra={"batch_id": batch_id},
+                            )
                         break
             if not all(r.finished or r.closed for r in runs):
                 raise ChildFailure(

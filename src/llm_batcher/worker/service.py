@@ -130,6 +130,8 @@ class Worker:
     async def _gather(self, stop: asyncio.Event, ahead: list[Claim]) -> list[Claim]:
         """Take tasks for one batch, when it is this worker's turn to read (see keys.reader);
         tasks read ahead start at once if another worker has the turn."""
+        if len(ahead) >= self.settings.max_batch:
+            return ahead  # a full batch: nothing to read
         if not ahead:
             await self._note_idle()
         if not await self.queue.claims.take_read_turn(self.id, self._turn_ms()):
@@ -321,11 +323,18 @@ class Worker:
             self._idle_noted_at = time.monotonic()
 
     async def _start_all(self, claims: list[Claim]) -> list[StartedTask]:
-        started = []
-        for claim in claims:
-            result = await self.queue.tasks.start(
-                claim, worker=self.id, now_ms=now_ms(), max_attempts=self.settings.max_attempts
+        """Start the claimed tasks (concurrently: one round trip, not one per task), in order."""
+        now = now_ms()
+        results = await asyncio.gather(
+            *(
+                self.queue.tasks.start(
+                    claim, worker=self.id, now_ms=now, max_attempts=self.settings.max_attempts
+                )
+                for claim in claims
             )
+        )
+        started = []
+        for claim, result in zip(claims, results, strict=True):
             if isinstance(result, StartedTask):
                 started.append(result)
                 continue

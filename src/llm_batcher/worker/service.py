@@ -38,7 +38,7 @@ from llm_batcher.settings import WorkerSettings
 from llm_batcher.worker.batch import BatchRunner
 from llm_batcher.worker.child import remove_stale_batch_dirs
 from llm_batcher.worker.health import HealthServer
-from llm_batcher.worker.window import ArrivalHistory, arrival_ms, mate_likely
+from llm_batcher.worker.window import ArrivalHistory, arrival_ms, should_wait
 
 log = logging.getLogger(__name__)
 
@@ -152,14 +152,14 @@ class Worker:
         size = self.settings.max_batch
         claims = ahead or await self._first_claims(size)
         window_start = time.monotonic()
-        window_end = window_start + self._window_s()
+        window_end = window_start + (self._window_s(claims) if claims else 0.0)
         try:
             while claims and len(claims) < size and not stop.is_set():
                 remaining_ms = int((window_end - time.monotonic()) * 1000)
                 if remaining_ms <= 0:
                     break
                 more = await self.queue.claims.read_new(self.id, size - len(claims), remaining_ms)
-                self.arrivals.add(arrival_ms(c.entry_id) for c in more)
+                self._note_arrivals(more)
                 self._hold(more)
                 claims += more
         except (RedisError, OSError):
@@ -178,15 +178,22 @@ class Worker:
             log.info("took over %d task(s) from a silent worker", len(claims))
         else:
             claims = await self.queue.claims.read_new(self.id, size, self.idle_block_ms)
-            self.arrivals.add(arrival_ms(c.entry_id) for c in claims)
+            self._note_arrivals(claims)
         self._hold(claims)
         return claims
 
-    def _window_s(self) -> float:
-        """How long this batch waits for more tasks (worker/window.py), in seconds."""
-        window_ms = self.settings.window_ms
-        if self.settings.window_policy == "adaptive" and not mate_likely(
-            self.arrivals.gaps_ms(), window_ms
+    def _note_arrivals(self, claims: list[Claim]) -> None:
+        """Feed the window policy (window.ArrivalHistory) with when these tasks arrived."""
+        self.arrivals.add(arrival_ms(c.entry_id) for c in claims)
+
+    def _window_s(self, claims: list[Claim]) -> float:
+        """How long the batch forming now waits for more tasks (worker/window.py), in seconds."""
+        window_ms, formed_ms = self.settings.window_ms, now_ms()
+        paid = self.arrivals.paid(window_ms)
+        self.arrivals.formed(formed_ms)
+        waited_ms = formed_ms - min(arrival_ms(c.entry_id) for c in claims)
+        if self.settings.window_policy == "adaptive" and not should_wait(
+            paid, waited_ms, window_ms
         ):
             return 0.0
         return window_ms / 1000
@@ -312,7 +319,7 @@ class Worker:
             claims = await self.queue.claims.read_new(self.id, count, None)
         finally:
             await self.queue.claims.end_read_turn(self.id)
-        self.arrivals.add(arrival_ms(c.entry_id) for c in claims)
+        self._note_arrivals(claims)
         self._hold(claims)
         return claims
 

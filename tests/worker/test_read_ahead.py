@@ -1,4 +1,4 @@
-"""Reading ahead (worker/service.py, _read_ahead): near the end of its batch a busy worker claims
+"""Reading ahead (worker/ahead.py): near the end of its batch a busy worker claims
 the next one, but never while another worker is idle and could start those tasks now."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The worker process: one top-level coroutine that claims batches and runs them.
 
-Near the end of a batch it claims the next one (_read_ahead), so that batches follow each other
-without a gap, but only while no other worker is idle.
+Near the end of a batch it claims the next one (worker/ahead.py), so that batches follow each
+other without a gap, but only while no other worker is idle.
 
 Shutdown order (SIGTERM or SIGINT sets the stop event):
 1. stop claiming: the claim loop sees the stop event within one idle poll (at most a second);
@@ -35,6 +35,7 @@ from llm_batcher.protocol.outcomes import StartOutcome
 from llm_batcher.protocol.queue import TaskQueue
 from llm_batcher.protocol.tasks import StartedTask
 from llm_batcher.settings import WorkerSettings
+from llm_batcher.worker.ahead import ReadAhead
 from llm_batcher.worker.batch import BatchRunner
 from llm_batcher.worker.child import remove_stale_batch_dirs
 from llm_batcher.worker.health import HealthServer
@@ -44,8 +45,6 @@ log = logging.getLogger(__name__)
 
 _TURN_POLL_S = 0.02  # how often an idle worker asks whether it may read
 _IDLE_NOTE_S = 0.25  # how often an idle worker renews its mark in keys.idle
-_READ_AHEAD_LEAD_S = 0.05  # read ahead from this long before a batch's predicted end
-_BATCH_EWMA_WEIGHT = 0.2  # weight of the latest batch in the average batch duration
 
 
 class Worker:
@@ -62,10 +61,10 @@ class Worker:
         )
         self.runner = BatchRunner(self.queue, settings)
         self.arrivals = ArrivalHistory()
-        self.batch_s: float | None = None  # moving average of batch durations
         self._idle_noted_at = 0.0
         self.held: dict[str, str] = {}  # entry id -> task id, for lease renewal and hand-back
         self.idle_block_ms = min(1000, settings.lease_ms // 3)
+        self.ahead = ReadAhead(self.queue.claims, settings, self._turn_ms(), self._took_ahead)
         self.redis_ok_at = 0.0  # monotonic time of the last successful Redis call
         self.stopping = False
         self.health = HealthServer(settings.health_host, settings.health_port, self._readiness)
@@ -107,7 +106,7 @@ class Worker:
 
     async def _claim_loop(self, stop: asyncio.Event) -> None:
         backoff = 0.1
-        ahead: list[Claim] = []  # read ahead during the last batch (_read_ahead)
+        ahead: list[Claim] = []  # read ahead during the last batch (worker/ahead.py)
         while not stop.is_set():
             try:
                 claims, ahead = await self._gather(stop, ahead), []
@@ -216,7 +215,7 @@ class Worker:
         self._idle_noted_at = 0.0
         tail = asyncio.Event()
         batch = asyncio.create_task(self._process(claims, tail), name="batch")
-        ahead = asyncio.create_task(self._read_ahead(batch, tail, stop), name="read-ahead")
+        ahead = asyncio.create_task(self.ahead.run(batch, tail, stop), name="read-ahead")
         try:
             await self._drain(batch, stop)
             return await ahead
@@ -249,7 +248,7 @@ class Worker:
             started = await self._start_all(claims)
             batch_id = uuid.uuid4().hex[:12]
             retry = await self.runner.run(started, batch_id, tail) if started else []
-            self._batch_ended(time.monotonic() - began)
+            self.ahead.batch_ended(time.monotonic() - began)
             for task in retry:
                 again = await self._start_all([Claim(task.entry_id, task.task_id)])
                 if again:
@@ -262,66 +261,9 @@ class Worker:
             log.exception("unexpected Redis error during a batch")
         self._forget(claims)
 
-    def _batch_ended(self, duration_s: float) -> None:
-        """Keep a moving average of batch durations, to predict the end of the next one."""
-        if self.batch_s is None:
-            self.batch_s = duration_s
-        else:
-            self.batch_s += _BATCH_EWMA_WEIGHT * (duration_s - self.batch_s)
-
-    # --- reading ahead ----------------------------------------------------------------------
-
-    async def _read_ahead(
-        self, batch: asyncio.Task[None], tail: asyncio.Event, stop: asyncio.Event
-    ) -> list[Claim]:
-        """Near the end of the running batch, claim the next one, so that it starts at once.
-
-        Near the end means once a task of the batch has finished (its contexts run together, so
-        the rest follow soon), or _READ_AHEAD_LEAD_S before the batch's predicted end (the
-        moving average of recent batch durations), whichever comes first.
-
-        Tasks read ahead wait for this batch to end, which is right only if no other worker
-        could start them now. So a busy worker reads ahead only while no other worker is idle
-        (keys.idle: idle workers mark themselves there, at least every _IDLE_NOTE_S, and leave
-        it when they start a batch), and the check and the taking of the read turn are one step
-        (AHEAD_TURN). It holds the turn for one read that does not block, so an idle worker
-        that appears meanwhile gets the turn back at once.
-        """
-        await self._until_tail(batch, tail)
-        claims: list[Claim] = []
-        size = self.settings.max_batch
-        try:
-            while not batch.done() and not stop.is_set() and len(claims) < size:
-                claims += await self._read_ahead_once(size - len(claims))
-                await asyncio.wait({batch}, timeout=_TURN_POLL_S)
-        except (RedisError, OSError) as exc:
-            log.warning("reading ahead failed (%s); the next batch waits for this one", exc)
-        if claims:
-            log.debug("read %d task(s) ahead", len(claims))
-        return claims
-
-    async def _until_tail(self, batch: asyncio.Task[None], tail: asyncio.Event) -> None:
-        lead_s = None if self.batch_s is None else max(0.0, self.batch_s - _READ_AHEAD_LEAD_S)
-        tail_seen = asyncio.create_task(tail.wait())
-        try:
-            await asyncio.wait(
-                {batch, tail_seen}, timeout=lead_s, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            tail_seen.cancel()
-
-    async def _read_ahead_once(self, count: int) -> list[Claim]:
-        turn_ms = self._turn_ms()
-        idle_since_ms = now_ms() - 2 * turn_ms
-        if not await self.queue.claims.take_turn_ahead(self.id, turn_ms, idle_since_ms):
-            return []
-        try:
-            claims = await self.queue.claims.read_new(self.id, count, None)
-        finally:
-            await self.queue.claims.end_read_turn(self.id)
+    def _took_ahead(self, claims: list[Claim]) -> None:
         self._note_arrivals(claims)
         self._hold(claims)
-        return claims
 
     async def _note_idle(self) -> None:
         """Mark this worker idle in Redis (keys.idle), at most every _IDLE_NOTE_S."""

@@ -57,7 +57,7 @@ async def test_the_spare_runs_the_next_batch_and_a_new_spare_follows(
         assert spare.cmdline()[-1] == STDIN_FLAG  # no context file on its command line
         assert batch_dirs(tmp_dir) == []  # it waits without a batch
         body = "w0 w1 w2 w3 w4 w5 w6 w7"
-        task_id = await submit(queue, f"@mock ttft_ms=0 itl_ms=100\n{body}")
+        task_id = await submit(queue, f"@mock ttft_ms=0 itl_ms=250\n{body}")  # about 2 s
         result_key = queue.keys.result(task_id)
         await eventually(lambda: redis.exists(result_key), 10, "the batch to stream")
         # the spare is running the batch, and a new spare waits behind it

@@ -6,25 +6,32 @@ part of every batch's latency.
 
 from __future__ import annotations
 
-import base64
+import binascii
 import json
-from dataclasses import dataclass
+
+from llm_batcher.records import Record
 
 
 class ProtocolError(ValueError):
     """A line on the child's stdout that the protocol does not allow."""
 
 
-@dataclass(frozen=True, slots=True)
-class TokenLine:
+class TokenLine(Record):
+    __slots__ = ("index", "token")
     index: int
     token: str
 
+    def __init__(self, index: int, token: str) -> None:
+        self._set(index=index, token=token)
 
-@dataclass(frozen=True, slots=True)
-class FinishLine:
+
+class FinishLine(Record):
+    __slots__ = ("index", "reason")
     index: int
     reason: str
+
+    def __init__(self, index: int, reason: str) -> None:
+        self._set(index=index, reason=reason)
 
 
 ChildLine = TokenLine | FinishLine
@@ -60,12 +67,13 @@ def decode_line(line: bytes, batch_size: int) -> ChildLine:
 
 def encode_context_file(context: str) -> bytes:
     """The content of a context file: UTF-8, then base64."""
-    return base64.b64encode(context.encode("utf-8"))
+    return binascii.b2a_base64(context.encode("utf-8"), newline=False)
 
 
 def decode_context_file(data: bytes) -> str:
     """Inverse of encode_context_file; raises ValueError on bad base64 or UTF-8."""
-    return base64.b64decode(data.strip(), validate=True).decode("utf-8")
+    # binascii rather than base64, which imports re and struct: the mock reads these files.
+    return binascii.a2b_base64(data.strip(), strict_mode=True).decode("utf-8")
 
 
 def _preview(line: bytes, limit: int = 80) -> str:

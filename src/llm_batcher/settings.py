@@ -17,6 +17,9 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+MOCK_PROGRAM = "llm-mock"
+MOCK_STDIN_FLAG = "--files-from-stdin"
+
 
 class CommonSettings(BaseSettings):
     """Settings every process reads."""
@@ -107,8 +110,19 @@ class WorkerSettings(CommonSettings):
     window_ms: int = Field(
         50, ge=0, description="How long a batch waits for more tasks after its first one."
     )
+    window_policy: Literal["adaptive", "fixed"] = Field(
+        "adaptive",
+        description="`fixed`: every batch waits the window for more tasks; `adaptive`: only when "
+        "recent arrivals say another task is likely within it (worker/window.py).",
+    )
     llm_command: str = Field(
         "llm-mock", description="LLM command (no shell); context files are appended as arguments."
+    )
+    llm_files: Literal["auto", "argv", "stdin"] = Field(
+        "auto",
+        description="How the LLM gets its context files: `argv` appends them to the command at "
+        "batch time; `stdin` keeps a spare child started ahead of time and writes their paths to "
+        "its stdin (docs/protocol.md); `auto`: stdin for llm-mock, argv for other commands.",
     )
     batch_timeout_s: float = Field(
         120, gt=0, description="Deadline of one LLM run; a child still running is killed."
@@ -139,15 +153,28 @@ class WorkerSettings(CommonSettings):
         return self
 
     @property
+    def runs_mock(self) -> bool:
+        """The LLM command is the mock LLM."""
+        return Path(shlex.split(self.llm_command)[0]).name == MOCK_PROGRAM
+
+    @property
+    def llm_files_on_stdin(self) -> bool:
+        """Whether the LLM reads its context file paths from stdin (and a spare is kept)."""
+        return self.llm_files == "stdin" or (self.llm_files == "auto" and self.runs_mock)
+
+    @property
     def llm_argv(self) -> list[str]:
         """The LLM command as an argument vector.
 
         A bare program name not on PATH is looked up beside this Python interpreter, so that
-        `.venv/bin/llm-batcher worker` finds `.venv/bin/llm-mock` without an activated venv.
+        `.venv/bin/llm-batcher worker` finds `.venv/bin/llm-mock` without an activated venv. The
+        mock is told to read its files from stdin when that is how it gets them.
         """
         argv = shlex.split(self.llm_command)
         if os.sep not in argv[0] and shutil.which(argv[0]) is None:
             beside = Path(sys.executable).parent / argv[0]
             if beside.exists():
                 argv[0] = str(beside)
+        if self.runs_mock and self.llm_files_on_stdin and MOCK_STDIN_FLAG not in argv:
+            argv.append(MOCK_STDIN_FLAG)
         return argv

@@ -20,6 +20,7 @@ import httpx
 import psutil
 
 from llm_batcher.local.embedded_redis import free_port
+from llm_batcher.worker.child import BATCH_DIR_PREFIX
 from tests.support.waiting import eventually
 
 BIN = Path(sys.executable).parent
@@ -245,3 +246,8 @@ def command_lines(procs: list[psutil.Process]) -> dict[psutil.Process, str]:
 def llm_children(pid: int) -> list[psutil.Process]:
     """The live `llm-mock` processes below process ``pid``."""
     return [p for p, line in command_lines(descendants(pid)).items() if "llm-mock" in line]
+
+
+def batch_dirs(root: Path) -> list[Path]:
+    """Per-batch context folders left in ``root``."""
+    return sorted(root.glob(f"{BATCH_DIR_PREFIX}*"))

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from llm_batcher.worker.child import LlmChild
+from llm_batcher.worker.spare import ArgvLauncher
 from tests.support.waiting import eventually
 
 # Writes one token line, then waits for the gap before the next one.
@@ -33,7 +34,10 @@ async def test_cancel_arriving_with_output_stops_the_batch(tmp_path: Path) -> No
 
     async def consume() -> None:
         async with LlmChild.run(
-            [sys.executable, str(script)], ["ctx"], tmp_root=str(tmp_path), timeout_s=30
+            ArgvLauncher([sys.executable, str(script)]),
+            ["ctx"],
+            tmp_root=str(tmp_path),
+            timeout_s=30,
         ) as child:
             children.append(child)
             async for lines in child.chunks():

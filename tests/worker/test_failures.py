@@ -69,7 +69,10 @@ async def test_hang_is_killed_at_the_batch_deadline(
     redis: Redis, redis_url: str, key_prefix: str, tmp_path: Path
 ) -> None:
     queue = make_queue(redis, key_prefix)
-    worker_ctx = running_worker(redis_url, key_prefix, tmp_path, window_ms=0, batch_timeout_s=2)
+    # Without a spare child, so that no LLM is left after the batch (tests/worker/test_spare.py).
+    worker_ctx = running_worker(
+        redis_url, key_prefix, tmp_path, window_ms=0, batch_timeout_s=2, llm_files="argv"
+    )
     async with worker_ctx as (worker, _):
         task_id = await submit(queue, "@mock ttft_ms=0 itl_ms=0 fail=hang fail_after=1\nstuck here")
         await eventually(lambda: len(llm_children(worker.pid)) == 1, 10, "the hung LLM to run")

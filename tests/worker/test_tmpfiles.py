@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from llm_batcher.worker.child import BATCH_DIR_PREFIX
-from tests.support.processes import llm_children, running_worker
+from tests.support.processes import batch_dirs, llm_children, running_worker
 from tests.support.results import (
     assert_complete_answer,
     assert_error,
@@ -20,11 +19,6 @@ from tests.support.results import (
     wait_result,
 )
 from tests.support.waiting import eventually
-
-
-def batch_dirs(root: Path) -> list[Path]:
-    """Per-batch context folders left in ``root``."""
-    return sorted(root.glob(f"{BATCH_DIR_PREFIX}*"))
 
 
 @pytest.mark.system

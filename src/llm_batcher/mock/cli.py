@@ -1,19 +1,18 @@
 """`llm-mock FILE...`: the mock LLM child process (docs/protocol.md, part 2).
 
-It is spawned once per batch, so it imports only the standard library and its own pure modules;
-`python -X importtime -m llm_batcher.mock.cli` shows the cost.
+It starts once per batch, so it imports only the standard library and its own pure modules, and
+not even all of that: argparse (with gettext, locale and shutil), dataclasses (with inspect, ast
+and dis) and typing are left out. `python -X importtime -m llm_batcher.mock.cli` shows the cost.
+With `--files-from-stdin` it starts ahead of its batch and waits for the paths on stdin.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import random
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 from llm_batcher.codec import decode_context_file, encode_finish, encode_token
 from llm_batcher.mock.directives import (
@@ -27,11 +26,12 @@ from llm_batcher.mock.directives import (
 )
 from llm_batcher.mock.schedule import ContextPlan, Event, EventKind, build_timeline
 from llm_batcher.mock.tokens import filler, tokenize
+from llm_batcher.records import Record
 
 # Importing typing costs milliseconds on every batch; mypy honours a local TYPE_CHECKING.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import NoReturn
+    from collections.abc import Callable, Iterable, Sequence
 
 EXIT_OK = 0
 EXIT_BROKEN_PIPE = 1
@@ -42,40 +42,85 @@ HANG_POLL_S = 0.5
 DEFAULT_TTFT_MS = "200-600"
 DEFAULT_ITL_MS = "20-60"
 DEFAULT_EXTRA_TOKENS = "0"
+# Flags that take a value; each of the first three falls back to LLMB_MOCK_<NAME>.
+VALUE_FLAGS = ("--ttft-ms", "--itl-ms", "--extra-tokens", "--seed")
+FILES_FROM_STDIN = "--files-from-stdin"
+USAGE = (
+    "usage: llm-mock [--ttft-ms MIN-MAX] [--itl-ms MIN-MAX] [--extra-tokens N] [--seed N]\n"
+    "                (FILE... | --files-from-stdin)\n"
+    "Mock LLM: echo each base64 context file as tokens (docs/protocol.md, part 2).\n"
+    f"  --ttft-ms MIN-MAX   time to first token, ms (default {DEFAULT_TTFT_MS})\n"
+    f"  --itl-ms MIN-MAX    delay between tokens, ms (default {DEFAULT_ITL_MS})\n"
+    "  --extra-tokens N    filler tokens after the echo\n"
+    "  --seed N            seed for reproducible random delays\n"
+    f"  {FILES_FROM_STDIN}  read the FILE paths from stdin, one a line, ending with an empty\n"
+    "                      line or end of file; with none at all, exit 0 at once\n"
+)
 
 
 class UsageError(Exception):
     """Bad arguments, environment or context file: reported in one line, exit status 2."""
 
 
-@dataclass(frozen=True, slots=True)
-class MockConfig:
+class HelpRequested(Exception):
+    """`-h` or `--help`: print the usage and exit 0."""
+
+
+class MockConfig(Record):
     """The command-line and environment settings; ranges are inclusive (min, max) pairs."""
 
+    __slots__ = ("extra_tokens", "files_from_stdin", "itl_ms", "seed", "ttft_ms")
     ttft_ms: tuple[int, int]
     itl_ms: tuple[int, int]
     extra_tokens: int
-    seed: int | None = None
+    seed: int | None
+    files_from_stdin: bool
+
+    def __init__(
+        self,
+        ttft_ms: tuple[int, int],
+        itl_ms: tuple[int, int],
+        extra_tokens: int,
+        seed: int | None = None,
+        files_from_stdin: bool = False,
+    ) -> None:
+        self._set(
+            ttft_ms=ttft_ms,
+            itl_ms=itl_ms,
+            extra_tokens=extra_tokens,
+            seed=seed,
+            files_from_stdin=files_from_stdin,
+        )
 
 
-@dataclass(frozen=True, slots=True)
-class Context:
+class Context(Record):
     """One context file: the whole text, its directive if any, and the body to echo."""
 
+    __slots__ = ("body", "directive", "text")
     text: str
     directive: Directive | None
     body: str
 
+    def __init__(self, text: str, directive: Directive | None, body: str) -> None:
+        self._set(text=text, directive=directive, body=body)
+
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the mock on the context files in ``argv``; return the process exit status."""
+    """Run the mock on the context files in ``argv`` (or on stdin); return the exit status."""
     # A parent that ignores these signals passes that on through exec; the mock must still die.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     parent_pid = os.getppid()
     try:
-        paths, config = parse_args(argv)
+        paths, config = parse_args(sys.argv[1:] if argv is None else argv)
+        if config.files_from_stdin:
+            paths = read_paths(sys.stdin.buffer)
+            if not paths:  # a spare child that was never given a batch
+                return EXIT_OK
         contexts = [load_context(path) for path in paths]
+    except HelpRequested:
+        sys.stdout.write(USAGE)
+        return EXIT_OK
     except UsageError as exc:
         _say(f"error: {exc}")
         return EXIT_USAGE
@@ -88,32 +133,72 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BROKEN_PIPE
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
+def read_paths(lines: Iterable[bytes]) -> list[str]:
+    """Context file paths, one a line, up to an empty line or the end of input."""
+    paths = []
+    for raw in lines:
+        path = raw.rstrip(b"\n")
+        if not path:
+            break
+        paths.append(os.fsdecode(path))
+    return paths
 
 
-def parse_args(argv: Sequence[str] | None) -> tuple[list[str], MockConfig]:
+def parse_args(argv: Sequence[str]) -> tuple[list[str], MockConfig]:
     """Parse the command line, falling back to LLMB_MOCK_* variables; UsageError if invalid."""
-    parser = _Parser(prog="llm-mock", description="Mock LLM: echo each context as tokens.")
-    parser.add_argument("files", nargs="+", metavar="FILE", help="base64 context file")
-    parser.add_argument("--ttft-ms", metavar="MIN-MAX", help=f"default {DEFAULT_TTFT_MS}")
-    parser.add_argument("--itl-ms", metavar="MIN-MAX", help=f"default {DEFAULT_ITL_MS}")
-    parser.add_argument("--extra-tokens", metavar="N", help="filler tokens after the echo")
-    parser.add_argument("--seed", type=int, help="seed for reproducible random delays")
-    args = parser.parse_args(argv)
+    files, values, from_stdin = _split_argv(argv)
+    if files and from_stdin:
+        raise UsageError(f"FILE arguments and {FILES_FROM_STDIN} exclude each other")
+    if not files and not from_stdin:
+        raise UsageError(f"at least one FILE is required (or {FILES_FROM_STDIN})")
+    try:
+        seed = None if values.get("--seed") is None else int(values["--seed"])
+    except ValueError:
+        raise UsageError(f"--seed={values['--seed']!r} is not an integer") from None
     try:
         config = MockConfig(
-            ttft_ms=parse_range(*_setting(args.ttft_ms, "--ttft-ms", DEFAULT_TTFT_MS)),
-            itl_ms=parse_range(*_setting(args.itl_ms, "--itl-ms", DEFAULT_ITL_MS)),
+            ttft_ms=parse_range(*_setting(values.get("--ttft-ms"), "--ttft-ms", DEFAULT_TTFT_MS)),
+            itl_ms=parse_range(*_setting(values.get("--itl-ms"), "--itl-ms", DEFAULT_ITL_MS)),
             extra_tokens=parse_count(
-                *_setting(args.extra_tokens, "--extra-tokens", DEFAULT_EXTRA_TOKENS), MAX_COUNT
+                *_setting(values.get("--extra-tokens"), "--extra-tokens", DEFAULT_EXTRA_TOKENS),
+                MAX_COUNT,
             ),
-            seed=args.seed,
+            seed=seed,
+            files_from_stdin=from_stdin,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    return list(args.files), config
+    return files, config
+
+
+def _split_argv(argv: Sequence[str]) -> tuple[list[str], dict[str, str], bool]:
+    """(files, flag -> value, --files-from-stdin given); `--flag value` and `--flag=value`."""
+    files: list[str] = []
+    values: dict[str, str] = {}
+    from_stdin = False
+    args = iter(argv)
+    for arg in args:
+        if arg == "--":
+            files.extend(args)
+            break
+        if arg in ("-h", "--help"):
+            raise HelpRequested
+        if arg == FILES_FROM_STDIN:
+            from_stdin = True
+            continue
+        if not arg.startswith("-") or arg == "-":
+            files.append(arg)
+            continue
+        flag, eq, value = arg.partition("=")
+        if flag not in VALUE_FLAGS:
+            raise UsageError(f"unrecognized argument: {arg}")
+        if not eq:
+            following = next(args, None)
+            if following is None:
+                raise UsageError(f"{flag} expects a value")
+            value = following
+        values[flag] = value
+    return files, values, from_stdin
 
 
 def _setting(cli_value: str | None, flag: str, default: str) -> tuple[str, str]:

@@ -5,8 +5,9 @@ Pure and standard library only: the mock is spawned per batch, so its imports st
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import StrEnum
+
+from llm_batcher.records import Record
 
 DIRECTIVE_WORD = "@mock"
 MAX_MS = 3_600_000
@@ -21,16 +22,34 @@ class FailMode(StrEnum):
     GARBAGE = "garbage"
 
 
-@dataclass(frozen=True, slots=True)
-class Directive:
+class Directive(Record):
     """The settings of one `@mock` line; None where the line does not set a key."""
 
-    ttft_ms: int | None = None
-    itl_ms: int | None = None
-    extra_tokens: int | None = None
-    fail: FailMode | None = None
-    fail_after: int | None = None
-    stamp: bool | None = None
+    __slots__ = ("extra_tokens", "fail", "fail_after", "itl_ms", "stamp", "ttft_ms")
+    ttft_ms: int | None
+    itl_ms: int | None
+    extra_tokens: int | None
+    fail: FailMode | None
+    fail_after: int | None
+    stamp: bool | None
+
+    def __init__(
+        self,
+        ttft_ms: int | None = None,
+        itl_ms: int | None = None,
+        extra_tokens: int | None = None,
+        fail: FailMode | None = None,
+        fail_after: int | None = None,
+        stamp: bool | None = None,
+    ) -> None:
+        self._set(
+            ttft_ms=ttft_ms,
+            itl_ms=itl_ms,
+            extra_tokens=extra_tokens,
+            fail=fail,
+            fail_after=fail_after,
+            stamp=stamp,
+        )
 
 
 _LIMITS = {

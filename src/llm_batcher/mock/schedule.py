@@ -6,11 +6,14 @@ takes about as long as a batch of one. Times are integer milliseconds from the s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
 from enum import StrEnum
 
 from llm_batcher.mock.directives import FailMode
+from llm_batcher.records import Record
+
+TYPE_CHECKING = False  # typing costs milliseconds on every batch; mypy honours a local one
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 
 class EventKind(StrEnum):
@@ -19,27 +22,48 @@ class EventKind(StrEnum):
     FAIL = "fail"
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(Record):
     """One step of the timeline; ``payload`` is the token, the finish reason or the fail mode."""
 
+    __slots__ = ("index", "kind", "payload", "t_ms")
     t_ms: int
     kind: EventKind
     index: int
     payload: str
 
+    def __init__(self, t_ms: int, kind: EventKind, index: int, payload: str) -> None:
+        self._set(t_ms=t_ms, kind=kind, index=index, payload=payload)
 
-@dataclass(frozen=True, slots=True)
-class ContextPlan:
+
+class ContextPlan(Record):
     """What one context writes and when; ``fail`` strikes once ``fail_after`` tokens are out;
     ``stamp`` puts the time of writing in front of each token."""
 
+    __slots__ = ("fail", "fail_after", "itl_ms", "stamp", "tokens", "ttft_ms")
     tokens: tuple[str, ...]
     ttft_ms: int
     itl_ms: int
-    fail: FailMode | None = None
-    fail_after: int = 0
-    stamp: bool = False
+    fail: FailMode | None
+    fail_after: int
+    stamp: bool
+
+    def __init__(
+        self,
+        tokens: tuple[str, ...],
+        ttft_ms: int,
+        itl_ms: int,
+        fail: FailMode | None = None,
+        fail_after: int = 0,
+        stamp: bool = False,
+    ) -> None:
+        self._set(
+            tokens=tokens,
+            ttft_ms=ttft_ms,
+            itl_ms=itl_ms,
+            fail=fail,
+            fail_after=fail_after,
+            stamp=stamp,
+        )
 
 
 def context_events(index: int, plan: ContextPlan) -> list[Event]:

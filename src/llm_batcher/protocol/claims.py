@@ -45,6 +45,7 @@ class Claims:
         self._renew = scripts[Script.RENEW]
         self._depth = scripts[Script.DEPTH]
         self._end_turn = scripts[Script.END_TURN]
+        self._ahead_turn = scripts[Script.AHEAD_TURN]
 
     async def ensure_group(self) -> None:
         """Create the stream and its consumer group if missing (after a Redis restart too)."""
@@ -132,13 +133,32 @@ class Claims:
         """Let the next idle worker read."""
         await self._end_turn(keys=[self._keys.reader], args=[worker])
 
+    async def take_turn_ahead(self, worker: str, turn_ms: int, idle_since_ms: int) -> bool:
+        """Take the read turn to read ahead, unless another worker was seen idle since
+        ``idle_since_ms`` (keys.idle)."""
+        args: list[str | int] = [worker, turn_ms, idle_since_ms]
+        keys = [self._keys.reader, self._keys.idle]
+        return bool(await self._ahead_turn(keys=keys, args=args))
+
+    async def note_idle(self, worker: str, now_ms: int) -> None:
+        """Record that this worker is waiting for tasks."""
+        await self._redis.zadd(self._keys.idle, {worker: now_ms})
+
+    async def note_busy(self, worker: str) -> None:
+        """Record that this worker is running a batch."""
+        await self._redis.zrem(self._keys.idle, worker)
+
     async def heartbeat(self, worker: str, now_ms: int, lease_ms: int) -> None:
         """Record that this worker is alive, and forget workers silent for ten leases."""
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.zadd(self._keys.workers, {worker: now_ms})
             pipe.zremrangebyscore(self._keys.workers, "-inf", now_ms - 10 * lease_ms)
+            pipe.zremrangebyscore(self._keys.idle, "-inf", now_ms - 10 * lease_ms)
             await pipe.execute()
 
     async def leave(self, worker: str) -> None:
-        """Remove this worker from the live set on a clean exit."""
-        await self._redis.zrem(self._keys.workers, worker)
+        """Remove this worker from the live and idle sets on a clean exit."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zrem(self._keys.workers, worker)
+            pipe.zrem(self._keys.idle, worker)
+            await pipe.execute()

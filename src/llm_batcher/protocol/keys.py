@@ -64,6 +64,12 @@ class Keys:
         return f"{self.prefix}:reader"
 
     @property
+    def idle(self) -> str:
+        """Sorted set: worker id -> ms when it was last seen idle (waiting for tasks). A busy
+        worker reads its next batch ahead only while no other worker is idle."""
+        return f"{self.prefix}:idle"
+
+    @property
     def stats(self) -> str:
         """Sorted set of finished tasks' timings (score: end time in ms), for /stats."""
         return f"{self.prefix}:stats"

@@ -35,6 +35,7 @@ class Script(StrEnum):
     RENEW = "renew"
     DEPTH = "depth"
     END_TURN = "end_turn"
+    AHEAD_TURN = "ahead_turn"
 
 
 _ENDING = frozenset({Script.START, Script.FINISH, Script.ABORT})

@@ -25,6 +25,7 @@ from llm_batcher.protocol.queue import TaskQueue
 from llm_batcher.protocol.tasks import StartedTask
 from llm_batcher.settings import WorkerSettings
 from llm_batcher.worker.child import ChildFailure, FailureCause, LlmChild
+from llm_batcher.worker.spare import make_launcher
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -58,9 +59,22 @@ class BatchRunner:
     def __init__(self, queue: TaskQueue, settings: WorkerSettings) -> None:
         self.queue = queue
         self.settings = settings
+        self.launcher = make_launcher(settings)
 
-    async def run(self, tasks: list[StartedTask], batch_id: str) -> list[StartedTask]:
-        """Run one batch to its end; returns the tasks to retry, each in a batch of its own."""
+    def open(self) -> None:
+        """Start what runs between batches (a spare LLM child, if the settings keep one)."""
+        self.launcher.open()
+
+    async def close(self) -> None:
+        """Stop and reap what runs between batches."""
+        await self.launcher.close()
+
+    async def run(
+        self, tasks: list[StartedTask], batch_id: str, tail: asyncio.Event | None = None
+    ) -> list[StartedTask]:
+        """Run one batch to its end; returns the tasks to retry, each in a batch of its own.
+
+        ``tail`` is set when the first task of the batch is complete."""
         runs = [
             TaskRun(t, first_token_ms=t.first_token_ms, in_redis=t.tokens_written) for t in tasks
         ]
@@ -73,22 +87,26 @@ class BatchRunner:
         metrics.BATCH_SIZE.observe(len(runs))
         try:
             async with LlmChild.run(
-                self.settings.llm_argv,
+                self.launcher,
                 [t.context for t in tasks],
                 tmp_root=self.settings.tmp_dir,
                 timeout_s=self.settings.batch_timeout_s,
             ) as child:
                 async for lines in child.chunks():
                     _apply(runs, lines)
+                    if tail is not None and any(r.finished for r in runs):
+                        tail.set()
                     await self._flush(runs, batch_id)
-                    if all(r.closed for r in runs) and not all(r.finished for r in runs):
-                        # Every task left was taken from this worker (lease lost, or lost with a
-                        # Redis restart): stop the LLM instead of holding the worker for nothing.
-                        log.info(
-                            "batch %s: no task is this worker's any more; stopping it",
-                            batch_id,
-                            extra={"batch_id": batch_id},
-                        )
+                    if all(r.closed for r in runs):
+                        # Every answer is written, or every task left was taken from this worker
+                        # (lease lost, or lost with a Redis restart): the batch is over. Its LLM
+                        # is stopped rather than awaited: its exit would add nothing.
+                        if not all(r.finished for r in runs):
+                            log.info(
+                                "batch %s: no task is this worker's any more; stopping it",
+                                batch_id,
+                                extra={"batch_id": batch_id},
+                            )
                         break
             if not all(r.finished or r.closed for r in runs):
                 raise ChildFailure(

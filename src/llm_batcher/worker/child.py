@@ -3,7 +3,8 @@
 Contexts go to the child in files (base64, docs/protocol.md part 1) in a private directory
 (mode 0700, files 0600) that is removed when the batch ends, however it ends. The child runs in a
 process group of its own so that a hung child and anything it started can be killed together;
-it is always reaped.
+it is always reaped. How the child starts (at batch time with the files as arguments, or ahead
+of time with the paths on stdin) is a Launcher's business (worker/spare.py).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable
 from enum import StrEnum
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from llm_batcher.codec import ChildLine, ProtocolError, decode_line, encode_context_file
 from llm_batcher.protocol.outcomes import ErrorCode
@@ -65,44 +66,87 @@ class ChildFailure(Exception):
         self.message = message
 
 
-class LlmChild:
-    """A running LLM child: read its output in chunks of decoded lines."""
+class Launcher(Protocol):
+    """How a batch's LLM child gets started (worker/spare.py)."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, batch_size: int, deadline: float) -> None:
+    async def start(self, paths: list[str]) -> ChildProcess:
+        """A child running the batch whose context files are ``paths``."""
+        ...
+
+
+class ChildProcess:
+    """An LLM child in a process group of its own, with the tail of its stderr."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
+        self._stderr_tail: deque[bytes] = deque(maxlen=20)
+        self._stderr_reader = asyncio.create_task(self._read_stderr())
+
+    @classmethod
+    async def spawn(cls, argv: list[str], *, stdin: int) -> ChildProcess:
+        """Start ``argv`` (stdin: asyncio.subprocess.PIPE or DEVNULL); ChildFailure if it can't."""
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=stdin,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise ChildFailure(FailureCause.SPAWN, f"cannot start {argv[0]!r}: {exc}") from exc
+        return cls(proc)
+
+    def stderr_tail(self) -> str:
+        """``; stderr: ...`` with the last lines it wrote, or nothing."""
+        tail = b"".join(self._stderr_tail).decode("utf-8", "replace").strip()
+        return f"; stderr: {tail[-500:]}" if tail else ""
+
+    async def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        async for line in self.proc.stderr:
+            self._stderr_tail.append(line)
+
+    async def stop(self) -> None:
+        """Terminate the process group, then kill it; reap the child. Safe to call twice."""
+        if self.proc.returncode is None:
+            _signal_group(self.proc.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), _KILL_GRACE_S)
+            except TimeoutError:
+                _signal_group(self.proc.pid, signal.SIGKILL)
+                await self.proc.wait()
+        else:  # the leader is gone; its group may not be
+            _signal_group(self.proc.pid, signal.SIGKILL)
+        # A grandchild that left the process group may hold stderr open: stop reading.
+        done, _ = await asyncio.wait({self._stderr_reader}, timeout=_KILL_GRACE_S)
+        if not done:
+            self._stderr_reader.cancel()
+
+
+class LlmChild:
+    """The LLM child of one batch: read its output in chunks of decoded lines."""
+
+    def __init__(self, process: ChildProcess, batch_size: int, deadline: float) -> None:
+        self.process = process
+        self.proc = process.proc
         self.batch_size = batch_size
         self.deadline = deadline
-        self._stderr_tail: deque[bytes] = deque(maxlen=20)
 
     @classmethod
     @contextlib.asynccontextmanager
     async def run(
-        cls, argv: list[str], contexts: list[str], *, tmp_root: str | None, timeout_s: float
+        cls, launcher: Launcher, contexts: list[str], *, tmp_root: str | None, timeout_s: float
     ) -> AsyncIterator[LlmChild]:
-        """Start ``argv + context files``; on exit kill what is left and remove the files."""
+        """Write the context files and start the child; on exit stop it and remove the files."""
         batch_dir = Path(tempfile.mkdtemp(prefix=f"{BATCH_DIR_PREFIX}{os.getpid()}-", dir=tmp_root))
         try:
             paths = _write_context_files(batch_dir, contexts)
+            process = await launcher.start(paths)
             try:
-                proc = await asyncio.create_subprocess_exec(
-                    *argv, *paths,
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.PIPE,
-                    start_new_session=True,
-                )  # fmt: skip
-            except OSError as exc:
-                raise ChildFailure(FailureCause.SPAWN, f"cannot start {argv[0]!r}: {exc}") from exc
-            child = cls(proc, len(contexts), asyncio.get_running_loop().time() + timeout_s)
-            stderr_reader = asyncio.create_task(child._read_stderr())
-            try:
-                yield child
+                yield cls(process, len(contexts), asyncio.get_running_loop().time() + timeout_s)
             finally:
-                await child._kill()
-                # A grandchild that left the process group may hold stderr open: stop reading.
-                done, _ = await asyncio.wait({stderr_reader}, timeout=_KILL_GRACE_S)
-                if not done:
-                    stderr_reader.cancel()
+                await process.stop()
         finally:
             shutil.rmtree(batch_dir, ignore_errors=True)
 
@@ -131,7 +175,8 @@ class LlmChild:
         code = await self._before_deadline(self.proc.wait())
         if code != 0:
             raise ChildFailure(
-                FailureCause.CRASHED, f"the LLM exited with status {code}{self._stderr()}"
+                FailureCause.CRASHED,
+                f"the LLM exited with status {code}{self.process.stderr_tail()}",
             )
 
     def _decode(self, line: bytes) -> ChildLine:
@@ -139,7 +184,7 @@ class LlmChild:
             return decode_line(line, self.batch_size)
         except ProtocolError as exc:
             raise ChildFailure(
-                FailureCause.BAD_OUTPUT, f"malformed output: {exc}{self._stderr()}"
+                FailureCause.BAD_OUTPUT, f"malformed output: {exc}{self.process.stderr_tail()}"
             ) from exc
 
     async def _before_deadline(self, awaitable: Awaitable[T]) -> T:
@@ -152,29 +197,8 @@ class LlmChild:
         except TimeoutError:
             raise ChildFailure(
                 FailureCause.HUNG,
-                f"the LLM did not finish within the batch deadline{self._stderr()}",
+                f"the LLM did not finish within the batch deadline{self.process.stderr_tail()}",
             ) from None
-
-    def _stderr(self) -> str:
-        tail = b"".join(self._stderr_tail).decode("utf-8", "replace").strip()
-        return f"; stderr: {tail[-500:]}" if tail else ""
-
-    async def _read_stderr(self) -> None:
-        assert self.proc.stderr is not None
-        async for line in self.proc.stderr:
-            self._stderr_tail.append(line)
-
-    async def _kill(self) -> None:
-        """Terminate the child's process group, then kill it, and always reap the child."""
-        if self.proc.returncode is None:
-            _signal_group(self.proc.pid, signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), _KILL_GRACE_S)
-            except TimeoutError:
-                _signal_group(self.proc.pid, signal.SIGKILL)
-                await self.proc.wait()
-        else:  # the leader is gone; its group may not be
-            _signal_group(self.proc.pid, signal.SIGKILL)
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

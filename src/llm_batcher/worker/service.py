@@ -1,11 +1,16 @@
 """The worker process: one top-level coroutine that claims batches and runs them.
 
+Near the end of a batch it claims the next one (worker/ahead.py), so that batches follow each
+other without a gap, but only while no other worker is idle.
+
 Shutdown order (SIGTERM or SIGINT sets the stop event):
 1. stop claiming: the claim loop sees the stop event within one idle poll (at most a second);
 2. the running batch (and the retries it started) may finish within ``drain_s``;
 3. past that, it is cancelled: the LLM child's process group is killed, its files removed, and the
    tasks this worker still holds are handed back at once for another worker to resume;
-4. the worker leaves the live set, stops its heartbeat and health server, and closes Redis.
+4. the spare LLM child, if one is kept (worker/spare.py), is stopped with its process group and
+   reaped;
+5. the worker leaves the live set, stops its heartbeat and health server, and closes Redis.
 SIGKILL skips all of it: other workers take its tasks over once its lease runs out.
 """
 
@@ -30,13 +35,16 @@ from llm_batcher.protocol.outcomes import StartOutcome
 from llm_batcher.protocol.queue import TaskQueue
 from llm_batcher.protocol.tasks import StartedTask
 from llm_batcher.settings import WorkerSettings
+from llm_batcher.worker.ahead import ReadAhead
 from llm_batcher.worker.batch import BatchRunner
 from llm_batcher.worker.child import remove_stale_batch_dirs
 from llm_batcher.worker.health import HealthServer
+from llm_batcher.worker.window import ArrivalHistory, arrival_ms, should_wait
 
 log = logging.getLogger(__name__)
 
 _TURN_POLL_S = 0.02  # how often an idle worker asks whether it may read
+_IDLE_NOTE_S = 0.25  # how often an idle worker renews its mark in keys.idle
 
 
 class Worker:
@@ -52,8 +60,11 @@ class Worker:
             stats_window_s=settings.stats_window_s,
         )
         self.runner = BatchRunner(self.queue, settings)
+        self.arrivals = ArrivalHistory()
+        self._idle_noted_at = 0.0
         self.held: dict[str, str] = {}  # entry id -> task id, for lease renewal and hand-back
         self.idle_block_ms = min(1000, settings.lease_ms // 3)
+        self.ahead = ReadAhead(self.queue.claims, settings, self._turn_ms(), self._took_ahead)
         self.redis_ok_at = 0.0  # monotonic time of the last successful Redis call
         self.stopping = False
         self.health = HealthServer(settings.health_host, settings.health_port, self._readiness)
@@ -69,15 +80,17 @@ class Worker:
             log.info("removed %d batch folder(s) left by dead workers", removed)
         port = await self.health.start()
         log.info(
-            "worker %s ready: health on %s:%d, batches of up to %d, window %d ms",
+            "worker %s ready: health on %s:%d, batches of up to %d, window %d ms (%s)",
             self.id, self.settings.health_host, port, self.settings.max_batch,
-            self.settings.window_ms,
+            self.settings.window_ms, self.settings.window_policy,
         )  # fmt: skip
         heartbeat = keep_running("heartbeat", self._heartbeat_loop)
+        self.runner.open()
         try:
             await self._claim_loop(stop)
         finally:
             self.stopping = True
+            await self.runner.close()
             # The heartbeat stops before the hand-back: a renewal just after it would keep the
             # handed-back tasks from other workers for another lease.
             heartbeat.cancel()
@@ -93,9 +106,10 @@ class Worker:
 
     async def _claim_loop(self, stop: asyncio.Event) -> None:
         backoff = 0.1
+        ahead: list[Claim] = []  # read ahead during the last batch (worker/ahead.py)
         while not stop.is_set():
             try:
-                claims = await self._gather(stop)
+                claims, ahead = await self._gather(stop, ahead), []
                 self._mark_redis_ok()
                 backoff = 0.1
             except (RedisError, OSError) as exc:
@@ -104,41 +118,47 @@ class Worker:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), backoff)
                 backoff = min(backoff * 2, 5.0)
+                ahead = [c for c in ahead if c.entry_id in self.held]  # those not dropped
                 continue
             if claims:
-                await self._run_with_drain(claims, stop)
+                ahead = await self._run_with_drain(claims, stop)
 
-    async def _gather(self, stop: asyncio.Event) -> list[Claim]:
-        """Take tasks for one batch, when it is this worker's turn to read (see keys.reader)."""
-        turn_ms = self.idle_block_ms + self.settings.window_ms + 1000
-        if not await self.queue.claims.take_read_turn(self.id, turn_ms):
+    def _turn_ms(self) -> int:
+        return self.idle_block_ms + self.settings.window_ms + 1000
+
+    async def _gather(self, stop: asyncio.Event, ahead: list[Claim]) -> list[Claim]:
+        """Take tasks for one batch, when it is this worker's turn to read (see keys.reader);
+        tasks read ahead start at once if another worker has the turn."""
+        if len(ahead) >= self.settings.max_batch:
+            return ahead  # a full batch: nothing to read
+        if not ahead:
+            await self._note_idle()
+        if not await self.queue.claims.take_read_turn(self.id, self._turn_ms()):
+            if ahead:
+                return ahead
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), _TURN_POLL_S)
             return []
         try:
-            return await self._gather_in_turn(stop)
+            return await self._gather_in_turn(stop, ahead)
         finally:
             with contextlib.suppress(RedisError, OSError):
                 await self.queue.claims.end_read_turn(self.id)
 
-    async def _gather_in_turn(self, stop: asyncio.Event) -> list[Claim]:
-        """Taken-over tasks first, else new ones: the first, then more within the window."""
+    async def _gather_in_turn(self, stop: asyncio.Event, ahead: list[Claim]) -> list[Claim]:
+        """Tasks read ahead, else taken-over ones, else new ones: the first, then more within
+        the window."""
         size = self.settings.max_batch
-        claims = await self.queue.claims.reclaim_expired(self.id, size, self.settings.lease_ms)
-        if claims:
-            metrics.TASKS_TAKEN_OVER.inc(len(claims))
-            log.info("took over %d task(s) from a silent worker", len(claims))
-        else:
-            claims = await self.queue.claims.read_new(self.id, size, self.idle_block_ms)
-        self._hold(claims)
+        claims = ahead or await self._first_claims(size)
         window_start = time.monotonic()
-        window_end = window_start + self.settings.window_ms / 1000
+        window_end = window_start + (self._window_s(claims) if claims else 0.0)
         try:
             while claims and len(claims) < size and not stop.is_set():
                 remaining_ms = int((window_end - time.monotonic()) * 1000)
                 if remaining_ms <= 0:
                     break
                 more = await self.queue.claims.read_new(self.id, size - len(claims), remaining_ms)
+                self._note_arrivals(more)
                 self._hold(more)
                 claims += more
         except (RedisError, OSError):
@@ -150,6 +170,33 @@ class Worker:
             metrics.WINDOW_WAIT.observe(time.monotonic() - window_start)
         return claims
 
+    async def _first_claims(self, size: int) -> list[Claim]:
+        claims = await self.queue.claims.reclaim_expired(self.id, size, self.settings.lease_ms)
+        if claims:
+            metrics.TASKS_TAKEN_OVER.inc(len(claims))
+            log.info("took over %d task(s) from a silent worker", len(claims))
+        else:
+            claims = await self.queue.claims.read_new(self.id, size, self.idle_block_ms)
+            self._note_arrivals(claims)
+        self._hold(claims)
+        return claims
+
+    def _note_arrivals(self, claims: list[Claim]) -> None:
+        """Feed the window policy (window.ArrivalHistory) with when these tasks arrived."""
+        self.arrivals.add(arrival_ms(c.entry_id) for c in claims)
+
+    def _window_s(self, claims: list[Claim]) -> float:
+        """How long the batch forming now waits for more tasks (worker/window.py), in seconds."""
+        window_ms, formed_ms = self.settings.window_ms, now_ms()
+        paid = self.arrivals.paid(window_ms)
+        self.arrivals.formed(formed_ms)
+        waited_ms = formed_ms - min(arrival_ms(c.entry_id) for c in claims)
+        if self.settings.window_policy == "adaptive" and not should_wait(
+            paid, waited_ms, window_ms
+        ):
+            return 0.0
+        return window_ms / 1000
+
     def _hold(self, claims: list[Claim]) -> None:
         self.held.update((c.entry_id, c.task_id) for c in claims)
 
@@ -159,9 +206,24 @@ class Worker:
 
     # --- running ----------------------------------------------------------------------------
 
-    async def _run_with_drain(self, claims: list[Claim], stop: asyncio.Event) -> None:
-        """Run a batch; once stopping, give it drain_s, then cancel it (tasks are handed back)."""
-        batch = asyncio.create_task(self._process(claims), name="batch")
+    async def _run_with_drain(self, claims: list[Claim], stop: asyncio.Event) -> list[Claim]:
+        """Run a batch, reading the next one ahead near its end; returns the claims read ahead.
+
+        Once stopping, the batch gets drain_s, then is cancelled (tasks are handed back)."""
+        with contextlib.suppress(RedisError, OSError):
+            await self.queue.claims.note_busy(self.id)
+        self._idle_noted_at = 0.0
+        tail = asyncio.Event()
+        batch = asyncio.create_task(self._process(claims, tail), name="batch")
+        ahead = asyncio.create_task(self.ahead.run(batch, tail, stop), name="read-ahead")
+        try:
+            await self._drain(batch, stop)
+            return await ahead
+        finally:
+            batch.cancel()  # no-ops once they are done
+            ahead.cancel()
+
+    async def _drain(self, batch: asyncio.Task[None], stop: asyncio.Event) -> None:
         stopped = asyncio.create_task(stop.wait())
         try:
             await asyncio.wait({batch, stopped}, return_when=asyncio.FIRST_COMPLETED)
@@ -176,18 +238,17 @@ class Worker:
                 batch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await batch
-        except BaseException:
-            batch.cancel()
-            raise
         finally:
             stopped.cancel()
 
-    async def _process(self, claims: list[Claim]) -> None:
+    async def _process(self, claims: list[Claim], tail: asyncio.Event) -> None:
         """Start the claimed tasks, run them as one batch, then run failed ones alone."""
+        began = time.monotonic()
         try:
             started = await self._start_all(claims)
             batch_id = uuid.uuid4().hex[:12]
-            retry = await self.runner.run(started, batch_id) if started else []
+            retry = await self.runner.run(started, batch_id, tail) if started else []
+            self.ahead.batch_ended(time.monotonic() - began)
             for task in retry:
                 again = await self._start_all([Claim(task.entry_id, task.task_id)])
                 if again:
@@ -200,12 +261,29 @@ class Worker:
             log.exception("unexpected Redis error during a batch")
         self._forget(claims)
 
+    def _took_ahead(self, claims: list[Claim]) -> None:
+        self._note_arrivals(claims)
+        self._hold(claims)
+
+    async def _note_idle(self) -> None:
+        """Mark this worker idle in Redis (keys.idle), at most every _IDLE_NOTE_S."""
+        if time.monotonic() - self._idle_noted_at >= _IDLE_NOTE_S:
+            await self.queue.claims.note_idle(self.id, now_ms())
+            self._idle_noted_at = time.monotonic()
+
     async def _start_all(self, claims: list[Claim]) -> list[StartedTask]:
-        started = []
-        for claim in claims:
-            result = await self.queue.tasks.start(
-                claim, worker=self.id, now_ms=now_ms(), max_attempts=self.settings.max_attempts
+        """Start the claimed tasks (concurrently: one round trip, not one per task), in order."""
+        now = now_ms()
+        results = await asyncio.gather(
+            *(
+                self.queue.tasks.start(
+                    claim, worker=self.id, now_ms=now, max_attempts=self.settings.max_attempts
+                )
+                for claim in claims
             )
+        )
+        started = []
+        for claim, result in zip(claims, results, strict=True):
             if isinstance(result, StartedTask):
                 started.append(result)
                 continue

@@ -8,11 +8,11 @@ import uuid
 
 from fastapi import Request
 from pydantic import BaseModel, Field, ValidationError
-from sse_starlette import EventSourceResponse
 
 from llm_batcher import contract
 from llm_batcher.api.errors import ApiError
 from llm_batcher.api.outage import redis_call
+from llm_batcher.api.sse import SseResponse
 from llm_batcher.api.state import AppState
 from llm_batcher.api.stream import StreamState, TaskStream
 from llm_batcher.background import spawn
@@ -59,7 +59,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def submit(state: AppState, context: str | None) -> EventSourceResponse:
+async def submit(state: AppState, context: str | None) -> SseResponse:
     """Queue a new task for ``context`` and stream its answer."""
     settings = state.settings
     if not context:
@@ -97,7 +97,7 @@ async def submit(state: AppState, context: str | None) -> EventSourceResponse:
     return respond(state, stream)
 
 
-async def resume(state: AppState, last_event_id: str) -> EventSourceResponse:
+async def resume(state: AppState, last_event_id: str) -> SseResponse:
     """Continue a task's stream right after the event ``last_event_id``."""
     task_id, index = parse_event_id(last_event_id)
     deadline = await redis_call(state, state.queue.results.deadline_of(task_id))
@@ -117,9 +117,7 @@ def parse_event_id(value: str) -> tuple[str, int]:
         ) from None
 
 
-def respond(state: AppState, stream: StreamState) -> EventSourceResponse:
+def respond(state: AppState, stream: StreamState) -> SseResponse:
     """The SSE response of one task's stream."""
     events = TaskStream(state.queue, state.hub, state.settings, stream).events()
-    return EventSourceResponse(
-        events, ping=state.settings.ping_s, headers=SSE_HEADERS, send_timeout=30
-    )
+    return SseResponse(events, headers=SSE_HEADERS)

@@ -9,10 +9,10 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
-from sse_starlette import EventSourceResponse
 
 from llm_batcher.api import generate
 from llm_batcher.api.outage import redis_call
+from llm_batcher.api.sse import SseResponse
 from llm_batcher.api.state import AppState
 from llm_batcher.clock import now_ms
 from llm_batcher.metrics import API_REGISTRY, exposition
@@ -84,7 +84,7 @@ async def stats(request: Request) -> JSONResponse:
 @router.get(
     "/generate",
     tags=["generate"],
-    response_class=EventSourceResponse,
+    response_class=SseResponse,
     responses={200: {"content": {"text/event-stream": {}}}, 413: {}, 422: {}, 503: {}},
 )
 async def generate_get(
@@ -95,7 +95,7 @@ async def generate_get(
         Query(description="Resume a stream after this event id (same as Last-Event-ID)."),
     ] = None,
     last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
-) -> EventSourceResponse:
+) -> SseResponse:
     """Queue a task and stream its answer as Server-Sent Events (see the README's contract)."""
     resume = last_event_id_header or last_event_id
     if resume:
@@ -106,7 +106,7 @@ async def generate_get(
 @router.post(
     "/generate",
     tags=["generate"],
-    response_class=EventSourceResponse,
+    response_class=SseResponse,
     responses={200: {"content": {"text/event-stream": {}}}, 413: {}, 422: {}, 503: {}},
     openapi_extra={
         "requestBody": {
@@ -120,7 +120,7 @@ async def generate_get(
 async def generate_post(
     request: Request,
     last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
-) -> EventSourceResponse:
+) -> SseResponse:
     """The same stream for a JSON body `{"context": "..."}`, for contexts too long for a URL."""
     state = _state(request)
     if last_event_id_header:

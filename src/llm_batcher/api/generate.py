@@ -6,8 +6,8 @@ from __future__ import annotations
 import logging
 import uuid
 
-from fastapi import Request
 from pydantic import BaseModel, Field, ValidationError
+from starlette.requests import Request
 
 from llm_batcher import contract
 from llm_batcher.api.errors import ApiError
@@ -57,6 +57,22 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise too_large
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def for_get(state: AppState, context: str | None, resume_after: str | None) -> SseResponse:
+    """GET /generate: resume after ``resume_after`` (Last-Event-ID) if given, else submit."""
+    if resume_after:
+        return await resume(state, resume_after)
+    return await submit(state, context)
+
+
+async def for_post(state: AppState, request: Request, resume_after: str | None) -> SseResponse:
+    """POST /generate: the same, with the context in a JSON body."""
+    if resume_after:
+        return await resume(state, resume_after)
+    # JSON escapes can take 6 bytes per byte of context, plus the envelope.
+    body = await read_body(request, state.settings.max_context_bytes * 6 + 4096)
+    return await submit(state, parse_body(body))
 
 
 async def submit(state: AppState, context: str | None) -> SseResponse:

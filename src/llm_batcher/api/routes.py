@@ -1,4 +1,7 @@
-"""HTTP routes: /generate (GET and POST), health, and the test page."""
+"""HTTP routes: /generate (GET and POST), health, and the test page.
+
+GET and POST /generate are served by fastpath.Api before FastAPI's routing; their routes here
+document them in the OpenAPI schema and run the same code."""
 
 from __future__ import annotations
 
@@ -97,10 +100,7 @@ async def generate_get(
     last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> SseResponse:
     """Queue a task and stream its answer as Server-Sent Events (see the README's contract)."""
-    resume = last_event_id_header or last_event_id
-    if resume:
-        return await generate.resume(_state(request), resume)
-    return await generate.submit(_state(request), context)
+    return await generate.for_get(_state(request), context, last_event_id_header or last_event_id)
 
 
 @router.post(
@@ -122,9 +122,4 @@ async def generate_post(
     last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> SseResponse:
     """The same stream for a JSON body `{"context": "..."}`, for contexts too long for a URL."""
-    state = _state(request)
-    if last_event_id_header:
-        return await generate.resume(state, last_event_id_header)
-    # JSON escapes can take 6 bytes per byte of context, plus the envelope.
-    body = await generate.read_body(request, state.settings.max_context_bytes * 6 + 4096)
-    return await generate.submit(state, generate.parse_body(body))
+    return await generate.for_post(_state(request), request, last_event_id_header)

@@ -53,6 +53,5 @@ def configure(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # Per-request and per-chunk lines of libraries would drown ours at DEBUG.
-    for noisy in ("uvicorn.access", "sse_starlette.sse"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # uvicorn's per-request lines would drown ours at DEBUG.
+    logging.getLogger("uvicorn.access").setLevel(max(logging.WARNING, root.level))

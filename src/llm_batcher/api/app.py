@@ -12,6 +12,7 @@ from fastapi.staticfiles import StaticFiles
 
 from llm_batcher import __version__, metrics
 from llm_batcher.api.errors import install_error_handlers
+from llm_batcher.api.fastpath import Api
 from llm_batcher.api.hub import ResultHub
 from llm_batcher.api.liveness import RedisLiveness
 from llm_batcher.api.outage import BUSY_WAIT_FACTOR
@@ -66,7 +67,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
             await hub.stop()
             await redis.aclose()
 
-    app = FastAPI(
+    app = Api(
         title="llm-batcher",
         version=__version__,
         description="Batches LLM requests through Redis and streams the answers as SSE.",

@@ -50,16 +50,21 @@ def redis_unavailable(exc: BaseException) -> ApiError:
     )
 
 
+def refusal(error: ApiError, *, of_generate: bool) -> JSONResponse:
+    """The JSON answer to a refused request (counted as `rejected` if it was for /generate)."""
+    if of_generate:
+        metrics.REQUESTS.labels("rejected", error.code.value).inc()
+    retry_after = RETRY_AFTER_S.get(error.code)
+    return JSONResponse(
+        {"detail": error.message, "code": error.code.value},
+        status_code=error.status,
+        headers={"Retry-After": str(retry_after)} if retry_after else None,
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Answer every ApiError as a JSON refusal."""
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, error: ApiError) -> JSONResponse:
-        if request.url.path == "/generate":
-            metrics.REQUESTS.labels("rejected", error.code.value).inc()
-        retry_after = RETRY_AFTER_S.get(error.code)
-        return JSONResponse(
-            {"detail": error.message, "code": error.code.value},
-            status_code=error.status,
-            headers={"Retry-After": str(retry_after)} if retry_after else None,
-        )
+        return refusal(error, of_generate=request.url.path == "/generate")

@@ -6,13 +6,13 @@ from __future__ import annotations
 import logging
 import uuid
 
-from fastapi import Request
 from pydantic import BaseModel, Field, ValidationError
-from sse_starlette import EventSourceResponse
+from starlette.requests import Request
 
 from llm_batcher import contract
 from llm_batcher.api.errors import ApiError
 from llm_batcher.api.outage import redis_call
+from llm_batcher.api.sse import SseResponse
 from llm_batcher.api.state import AppState
 from llm_batcher.api.stream import StreamState, TaskStream
 from llm_batcher.background import spawn
@@ -59,7 +59,23 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def submit(state: AppState, context: str | None) -> EventSourceResponse:
+async def for_get(state: AppState, context: str | None, resume_after: str | None) -> SseResponse:
+    """GET /generate: resume after ``resume_after`` (Last-Event-ID) if given, else submit."""
+    if resume_after:
+        return await resume(state, resume_after)
+    return await submit(state, context)
+
+
+async def for_post(state: AppState, request: Request, resume_after: str | None) -> SseResponse:
+    """POST /generate: the same, with the context in a JSON body."""
+    if resume_after:
+        return await resume(state, resume_after)
+    # JSON escapes can take 6 bytes per byte of context, plus the envelope.
+    body = await read_body(request, state.settings.max_context_bytes * 6 + 4096)
+    return await submit(state, parse_body(body))
+
+
+async def submit(state: AppState, context: str | None) -> SseResponse:
     """Queue a new task for ``context`` and stream its answer."""
     settings = state.settings
     if not context:
@@ -97,7 +113,7 @@ async def submit(state: AppState, context: str | None) -> EventSourceResponse:
     return respond(state, stream)
 
 
-async def resume(state: AppState, last_event_id: str) -> EventSourceResponse:
+async def resume(state: AppState, last_event_id: str) -> SseResponse:
     """Continue a task's stream right after the event ``last_event_id``."""
     task_id, index = parse_event_id(last_event_id)
     deadline = await redis_call(state, state.queue.results.deadline_of(task_id))
@@ -117,9 +133,7 @@ def parse_event_id(value: str) -> tuple[str, int]:
         ) from None
 
 
-def respond(state: AppState, stream: StreamState) -> EventSourceResponse:
+def respond(state: AppState, stream: StreamState) -> SseResponse:
     """The SSE response of one task's stream."""
     events = TaskStream(state.queue, state.hub, state.settings, stream).events()
-    return EventSourceResponse(
-        events, ping=state.settings.ping_s, headers=SSE_HEADERS, send_timeout=30
-    )
+    return SseResponse(events, headers=SSE_HEADERS)

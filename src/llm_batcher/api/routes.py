@@ -1,4 +1,7 @@
-"""HTTP routes: /generate (GET and POST), health, and the test page."""
+"""HTTP routes: /generate (GET and POST), health, and the test page.
+
+GET and POST /generate are served by fastpath.Api before FastAPI's routing; their routes here
+document them in the OpenAPI schema and run the same code."""
 
 from __future__ import annotations
 
@@ -9,10 +12,10 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
-from sse_starlette import EventSourceResponse
 
 from llm_batcher.api import generate
 from llm_batcher.api.outage import redis_call
+from llm_batcher.api.sse import SseResponse
 from llm_batcher.api.state import AppState
 from llm_batcher.clock import now_ms
 from llm_batcher.metrics import API_REGISTRY, exposition
@@ -84,7 +87,7 @@ async def stats(request: Request) -> JSONResponse:
 @router.get(
     "/generate",
     tags=["generate"],
-    response_class=EventSourceResponse,
+    response_class=SseResponse,
     responses={200: {"content": {"text/event-stream": {}}}, 413: {}, 422: {}, 503: {}},
 )
 async def generate_get(
@@ -95,18 +98,15 @@ async def generate_get(
         Query(description="Resume a stream after this event id (same as Last-Event-ID)."),
     ] = None,
     last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
-) -> EventSourceResponse:
+) -> SseResponse:
     """Queue a task and stream its answer as Server-Sent Events (see the README's contract)."""
-    resume = last_event_id_header or last_event_id
-    if resume:
-        return await generate.resume(_state(request), resume)
-    return await generate.submit(_state(request), context)
+    return await generate.for_get(_state(request), context, last_event_id_header or last_event_id)
 
 
 @router.post(
     "/generate",
     tags=["generate"],
-    response_class=EventSourceResponse,
+    response_class=SseResponse,
     responses={200: {"content": {"text/event-stream": {}}}, 413: {}, 422: {}, 503: {}},
     openapi_extra={
         "requestBody": {
@@ -120,11 +120,6 @@ async def generate_get(
 async def generate_post(
     request: Request,
     last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
-) -> EventSourceResponse:
+) -> SseResponse:
     """The same stream for a JSON body `{"context": "..."}`, for contexts too long for a URL."""
-    state = _state(request)
-    if last_event_id_header:
-        return await generate.resume(state, last_event_id_header)
-    # JSON escapes can take 6 bytes per byte of context, plus the envelope.
-    body = await generate.read_body(request, state.settings.max_context_bytes * 6 + 4096)
-    return await generate.submit(state, generate.parse_body(body))
+    return await generate.for_post(_state(request), request, last_event_id_header)

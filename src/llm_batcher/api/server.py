@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 from types import FrameType
+from typing import Any
 
 import h11
 import uvicorn
@@ -27,8 +29,89 @@ log = logging.getLogger(__name__)
 _LINGER_S = 2.0
 
 
+class CoalescingTransport(asyncio.Transport):
+    """A socket transport whose writes of one event-loop turn leave in one send.
+
+    uvicorn writes a streamed response's headers, each body chunk and the chunked terminator
+    with a system call each: four per /generate stream, a fifth of the API's CPU with a fast
+    model. A stream's `task` event follows its headers in the same turn, and its last events
+    come with the terminator; joined, they take two. The data leaves at the start of the next
+    turn, before the I/O polled then is handled: nothing waits for company.
+    """
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        super().__init__()
+        self._transport = transport
+        self._pending: list[bytes] = []
+        self._loop = asyncio.get_running_loop()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not data:
+            return
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(bytes(data))
+
+    def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
+        for data in list_of_data:
+            self.write(data)
+
+    def _flush(self) -> None:
+        if self._pending:
+            data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
+            self._pending.clear()
+            if not self._transport.is_closing():
+                self._transport.write(data)
+
+    def write_eof(self) -> None:
+        self._flush()
+        self._transport.write_eof()
+
+    def can_write_eof(self) -> bool:
+        return self._transport.can_write_eof()
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._pending.clear()
+        self._transport.abort()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._transport.get_extra_info(name, default)
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._transport.set_protocol(protocol)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._transport.get_protocol()
+
+    def is_reading(self) -> bool:
+        return self._transport.is_reading()
+
+    def pause_reading(self) -> None:
+        self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._transport.resume_reading()
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + sum(map(len, self._pending))
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._transport.get_write_buffer_limits()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._transport.set_write_buffer_limits(high, low)
+
+
 class LingeringH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol, but a refused request's 400 reaches the client.
+    """uvicorn's h11 protocol, but its writes of one loop turn leave together
+    (CoalescingTransport), and a refused request's 400 reaches the client.
 
     uvicorn answers a request it cannot parse (a URL longer than h11_max_incomplete_event_size)
     with 400 and closes the socket at once; closing with unread input sends a TCP reset, and the
@@ -37,6 +120,9 @@ class LingeringH11Protocol(H11Protocol):
     """
 
     _lingering = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(CoalescingTransport(transport))
 
     def send_400_response(self, msg: str) -> None:
         headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"connection", b"close")]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from llm_batcher import contract, metrics
@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 _LIVENESS_CHECK_S = 5.0  # silence after which the stream checks that its task still exists
 _OUTAGE_LIMIT_S = 10.0  # Redis unreachable for this long ends the stream with an error
+PING = b": ping\r\n\r\n"
+"""An SSE comment, sent on an idle stream every ping_s so that proxies keep it open."""
 
 
 class _Closed(Exception):
@@ -56,8 +58,9 @@ class TaskStream:
         self.settings = settings
         self.state = state
         self._outage_since: float | None = None
+        self._check_at = 0.0  # when silence calls for a liveness check (time.monotonic)
 
-    async def events(self) -> AsyncIterator[bytes]:
+    async def events(self) -> AsyncGenerator[bytes, None]:
         """The whole stream, as SSE frames; events that are ready together leave in one write.
         On a client disconnect before any token, cancel the task this request queued."""
         state = self.state
@@ -70,12 +73,18 @@ class TaskStream:
             async with self.hub.subscribe(state.task_id, self.settings.redis_timeout_s * 5) as sub:
                 # A task this request has just queued cannot have expired: no existence check.
                 events = self._emit(await self._backfill(known_to_exist=state.created_here))
+                self._check_at = time.monotonic() + _LIVENESS_CHECK_S
                 while not state.terminal_sent:
                     if events:
                         yield _wire(events)
                     # Everything announced meanwhile is taken at once; nothing waits for company.
                     events = []
-                    for item in await sub.get_ready(self._wait_s()):
+                    items = await sub.get_ready(self._wait_s())
+                    if items == [None] and not self._check_due():
+                        yield PING  # a silence shorter than a liveness check
+                        continue
+                    self._check_at = time.monotonic() + _LIVENESS_CHECK_S
+                    for item in items:
                         events += self._emit(await self._next(item))
                         if state.terminal_sent:
                             break
@@ -189,12 +198,19 @@ class TaskStream:
         return contract.error_event(code, message)
 
     def _wait_s(self) -> float:
+        """Until the next ping, liveness check or deadline, whichever comes first."""
         to_deadline = (self.state.deadline_ms - now_ms()) / 1000
-        return max(0.0, min(_LIVENESS_CHECK_S, to_deadline))
+        to_check = self._check_at - time.monotonic()
+        return max(0.0, min(self.settings.ping_s, to_check, to_deadline))
+
+    def _check_due(self) -> bool:
+        """Whether the silence calls for a liveness check (or the deadline has come)."""
+        early = 0.001  # a timer may fire this much before its time
+        return time.monotonic() >= self._check_at - early or now_ms() >= self.state.deadline_ms
 
 
 def _wire(events: list[contract.Event]) -> bytes:
-    """The SSE frames of these events, in one chunk (sse-starlette sends bytes as they are)."""
+    """The SSE frames of these events, in one chunk (one write)."""
     return "".join(map(contract.encode, events)).encode()
 
 

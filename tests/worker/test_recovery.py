@@ -51,6 +51,7 @@ async def test_sigkill_mid_batch_tasks_complete_on_another_worker(
 ) -> None:
     lease_ms, words = 1500, 20
     queue = make_queue(redis, key_prefix)
+    await queue.claims.ensure_group()  # as the API does at start-up: the test reads the group
     async with running_worker(
         redis_url, key_prefix, tmp_path, worker_id="victim", lease_ms=lease_ms, window_ms=2000
     ) as (victim, _):
@@ -81,6 +82,7 @@ async def test_sigterm_lets_the_running_batch_finish(
     redis: Redis, redis_url: str, key_prefix: str, tmp_path: Path
 ) -> None:
     queue = make_queue(redis, key_prefix)
+    await queue.claims.ensure_group()  # as the API does at start-up: the test reads the group
     worker, _ = await start_worker(redis_url, key_prefix, tmp_path, window_ms=2000)
     try:
         ids, bodies = await submit_slow_batch(queue, itl_ms=150, words=10)
@@ -112,6 +114,7 @@ async def test_sigterm_past_the_drain_time_hands_the_batch_to_another_worker(
     # A long lease: had the tasks not been handed back, the rescuer would wait 10 s for them.
     lease_ms, words = 10_000, 15
     queue = make_queue(redis, key_prefix)
+    await queue.claims.ensure_group()  # as the API does at start-up: the test reads the group
     leaving, _ = await start_worker(
         redis_url, key_prefix, tmp_path, worker_id="leaving", lease_ms=lease_ms, window_ms=2000,
         drain_s=0.2,

@@ -57,6 +57,7 @@ async def test_a_busy_worker_claims_its_next_batch_before_the_current_one_ends(
     redis: Redis, redis_url: str, key_prefix: str, tmp_path: Path
 ) -> None:
     queue = make_queue(redis, key_prefix)
+    await queue.claims.ensure_group()  # as the API does at start-up: the test reads the group
     async with running_worker(redis_url, key_prefix, tmp_path, worker_id="only", **SETTINGS):
         long = await start_short_and_long(queue)
         after = await submit(queue, "@mock ttft_ms=0 itl_ms=0\nread ahead")
@@ -74,6 +75,7 @@ async def test_an_idle_worker_is_not_starved_by_a_busy_one_reading_ahead(
     redis: Redis, redis_url: str, key_prefix: str, tmp_path: Path
 ) -> None:
     queue = make_queue(redis, key_prefix)
+    await queue.claims.ensure_group()  # as the API does at start-up: the test reads the group
     idle_key = Keys(key_prefix).idle
     first = running_worker(redis_url, key_prefix, tmp_path, worker_id="w-a", **SETTINGS)
     second = running_worker(redis_url, key_prefix, tmp_path, worker_id="w-b", **SETTINGS)
@@ -108,6 +110,7 @@ async def test_the_ahead_turn_is_refused_while_another_worker_is_idle(
 ) -> None:
     """AHEAD_TURN, the rule itself: the check for idle workers and the turn are one step."""
     queue = make_queue(redis, key_prefix)
+    await queue.claims.ensure_group()  # as the API does at start-up: the test reads the group
     claims, keys = queue.claims, queue.keys
     now = 1_000_000
     await claims.note_idle("idle-one", now)

@@ -39,7 +39,7 @@ from llm_batcher.worker.ahead import ReadAhead
 from llm_batcher.worker.batch import BatchRunner
 from llm_batcher.worker.child import remove_stale_batch_dirs
 from llm_batcher.worker.health import HealthServer
-from llm_batcher.worker.window import ArrivalHistory, arrival_ms, should_wait
+from llm_batcher.worker.window import arrival_ms, should_wait
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +60,10 @@ class Worker:
             stats_window_s=settings.stats_window_s,
         )
         self.runner = BatchRunner(self.queue, settings)
-        self.arrivals = ArrivalHistory()
         self._idle_noted_at = 0.0
         self.held: dict[str, str] = {}  # entry id -> task id, for lease renewal and hand-back
         self.idle_block_ms = min(1000, settings.lease_ms // 3)
-        self.ahead = ReadAhead(self.queue.claims, settings, self._turn_ms(), self._took_ahead)
+        self.ahead = ReadAhead(self.queue.claims, settings, self._turn_ms(), self._hold)
         self.redis_ok_at = 0.0  # monotonic time of the last successful Redis call
         self.stopping = False
         self.health = HealthServer(settings.health_host, settings.health_port, self._readiness)
@@ -99,6 +98,7 @@ class Worker:
             await self._hand_back()
             with contextlib.suppress(*REDIS_UNAVAILABLE):
                 await self.queue.claims.leave(self.id)
+            await self.queue.claims.close()
             await self.health.close()
             log.info("worker %s stopped", self.id)
 
@@ -151,14 +151,14 @@ class Worker:
         size = self.settings.max_batch
         claims = ahead or await self._first_claims(size)
         window_start = time.monotonic()
-        window_end = window_start + (self._window_s(claims) if claims else 0.0)
+        window_s = await self._window_s(claims) if 0 < len(claims) < size else 0.0
+        window_end = window_start + window_s
         try:
             while claims and len(claims) < size and not stop.is_set():
                 remaining_ms = int((window_end - time.monotonic()) * 1000)
                 if remaining_ms <= 0:
                     break
                 more = await self.queue.claims.read_new(self.id, size - len(claims), remaining_ms)
-                self._note_arrivals(more)
                 self._hold(more)
                 claims += more
         except (RedisError, OSError):
@@ -177,24 +177,20 @@ class Worker:
             log.info("took over %d task(s) from a silent worker", len(claims))
         else:
             claims = await self.queue.claims.read_new(self.id, size, self.idle_block_ms)
-            self._note_arrivals(claims)
         self._hold(claims)
         return claims
 
-    def _note_arrivals(self, claims: list[Claim]) -> None:
-        """Feed the window policy (window.ArrivalHistory) with when these tasks arrived."""
-        self.arrivals.add(arrival_ms(c.entry_id) for c in claims)
-
-    def _window_s(self, claims: list[Claim]) -> float:
+    async def _window_s(self, claims: list[Claim]) -> float:
         """How long the batch forming now waits for more tasks (worker/window.py), in seconds."""
-        window_ms, formed_ms = self.settings.window_ms, now_ms()
-        paid = self.arrivals.paid(window_ms)
-        self.arrivals.formed(formed_ms)
-        waited_ms = formed_ms - min(arrival_ms(c.entry_id) for c in claims)
-        if self.settings.window_policy == "adaptive" and not should_wait(
-            paid, waited_ms, window_ms
-        ):
-            return 0.0
+        window_ms = self.settings.window_ms
+        if self.settings.window_policy == "fixed":
+            return window_ms / 1000
+        first_ms = min(arrival_ms(c.entry_id) for c in claims)
+        waited_ms = now_ms() - first_ms
+        if waited_ms < window_ms:  # else it waits whatever the arrivals say: no need to read them
+            arrivals = await self.queue.claims.recent_arrivals()
+            if not should_wait(arrivals, first_ms, waited_ms, window_ms):
+                return 0.0
         return window_ms / 1000
 
     def _hold(self, claims: list[Claim]) -> None:
@@ -260,10 +256,6 @@ class Worker:
         except RedisError:
             log.exception("unexpected Redis error during a batch")
         self._forget(claims)
-
-    def _took_ahead(self, claims: list[Claim]) -> None:
-        self._note_arrivals(claims)
-        self._hold(claims)
 
     async def _note_idle(self) -> None:
         """Mark this worker idle in Redis (keys.idle), at most every _IDLE_NOTE_S."""

@@ -1,5 +1,5 @@
 -- SUBMIT: queue a new task.
--- KEYS[1] tasks stream, KEYS[2] task hash
+-- KEYS[1] tasks stream, KEYS[2] task hash, KEYS[3] arrivals list
 -- ARGV[1] task_id, ARGV[2] context, ARGV[3] created_ms, ARGV[4] deadline_ms, ARGV[5] max_queue,
 -- ARGV[6] ttl_ms, ARGV[7] preview (what /stats shows of the context)
 -- Returns the stream entry id, or false when max_queue tasks are queued or running.
@@ -9,4 +9,6 @@ local entry = redis.call('XADD', KEYS[1], '*', 'task_id', ARGV[1])
 redis.call('HSET', KEYS[2], 'context', ARGV[2], 'state', STATE_QUEUED, 'created_ms', ARGV[3],
   'deadline_ms', ARGV[4], 'entry', entry, 'attempt', 0, 'tokens', 0, 'preview', ARGV[7])
 redis.call('PEXPIRE', KEYS[2], ARGV[6])
+redis.call('LPUSH', KEYS[3], string.match(entry, '^%d+'))
+redis.call('LTRIM', KEYS[3], 0, ARRIVALS_KEPT - 1)
 return entry

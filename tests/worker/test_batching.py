@@ -93,9 +93,7 @@ async def test_adaptive_waits_for_mates_when_tasks_arrive_together(
                 await wait_result(queue, task_id)
         # an arrival is evidence once a window has passed after it (worker/window.py)
         newest = max(await queue.claims.recent_arrivals())
-        await eventually(
-            lambda: now_ms() > newest + window_ms, what="the pairs' windows to pass"
-        )
+        await eventually(lambda: now_ms() > newest + window_ms, what="the pairs' windows to pass")
         first = await submit(queue, f"{FAST}first of a pair")
 
         async def first_claimed() -> bool:

@@ -78,6 +78,15 @@ def test_a_first_task_that_already_waited_a_window_for_a_worker_waits_for_mates(
     assert should_wait(lonely, first, first_waited_ms=WINDOW_MS, window_ms=WINDOW_MS)
 
 
+def test_with_a_slow_model_the_last_return_of_closed_loop_clients_still_counts() -> None:
+    # batches of 5 s: four clients come back together every 5 s, long before 20 windows ago
+    batch_ms = 5000
+    arrivals = [b * batch_ms + k for b in range(3) for k in range(4)]
+    first = 3 * batch_ms
+    assert follower_share(arrivals, first, WINDOW_MS) is None  # a horizon of windows alone
+    assert should_wait(arrivals, first, first_waited_ms=0, window_ms=WINDOW_MS, batch_ms=batch_ms)
+
+
 def test_the_decision_follows_a_change_of_load() -> None:
     bursts = [b * BATCH_MS + k for b in range(4) for k in range(4)]
     assert should_wait(bursts, 4 * BATCH_MS, first_waited_ms=0, window_ms=WINDOW_MS)

@@ -189,7 +189,8 @@ class Worker:
         waited_ms = now_ms() - first_ms
         if waited_ms < window_ms:  # else it waits whatever the arrivals say: no need to read them
             arrivals = await self.queue.claims.recent_arrivals()
-            if not should_wait(arrivals, first_ms, waited_ms, window_ms):
+            batch_ms = None if self.ahead.batch_s is None else self.ahead.batch_s * 1000
+            if not should_wait(arrivals, first_ms, waited_ms, window_ms, batch_ms):
                 return 0.0
         return window_ms / 1000
 

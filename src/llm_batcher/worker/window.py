@@ -2,15 +2,19 @@
 
 `fixed` always waits up to `LLMB_WINDOW_MS` after the first task for more. `adaptive` waits only
 when a batch-mate is likely within the window, judged from the deployment's recent arrivals: of
-the tasks that arrived in the last HORIZON_WINDOWS windows, the share that another task followed
-within one window. That share is the chance that waiting pays, measured rather than modelled: at
-a steady rate λ it is 1 - exp(-λ·window), and closed-loop clients, which send their next request
-when an answer ends and so arrive together, raise it to what they really do. When at least half
-of the recent arrivals had a follower, the batch waits; when fewer did, or when nothing arrived
+the tasks that arrived within the horizon, the share that another task followed within one
+window. That share is the chance that waiting pays, measured rather than modelled: at a steady
+rate λ it is 1 - exp(-λ·window), and closed-loop clients, which send their next request when an
+answer ends and so arrive together, raise it to what they really do. When at least half of the
+recent arrivals had a follower, the batch waits; when fewer did, or when nothing arrived
 recently, as at low load, it starts at once and saves the window. A batch whose first task has
 already waited a window for a worker waits too, as with `fixed`: the worker is the bottleneck
 then, and filling its batch matters more than the window. At saturation a batch fills from the
 queue in one read whatever the policy.
+
+The horizon is HORIZON_WINDOWS windows, or two recent batch durations when that is longer:
+closed-loop clients come back about once a batch, so with a slow model their last return is
+older than any fixed number of windows, and must still count.
 
 The arrivals are every API's submissions (keys.arrivals, written by the submit script), not only
 the tasks this worker claimed: with several workers, a worker that judged from its own claims
@@ -27,7 +31,8 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 
 HORIZON_WINDOWS = 20
-"""Arrivals older than this many windows before the batch's first task are not evidence."""
+"""Arrivals older than this many windows (or two batch durations) before the batch's first task
+are not evidence."""
 
 MIN_SHARE = 0.5
 """Wait when at least this share of recent arrivals had a follower within the window."""
@@ -38,15 +43,22 @@ def arrival_ms(entry_id: str) -> int:
     return int(entry_id.split("-", 1)[0])
 
 
-def follower_share(arrivals_ms: Iterable[int], first_ms: int, window_ms: int) -> float | None:
+def horizon_ms(window_ms: int, batch_ms: float | None) -> int:
+    """How far back arrivals are evidence: HORIZON_WINDOWS windows, or two batch durations."""
+    return max(HORIZON_WINDOWS * window_ms, int(2 * (batch_ms or 0)))
+
+
+def follower_share(
+    arrivals_ms: Iterable[int], first_ms: int, window_ms: int, batch_ms: float | None = None
+) -> float | None:
     """Of the arrivals before ``first_ms`` (the arrival of the batch's first task) and within
-    the horizon, whose window has passed by then, the share that another arrival followed within
-    the window; None when there is none to judge.
+    the horizon (``batch_ms``: recent batch duration), whose window has passed by then, the
+    share that another arrival followed within the window; None when there is none to judge.
 
     An arrival whose window reaches ``first_ms`` is left out: what followed it is not all known.
     """
     times = sorted(t for t in arrivals_ms if t <= first_ms)
-    lo = bisect_left(times, first_ms - HORIZON_WINDOWS * window_ms)
+    lo = bisect_left(times, first_ms - horizon_ms(window_ms, batch_ms))
     hi = bisect_right(times, first_ms - window_ms)
     if lo >= hi:
         return None
@@ -57,11 +69,15 @@ def follower_share(arrivals_ms: Iterable[int], first_ms: int, window_ms: int) ->
 
 
 def should_wait(
-    arrivals_ms: Iterable[int], first_ms: int, first_waited_ms: int, window_ms: int
+    arrivals_ms: Iterable[int],
+    first_ms: int,
+    first_waited_ms: int,
+    window_ms: int,
+    batch_ms: float | None = None,
 ) -> bool:
     """The adaptive policy: wait the window when the batch's first task has already waited at
     least that long for a worker (``first_waited_ms``), or when a mate is likely."""
     if first_waited_ms >= window_ms:
         return True
-    share = follower_share(arrivals_ms, first_ms, window_ms)
+    share = follower_share(arrivals_ms, first_ms, window_ms, batch_ms)
     return share is not None and share >= MIN_SHARE

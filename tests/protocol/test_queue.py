@@ -8,6 +8,7 @@ import uuid
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from llm_batcher.clock import now_ms
@@ -163,6 +164,25 @@ async def test_a_blocking_read_is_ended_at_its_deadline_and_delivers_nothing(
     [claim] = await queue.claims.read_new("c1", 4, 20)  # entries end the wait at once
     assert claim.task_id == task_id
     assert await pending_ids(queue) == [claim.entry_id]
+    await queue.claims.close()
+
+
+async def test_blocking_reads_go_on_after_their_connection_was_killed(queue: TaskQueue) -> None:
+    assert await queue.claims.read_new("c1", 4, 10) == []
+    readers = [
+        c for c in await queue.redis.client_list() if c["cmd"].startswith("xreadgroup")
+    ]
+    assert len(readers) == 1
+    await queue.redis.client_kill_filter(_id=readers[0]["id"])
+    # the first read after the kill finds the connection closed (the worker retries it)
+    with pytest.raises(RedisConnectionError):
+        await queue.claims.read_new("c1", 4, 10)
+    before = await unblocks(queue.redis)
+    assert await queue.claims.read_new("c1", 4, 10) == []  # ended by the claims again
+    assert await unblocks(queue.redis) == before + 1
+    task_id = await submit(queue, "after the reconnect")
+    [claim] = await queue.claims.read_new("c1", 4, 10)
+    assert claim.task_id == task_id
     await queue.claims.close()
 
 

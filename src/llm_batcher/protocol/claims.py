@@ -55,12 +55,13 @@ class Claims:
         self._end_turn = scripts[Script.END_TURN]
         self._ahead_turn = scripts[Script.AHEAD_TURN]
         self._reader: Redis | None = None  # one connection of the pool, for blocking reads
+        self._reader_id: int | None = None  # its CLIENT ID; None until asked, and on reconnect
 
     async def close(self) -> None:
         """Give back the connection that blocking reads use."""
         if self._reader is not None:
             await self._reader.aclose()
-            self._reader = None
+            self._reader = self._reader_id = None
 
     async def ensure_group(self) -> None:
         """Create the stream and its consumer group if missing (after a Redis restart too)."""
@@ -108,7 +109,11 @@ class Claims:
                 connection_pool=self._redis.connection_pool, single_connection_client=True
             )
         reader = self._reader
-        client_id = await reader.client_id()
+        client_id = self._reader_id
+        if client_id is None:
+            client_id = self._reader_id = await reader.client_id()
+            if reader.connection is not None:
+                reader.connection.register_connect_callback(self._reader_reconnected)  # type: ignore[no-untyped-call]
         read = asyncio.ensure_future(
             reader.xreadgroup(
                 WORKER_GROUP, consumer, {self._keys.tasks: ">"}, count=count, block=max(1, block_ms)
@@ -123,6 +128,9 @@ class Claims:
             return await read
         finally:
             read.cancel()  # a no-op once done; else (cancelled ourselves) the read goes too
+
+    def _reader_reconnected(self, _connection: object) -> None:
+        self._reader_id = None  # a new connection has a new id
 
     async def recent_arrivals(self) -> list[int]:
         """The newest tasks' arrival times (keys.arrivals), in ms of Redis's clock."""

@@ -26,7 +26,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from llm_batcher import metrics
-from llm_batcher.background import keep_running
+from llm_batcher.background import keep_running, spawn
 from llm_batcher.clock import now_ms
 from llm_batcher.protocol.claims import Claim
 from llm_batcher.protocol.connection import REDIS_UNAVAILABLE
@@ -140,10 +140,19 @@ class Worker:
                 await asyncio.wait_for(stop.wait(), _TURN_POLL_S)
             return []
         try:
-            return await self._gather_in_turn(stop, ahead)
-        finally:
-            with contextlib.suppress(RedisError, OSError):
-                await self.queue.claims.end_read_turn(self.id)
+            claims = await self._gather_in_turn(stop, ahead)
+        except BaseException:
+            await self._end_read_turn()
+            raise
+        if claims:  # the batch starts while the turn ends: it need not wait for that round trip
+            spawn(self._end_read_turn(), "end the read turn")
+        else:  # the next read follows at once, and must find the turn free
+            await self._end_read_turn()
+        return claims
+
+    async def _end_read_turn(self) -> None:
+        with contextlib.suppress(RedisError, OSError):
+            await self.queue.claims.end_read_turn(self.id)
 
     async def _gather_in_turn(self, stop: asyncio.Event, ahead: list[Claim]) -> list[Claim]:
         """Tasks read ahead, else taken-over ones, else new ones: the first, then more within
@@ -207,8 +216,7 @@ class Worker:
         """Run a batch, reading the next one ahead near its end; returns the claims read ahead.
 
         Once stopping, the batch gets drain_s, then is cancelled (tasks are handed back)."""
-        with contextlib.suppress(RedisError, OSError):
-            await self.queue.claims.note_busy(self.id)
+        spawn(self._note_busy(), "note busy")  # concurrently with the batch's start
         self._idle_noted_at = 0.0
         tail = asyncio.Event()
         batch = asyncio.create_task(self._process(claims, tail), name="batch")
@@ -257,6 +265,10 @@ class Worker:
         except RedisError:
             log.exception("unexpected Redis error during a batch")
         self._forget(claims)
+
+    async def _note_busy(self) -> None:
+        with contextlib.suppress(RedisError, OSError):
+            await self.queue.claims.note_busy(self.id)
 
     async def _note_idle(self) -> None:
         """Mark this worker idle in Redis (keys.idle), at most every _IDLE_NOTE_S."""

@@ -169,9 +169,7 @@ async def test_a_blocking_read_is_ended_at_its_deadline_and_delivers_nothing(
 
 async def test_blocking_reads_go_on_after_their_connection_was_killed(queue: TaskQueue) -> None:
     assert await queue.claims.read_new("c1", 4, 10) == []
-    readers = [
-        c for c in await queue.redis.client_list() if c["cmd"].startswith("xreadgroup")
-    ]
+    readers = [c for c in await queue.redis.client_list() if c["cmd"].startswith("xreadgroup")]
     assert len(readers) == 1
     await queue.redis.client_kill_filter(_id=readers[0]["id"])
     # the first read after the kill finds the connection closed (the worker retries it)

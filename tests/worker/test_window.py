@@ -9,9 +9,10 @@ import pytest
 
 from llm_batcher.worker.window import (
     HORIZON_WINDOWS,
+    IDLE_GRACE_MS,
     arrival_ms,
     follower_share,
-    should_wait,
+    wait_ms,
 )
 
 WINDOW_MS = 50
@@ -28,16 +29,18 @@ def test_one_client_at_a_time_starts_at_once() -> None:
     arrivals = [i * (BATCH_MS + 5) for i in range(10)]
     first = arrivals[-1]
     assert follower_share(arrivals, first, WINDOW_MS) == 0.0
-    assert not should_wait(arrivals, first, first_waited_ms=1, window_ms=WINDOW_MS)
+    assert wait_ms(arrivals, first, first_waited_ms=1, window_ms=WINDOW_MS) == 0
 
 
-def test_nothing_recent_to_judge_from_starts_at_once() -> None:
+def test_after_an_idle_spell_it_waits_a_short_grace_for_the_rest_of_a_burst() -> None:
     assert follower_share([], 1000, WINDOW_MS) is None
-    assert not should_wait([], 1000, first_waited_ms=0, window_ms=WINDOW_MS)
+    assert wait_ms([], 1000, first_waited_ms=0, window_ms=WINDOW_MS) == IDLE_GRACE_MS
     old = [0, 1, 2, 3]  # a burst, but longer ago than the horizon
     first = 3 + HORIZON_WINDOWS * WINDOW_MS + 1
     assert follower_share(old, first, WINDOW_MS) is None
-    assert not should_wait(old, first, first_waited_ms=0, window_ms=WINDOW_MS)
+    assert wait_ms(old, first, first_waited_ms=0, window_ms=WINDOW_MS) == IDLE_GRACE_MS
+    assert IDLE_GRACE_MS < WINDOW_MS
+    assert wait_ms([], 1000, first_waited_ms=0, window_ms=2) == 2  # never beyond the window
 
 
 def test_closed_loop_bursts_wait_for_the_rest_of_the_burst() -> None:
@@ -46,7 +49,7 @@ def test_closed_loop_bursts_wait_for_the_rest_of_the_burst() -> None:
     arrivals = [b * BATCH_MS // 2 + k for b in range(8) for k in range(4)]
     first = 8 * BATCH_MS // 2
     assert follower_share(arrivals, first, WINDOW_MS) == pytest.approx(0.75)
-    assert should_wait(arrivals, first, first_waited_ms=0, window_ms=WINDOW_MS)
+    assert wait_ms(arrivals, first, first_waited_ms=0, window_ms=WINDOW_MS) == WINDOW_MS
 
 
 def test_arrivals_in_the_same_millisecond_follow_each_other() -> None:
@@ -74,8 +77,8 @@ def test_arrivals_after_the_batchs_first_task_are_not_history() -> None:
 def test_a_first_task_that_already_waited_a_window_for_a_worker_waits_for_mates() -> None:
     lonely = [i * BATCH_MS for i in range(5)]
     first = 5 * BATCH_MS
-    assert not should_wait(lonely, first, first_waited_ms=WINDOW_MS - 1, window_ms=WINDOW_MS)
-    assert should_wait(lonely, first, first_waited_ms=WINDOW_MS, window_ms=WINDOW_MS)
+    assert wait_ms(lonely, first, first_waited_ms=WINDOW_MS - 1, window_ms=WINDOW_MS) == 0
+    assert wait_ms(lonely, first, first_waited_ms=WINDOW_MS, window_ms=WINDOW_MS) == WINDOW_MS
 
 
 def test_with_a_slow_model_the_last_return_of_closed_loop_clients_still_counts() -> None:
@@ -84,17 +87,20 @@ def test_with_a_slow_model_the_last_return_of_closed_loop_clients_still_counts()
     arrivals = [b * batch_ms + k for b in range(3) for k in range(4)]
     first = 3 * batch_ms
     assert follower_share(arrivals, first, WINDOW_MS) is None  # a horizon of windows alone
-    assert should_wait(arrivals, first, first_waited_ms=0, window_ms=WINDOW_MS, batch_ms=batch_ms)
+    assert (
+        wait_ms(arrivals, first, first_waited_ms=0, window_ms=WINDOW_MS, batch_ms=batch_ms)
+        == WINDOW_MS
+    )
 
 
 def test_the_decision_follows_a_change_of_load() -> None:
     bursts = [b * BATCH_MS + k for b in range(4) for k in range(4)]
-    assert should_wait(bursts, 4 * BATCH_MS, first_waited_ms=0, window_ms=WINDOW_MS)
+    assert wait_ms(bursts, 4 * BATCH_MS, first_waited_ms=0, window_ms=WINDOW_MS) == WINDOW_MS
     # then one client alone: once the bursts are older than the horizon, batches start at once
     lone = [4 * BATCH_MS + i * (BATCH_MS + 5) for i in range(4)]
     first = lone[-1] + BATCH_MS + 5
     assert first - bursts[-1] > HORIZON_WINDOWS * WINDOW_MS
-    assert not should_wait(bursts + lone, first, first_waited_ms=0, window_ms=WINDOW_MS)
+    assert wait_ms(bursts + lone, first, first_waited_ms=0, window_ms=WINDOW_MS) == 0
 
 
 @pytest.mark.parametrize(("rate_per_s", "waits"), [(2.0, False), (5.0, False), (40.0, True)])
@@ -109,7 +115,7 @@ def test_at_a_steady_random_rate_it_waits_when_a_mate_is_likely(
         t += rng.expovariate(rate_per_s / 1000)
         arrivals.append(int(t))
     decisions = [
-        should_wait(arrivals[:i], first, first_waited_ms=0, window_ms=WINDOW_MS)
+        wait_ms(arrivals[:i], first, first_waited_ms=0, window_ms=WINDOW_MS) == WINDOW_MS
         for i, first in enumerate(arrivals)
         if i >= 100
     ]

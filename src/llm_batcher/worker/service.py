@@ -39,7 +39,7 @@ from llm_batcher.worker.ahead import ReadAhead
 from llm_batcher.worker.batch import BatchRunner
 from llm_batcher.worker.child import remove_stale_batch_dirs
 from llm_batcher.worker.health import HealthServer
-from llm_batcher.worker.window import arrival_ms, should_wait
+from llm_batcher.worker.window import arrival_ms, wait_ms
 
 log = logging.getLogger(__name__)
 
@@ -196,12 +196,11 @@ class Worker:
             return window_ms / 1000
         first_ms = min(arrival_ms(c.entry_id) for c in claims)
         waited_ms = now_ms() - first_ms
-        if waited_ms < window_ms:  # else it waits whatever the arrivals say: no need to read them
-            arrivals = await self.queue.claims.recent_arrivals()
-            batch_ms = None if self.ahead.batch_s is None else self.ahead.batch_s * 1000
-            if not should_wait(arrivals, first_ms, waited_ms, window_ms, batch_ms):
-                return 0.0
-        return window_ms / 1000
+        if waited_ms >= window_ms:  # it waits whatever the arrivals say: no need to read them
+            return window_ms / 1000
+        arrivals = await self.queue.claims.recent_arrivals()
+        batch_ms = None if self.ahead.batch_s is None else self.ahead.batch_s * 1000
+        return wait_ms(arrivals, first_ms, waited_ms, window_ms, batch_ms) / 1000
 
     def _hold(self, claims: list[Claim]) -> None:
         self.held.update((c.entry_id, c.task_id) for c in claims)

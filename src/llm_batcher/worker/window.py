@@ -6,11 +6,13 @@ the tasks that arrived within the horizon, the share that another task followed 
 window. That share is the chance that waiting pays, measured rather than modelled: at a steady
 rate λ it is 1 - exp(-λ·window), and closed-loop clients, which send their next request when an
 answer ends and so arrive together, raise it to what they really do. When at least half of the
-recent arrivals had a follower, the batch waits; when fewer did, or when nothing arrived
-recently, as at low load, it starts at once and saves the window. A batch whose first task has
-already waited a window for a worker waits too, as with `fixed`: the worker is the bottleneck
-then, and filling its batch matters more than the window. At saturation a batch fills from the
-queue in one read whatever the policy.
+recent arrivals had a follower, the batch waits; when fewer did, as at low load, it starts at
+once and saves the window. When nothing arrived within the horizon, the deployment was idle and
+nothing says what comes next: the batch waits IDLE_GRACE_MS (at most the window), enough for the
+rest of a burst that arrives over a few milliseconds, little for a lone request. A batch whose
+first task has already waited a window for a worker waits too, as with `fixed`: the worker is
+the bottleneck then, and filling its batch matters more than the window. At saturation a batch
+fills from the queue in one read whatever the policy.
 
 The horizon is HORIZON_WINDOWS windows, or two recent batch durations when that is longer:
 closed-loop clients come back about once a batch, so with a slow model their last return is
@@ -36,6 +38,9 @@ are not evidence."""
 
 MIN_SHARE = 0.5
 """Wait when at least this share of recent arrivals had a follower within the window."""
+
+IDLE_GRACE_MS = 5
+"""How long the first batch after an idle spell waits for more (at most the window)."""
 
 
 def arrival_ms(entry_id: str) -> int:
@@ -68,16 +73,19 @@ def follower_share(
     return followed / (hi - lo)
 
 
-def should_wait(
+def wait_ms(
     arrivals_ms: Iterable[int],
     first_ms: int,
     first_waited_ms: int,
     window_ms: int,
     batch_ms: float | None = None,
-) -> bool:
-    """The adaptive policy: wait the window when the batch's first task has already waited at
-    least that long for a worker (``first_waited_ms``), or when a mate is likely."""
+) -> int:
+    """The adaptive policy: how long the batch forming now waits for more tasks. The whole
+    window when its first task has already waited at least that long for a worker
+    (``first_waited_ms``), or when a mate is likely; IDLE_GRACE_MS after an idle spell; else 0."""
     if first_waited_ms >= window_ms:
-        return True
+        return window_ms
     share = follower_share(arrivals_ms, first_ms, window_ms, batch_ms)
-    return share is not None and share >= MIN_SHARE
+    if share is None:
+        return min(IDLE_GRACE_MS, window_ms)
+    return window_ms if share >= MIN_SHARE else 0

@@ -111,6 +111,11 @@ class ResultHub:
         return sum(len(s) for s in self._subs.values())
 
     async def start(self) -> None:
+        # Connected now rather than by the first stream's subscribe: a client that hung up
+        # while that connect was under way went unnoticed (its cancellation was lost in it).
+        with contextlib.suppress(*REDIS_UNAVAILABLE):
+            async with self._command_lock:
+                await self._pubsub.connect()
         self._reader = keep_running("result-hub", self._read_loop)
         self._sweeper = keep_running("liveness-sweep", self._sweep_loop)
 

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MOCK_PROGRAM = "llm-mock"
@@ -101,6 +101,63 @@ class ApiSettings(CommonSettings):
     redis_timeout_s: float = Field(
         1.0, gt=0, description="Timeout of one Redis call; past it /generate answers 503."
     )
+
+    # --- access: API keys, admin keys, /stats -------------------------------------------------
+    api_keys: SecretStr = Field(
+        SecretStr(""),
+        description="Comma-separated API keys; when any is set (here or in api_keys_file), "
+        "/generate needs `Authorization: Bearer <key>`.",
+    )
+    api_keys_file: str | None = Field(
+        None, description="File of API keys (comma- or line-separated), added to api_keys."
+    )
+    admin_keys: SecretStr = Field(
+        SecretStr(""),
+        description="Comma-separated admin keys: /stats with one shows task ids and contexts.",
+    )
+    stats_require_key: bool = Field(
+        False, description="/stats answers only requests with an API key or an admin key."
+    )
+
+    @field_validator("api_keys_file")
+    @classmethod
+    def _check_api_keys_file(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                text = Path(value).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ValueError(f"cannot read {value}: {exc}") from None
+            if not split_keys(text):
+                raise ValueError(f"{value} holds no key")
+        return value
+
+    @field_validator("stats_require_key")
+    @classmethod
+    def _check_stats_keys(cls, value: bool, info: ValidationInfo) -> bool:
+        keys = [info.data.get(name) for name in ("api_keys", "admin_keys")]
+        if (
+            value
+            and not info.data.get("api_keys_file")
+            and not any(isinstance(k, SecretStr) and split_keys(k.get_secret_value()) for k in keys)
+        ):
+            raise ValueError("needs LLMB_API_KEYS, LLMB_API_KEYS_FILE or LLMB_ADMIN_KEYS")
+        return value
+
+    def api_key_list(self) -> list[str]:
+        """Every API key, from api_keys and api_keys_file (empty: /generate is open)."""
+        keys = split_keys(self.api_keys.get_secret_value())
+        if self.api_keys_file is not None:
+            keys += split_keys(Path(self.api_keys_file).read_text(encoding="utf-8"))
+        return keys
+
+    def admin_key_list(self) -> list[str]:
+        """Every admin key."""
+        return split_keys(self.admin_keys.get_secret_value())
+
+
+def split_keys(text: str) -> list[str]:
+    """Keys separated by commas, white space or new lines."""
+    return [key for key in text.replace(",", " ").split() if key]
 
 
 class WorkerSettings(CommonSettings):

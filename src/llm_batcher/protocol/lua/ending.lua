@@ -9,8 +9,7 @@ local STATS_WINDOW_MS = tonumber(ARGV[#ARGV])
 local function record(task, task_id, state, code, data)
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  local f = redis.call('HMGET', task, 'created_ms', 'started_ms', 'first_token_ms', 'worker',
-    'preview')
+  local f = redis.call('HMGET', task, 'created_ms', 'started_ms', 'first_token_ms', 'worker')
   local rec
   if state == STATE_DONE then
     local d = cjson.decode(data)
@@ -26,7 +25,6 @@ local function record(task, task_id, state, code, data)
   rec.at_ms = now
   rec.outcome = state
   rec.code = code
-  rec.preview = f[5] or ''
   redis.call('ZADD', STATS_KEY, now, cjson.encode(rec))
   redis.call('ZREMRANGEBYSCORE', STATS_KEY, '-inf', now - STATS_WINDOW_MS)
   redis.call('ZREMRANGEBYRANK', STATS_KEY, 0, -STATS_MAX_RECORDS - 1)

@@ -24,6 +24,10 @@ STATS_MAX_RECORDS = 50_000
 DEAD_LETTER_MAXLEN = 1000
 """About how many entries the dead-letter stream keeps."""
 
+UNANSWERED_TTL_MS = 60_000
+"""How long a task that ended in error before its first token stays in Redis (at most; the
+result TTL when shorter): a cancelled task has no reader, and a refused one nothing to resume."""
+
 
 def token_entry_id(index: int) -> str:
     """Result-stream id of token ``index`` (0-based): ids are positions, so resuming is a range."""

@@ -31,9 +31,16 @@ local function record(task, task_id, state, code, data)
 end
 
 -- End a task: record it, write and announce its one terminal entry, and remove its queue entry.
+-- Its context is dropped (up to LLMB_MAX_CONTEXT_BYTES that nothing reads again; the preview
+-- stays for /stats), and a task that ended in error before its first token (cancelled, expired
+-- or dead-lettered before it ran, failed at once) is kept for UNANSWERED_TTL_MS at most.
 local function finish(task, task_id, result, tasks, state, code, data, ttl)
   record(task, task_id, state, code, data)
+  redis.call('HDEL', task, 'context')
   redis.call('HSET', task, 'state', state, 'code', code)
+  if state == STATE_ERROR and tonumber(redis.call('HGET', task, 'tokens') or '0') == 0 then
+    ttl = math.min(tonumber(ttl), UNANSWERED_TTL_MS)
+  end
   redis.call('XADD', result, TERMINAL_ENTRY_ID, 'kind', state, 'data', data)
   redis.call('PEXPIRE', result, ttl)
   redis.call('PEXPIRE', task, ttl)

@@ -17,9 +17,6 @@ from llm_batcher.contract import Event, SseParser, check
 from llm_batcher.mock.cli import Context, MockConfig, plan_context
 from llm_batcher.mock.directives import split_context
 
-MOCK_DIRECTIVE = "@mock ttft_ms=0 itl_ms=10\n"
-"""Prefixed to the default context with --expect-mock: a quick answer at any mock setting."""
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("url", help="the API's base URL, e.g. http://llm-batcher-api:8000")
@@ -37,9 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     context = args.context
     if context is None:
+        # No `@mock` line: the mock may be told to ignore them (LLMB_MOCK_DIRECTIVES, off in
+        # the chart), and then it would echo the line too.
         context = f"llm-batcher check {uuid.uuid4().hex[:8]}: queued, batched, streamed."
-        if args.expect_mock:
-            context = MOCK_DIRECTIVE + context
     expected = mock_answer(context) if args.expect_mock else None
     url = args.url.rstrip("/") + "/generate"
     started = time.monotonic()

@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MOCK_PROGRAM = "llm-mock"
 MOCK_STDIN_FLAG = "--files-from-stdin"
+MOCK_DIRECTIVES_FLAG = "--directives"
 
 
 class CommonSettings(BaseSettings):
@@ -197,6 +198,19 @@ class WorkerSettings(CommonSettings):
     )
     worker_id: str = Field("", description="Name of this worker in Redis (default: host-pid).")
 
+    # --- what one request may cost ----------------------------------------------------------
+    max_tokens: int = Field(
+        4096,
+        ge=1,
+        description="Most tokens of one answer: at this many the worker ends the task (done, "
+        "finish_reason `length`) and drops the rest of its output; its batch-mates run on.",
+    )
+    mock_directives: bool = Field(
+        False,
+        description="Whether llm-mock honours `@mock` lines in contexts (on in `llm-batcher up` "
+        "and Compose); off, such a line is ordinary text, so no client sets its own cost.",
+    )
+
     @field_validator("llm_command")
     @classmethod
     def _check_command(cls, value: str) -> str:
@@ -226,7 +240,8 @@ class WorkerSettings(CommonSettings):
 
         A bare program name not on PATH is looked up beside this Python interpreter, so that
         `.venv/bin/llm-batcher worker` finds `.venv/bin/llm-mock` without an activated venv. The
-        mock is told to read its files from stdin when that is how it gets them.
+        mock is told to read its files from stdin when that is how it gets them, and whether to
+        honour `@mock` directives.
         """
         argv = shlex.split(self.llm_command)
         if os.sep not in argv[0] and shutil.which(argv[0]) is None:
@@ -235,4 +250,8 @@ class WorkerSettings(CommonSettings):
                 argv[0] = str(beside)
         if self.runs_mock and self.llm_files_on_stdin and MOCK_STDIN_FLAG not in argv:
             argv.append(MOCK_STDIN_FLAG)
+        if self.runs_mock:
+            # On the command line, not in the environment: the setting wins over whatever the
+            # child's environment holds, and a context has no say in either.
+            argv.append(f"{MOCK_DIRECTIVES_FLAG}={'on' if self.mock_directives else 'off'}")
         return argv

@@ -248,10 +248,10 @@ class WorkerSettings(CommonSettings):
             beside = Path(sys.executable).parent / argv[0]
             if beside.exists():
                 argv[0] = str(beside)
-        if self.runs_mock and self.llm_files_on_stdin and MOCK_STDIN_FLAG not in argv:
-            argv.append(MOCK_STDIN_FLAG)
         if self.runs_mock:
             # On the command line, not in the environment: the setting wins over whatever the
             # child's environment holds, and a context has no say in either.
             argv.append(f"{MOCK_DIRECTIVES_FLAG}={'on' if self.mock_directives else 'off'}")
+        if self.runs_mock and self.llm_files_on_stdin and MOCK_STDIN_FLAG not in argv:
+            argv.append(MOCK_STDIN_FLAG)
         return argv

@@ -169,10 +169,10 @@ class WorkerSettings(CommonSettings):
         50, ge=0, description="How long a batch waits for more tasks after its first one."
     )
     window_policy: Literal["adaptive", "fixed"] = Field(
-        "fixed",
-        description="`fixed`: every batch waits the window for more tasks; `adaptive`: only when "
-        "recent arrivals say another task is likely within it (worker/window.py; with several "
-        "workers it can start batches too early at saturation).",
+        "adaptive",
+        description="`adaptive`: a batch waits the window only when recent arrivals (of every "
+        "API) say another task is likely within it, or when its first task already waited a "
+        "window for a worker (worker/window.py); `fixed`: every batch waits the window.",
     )
     llm_command: str = Field(
         "llm-mock", description="LLM command (no shell); context files are appended as arguments."

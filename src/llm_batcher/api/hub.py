@@ -5,6 +5,12 @@ one pub/sub connection for the whole process, whatever the number of open stream
 subscribes to its task's channel, then reads what was written before from the result stream
 (backfill), so nothing falls between the two. Pub/sub loses what is published while the
 connection is down: after every reconnect the hub tells each stream to backfill again (RESYNC).
+
+A task can also vanish without an announcement: its hash expired, or Redis restarted without its
+data. Rather than every stream checking its own task when it has been silent for a while (with
+10,000 streams waiting, thousands of Redis calls a second that starved the connection pool), the
+hub checks every open stream's task in a few pipelines every LIVENESS_SWEEP_S, and tells the
+streams of vanished tasks (GONE), which read Redis and end with `lost`.
 """
 
 from __future__ import annotations
@@ -30,6 +36,13 @@ RESYNC = "resync"
 """Queued to every subscription after a reconnect: messages may have been lost; read Redis."""
 CLOSE = "close"
 """Queued to every subscription when the server shuts down: end the stream, no terminal event."""
+GONE = "gone"
+"""Queued to the subscriptions of a task that no longer exists in Redis: read Redis."""
+
+LIVENESS_SWEEP_S = 5.0
+"""How often the hub checks that the tasks of open streams still exist."""
+SWEEP_CHUNK = 1000
+"""Tasks checked in one pipeline (one round trip) of the sweep."""
 
 Item = ResultEntry | str
 
@@ -74,6 +87,8 @@ class ResultHub:
     def __init__(self, redis: Redis, keys: Keys, liveness: RedisLiveness | None = None) -> None:
         self.keys = keys
         self.liveness = liveness or RedisLiveness()
+        self._redis = redis
+        self._sweeper: asyncio.Task[None] | None = None
         self._pubsub = _ReconnectAwarePubSub(redis.connection_pool, ignore_subscribe_messages=False)
         self._pubsub.hub = self
         self._subs: dict[str, set[Subscription]] = {}
@@ -97,12 +112,14 @@ class ResultHub:
 
     async def start(self) -> None:
         self._reader = keep_running("result-hub", self._read_loop)
+        self._sweeper = keep_running("liveness-sweep", self._sweep_loop)
 
     async def stop(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+        for task in (self._reader, self._sweeper):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self._pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def wait_idle(self, timeout_s: float) -> bool:
@@ -168,6 +185,33 @@ class ResultHub:
         for subs in self._subs.values():
             for sub in subs:
                 sub.items.put_nowait(item)
+
+    async def sweep(self) -> int:
+        """Check that the task of every open stream still exists, SWEEP_CHUNK tasks a round
+        trip; queue GONE to the streams of those that do not. Returns how many streams got it."""
+        task_ids = list(self._subs)
+        told = 0
+        for start in range(0, len(task_ids), SWEEP_CHUNK):
+            chunk = task_ids[start : start + SWEEP_CHUNK]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for task_id in chunk:
+                    pipe.exists(self.keys.task(task_id))
+                found = await pipe.execute()
+            self.liveness.answered()
+            for task_id, exists in zip(chunk, found, strict=True):
+                if not exists:
+                    for sub in self._subs.get(task_id, ()):
+                        sub.items.put_nowait(GONE)
+                        told += 1
+        return told
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(LIVENESS_SWEEP_S)
+            try:
+                await self.sweep()
+            except REDIS_UNAVAILABLE as exc:  # the streams notice an outage by themselves
+                log.info("liveness sweep skipped: Redis unavailable (%s)", exc)
 
     async def _read_loop(self) -> None:
         if self._reader_runs:

@@ -16,7 +16,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from llm_batcher import contract, metrics
-from llm_batcher.api.hub import CLOSE, RESYNC, ResultHub
+from llm_batcher.api.hub import CLOSE, GONE, RESYNC, ResultHub
 from llm_batcher.background import spawn
 from llm_batcher.clock import now_ms
 from llm_batcher.protocol.connection import REDIS_UNAVAILABLE
@@ -28,7 +28,6 @@ from llm_batcher.settings import ApiSettings
 
 log = logging.getLogger(__name__)
 
-_LIVENESS_CHECK_S = 5.0  # silence after which the stream checks that its task still exists
 _OUTAGE_LIMIT_S = 10.0  # Redis unreachable for this long ends the stream with an error
 PING = b": ping\r\n\r\n"
 """An SSE comment, sent on an idle stream every ping_s so that proxies keep it open."""
@@ -58,7 +57,6 @@ class TaskStream:
         self.settings = settings
         self.state = state
         self._outage_since: float | None = None
-        self._check_at = 0.0  # when silence calls for a liveness check (time.monotonic)
         self._more = False  # the last backfill filled a page: read on before waiting
 
     async def events(self) -> AsyncGenerator[bytes, None]:
@@ -74,7 +72,6 @@ class TaskStream:
             async with self.hub.subscribe(state.task_id, self.settings.redis_timeout_s * 5) as sub:
                 # A task this request has just queued cannot have expired: no existence check.
                 events = self._emit(await self._backfill(known_to_exist=state.created_here))
-                self._check_at = time.monotonic() + _LIVENESS_CHECK_S
                 while not state.terminal_sent:
                     if events:
                         yield _wire(events)
@@ -84,10 +81,9 @@ class TaskStream:
                         events = self._emit(await self._backfill())
                         continue
                     items = await sub.get_ready(self._wait_s())
-                    if items == [None] and not self._check_due():
-                        yield PING  # a silence shorter than a liveness check
+                    if items == [None] and not self._deadline_passed():
+                        yield PING  # a silence; the hub checks that the task still exists
                         continue
-                    self._check_at = time.monotonic() + _LIVENESS_CHECK_S
                     for item in items:
                         events += self._emit(await self._next(item))
                         if state.terminal_sent:
@@ -122,11 +118,10 @@ class TaskStream:
         """Turn what the subscription gave into entries to emit (reading Redis when needed)."""
         if item == CLOSE:
             raise _Closed
-        if item is None:  # silence: enforce the deadline, check the task still exists
-            if now_ms() >= self.state.deadline_ms:
-                await self.queue.tasks.expire(self.state.task_id, "the task did not finish in time")
+        if item is None:  # the deadline has passed: end the task unless it has ended
+            await self.queue.tasks.expire(self.state.task_id, "the task did not finish in time")
             return await self._backfill()
-        if item == RESYNC or not isinstance(item, ResultEntry):
+        if item in (RESYNC, GONE) or not isinstance(item, ResultEntry):
             return await self._backfill()
         if item.is_terminal or item.index == self.state.next_index:
             if not item.is_terminal or self._complete(item):
@@ -203,15 +198,12 @@ class TaskStream:
         return contract.error_event(code, message)
 
     def _wait_s(self) -> float:
-        """Until the next ping, liveness check or deadline, whichever comes first."""
+        """Until the next ping or the deadline, whichever comes first."""
         to_deadline = (self.state.deadline_ms - now_ms()) / 1000
-        to_check = self._check_at - time.monotonic()
-        return max(0.0, min(self.settings.ping_s, to_check, to_deadline))
+        return max(0.0, min(self.settings.ping_s, to_deadline))
 
-    def _check_due(self) -> bool:
-        """Whether the silence calls for a liveness check (or the deadline has come)."""
-        early = 0.001  # a timer may fire this much before its time
-        return time.monotonic() >= self._check_at - early or now_ms() >= self.state.deadline_ms
+    def _deadline_passed(self) -> bool:
+        return now_ms() + 1 >= self.state.deadline_ms  # a timer may fire up to 1 ms early
 
 
 def _wire(events: list[contract.Event]) -> bytes:

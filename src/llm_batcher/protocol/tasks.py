@@ -96,7 +96,7 @@ class Tasks:
         preview = context_preview(context)
         args: list[str | int] = [task_id, context, now_ms, deadline_ms, max_queue, self.ttl_ms]
         args += [preview, owner]
-        keys = [self._keys.tasks, self._keys.task(task_id)]
+        keys = [self._keys.tasks, self._keys.task(task_id), self._keys.arrivals]
         return bool(await self._scripts[Script.SUBMIT](keys=keys, args=args))
 
     async def cancel(self, task_id: str) -> bool:

@@ -1,5 +1,5 @@
 -- SUBMIT: queue a new task.
--- KEYS[1] tasks stream, KEYS[2] task hash
+-- KEYS[1] tasks stream, KEYS[2] task hash, KEYS[3] arrivals list
 -- ARGV[1] task_id, ARGV[2] context, ARGV[3] created_ms, ARGV[4] deadline_ms, ARGV[5] max_queue,
 -- ARGV[6] ttl_ms, ARGV[7] preview (what /stats shows of the context),
 -- ARGV[8] owner (hash of the API key that submitted it; '' when keys are off)
@@ -11,4 +11,6 @@ redis.call('HSET', KEYS[2], 'context', ARGV[2], 'state', STATE_QUEUED, 'created_
   'deadline_ms', ARGV[4], 'entry', entry, 'attempt', 0, 'tokens', 0, 'preview', ARGV[7])
 if ARGV[8] ~= '' then redis.call('HSET', KEYS[2], 'owner', ARGV[8]) end
 redis.call('PEXPIRE', KEYS[2], ARGV[6])
+redis.call('LPUSH', KEYS[3], string.match(entry, '^%d+'))
+redis.call('LTRIM', KEYS[3], 0, ARRIVALS_KEPT - 1)
 return entry

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 from pathlib import Path
 
@@ -17,6 +18,20 @@ pytestmark = pytest.mark.system
 
 
 ADMIN_KEY = "admin-5d1f0c7e9a2b4e63"
+
+
+async def stats_command(env: dict[str, str], *args: str) -> str:
+    """What `llm-batcher stats ARGS` prints."""
+    completed = await asyncio.to_thread(
+        subprocess.run,
+        [str(BIN / "llm-batcher"), "stats", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return completed.stdout
 
 
 async def test_stats_agree_across_two_api_processes(
@@ -35,16 +50,11 @@ async def test_stats_agree_across_two_api_processes(
         report_b = (await client.get(f"{base_b}/stats")).json()
         admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
         full = (await client.get(f"{base_a}/stats", headers=admin)).json()
-        completed = await asyncio.to_thread(
-            subprocess.run,
-            [str(BIN / "llm-batcher"), "stats"],
-            env=base_env(redis_url, key_prefix),
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
+        printed = await stats_command(base_env(redis_url, key_prefix))
+        public_printed = await stats_command(base_env(redis_url, key_prefix), "--url", base_a)
+        admin_printed = await stats_command(
+            base_env(redis_url, key_prefix, admin_keys=ADMIN_KEY), "--url", base_a, "--json"
         )
-        printed = completed.stdout
     finally:
         api_a.stop()
         api_b.stop()
@@ -64,6 +74,8 @@ async def test_stats_agree_across_two_api_processes(
     assert previews == {f"stats {i}" for i in range(1, 7)} | {"fails"}
     assert report_a["workers"] == 1
     assert full["slowest"][0]["task_id"] in printed  # `llm-batcher stats`: the full view
+    assert full["slowest"][0]["task_id"] not in public_printed and "p99" in public_printed
+    assert json.loads(admin_printed)["slowest"] == full["slowest"]
     assert "stats 1" in printed
     assert "ttft" in printed and "p99" in printed
 

@@ -75,6 +75,7 @@ def base_env(redis_url: str, prefix: str, **settings: object) -> dict[str, str]:
     env.update({f"LLMB_{k.upper()}": str(v) for k, v in settings.items()})
     env.setdefault("LLMB_MOCK_TTFT_MS", "0")
     env.setdefault("LLMB_MOCK_ITL_MS", "0")
+    env.setdefault("LLMB_MOCK_DIRECTIVES", "true")  # tests steer the mock; a test may say off
     return env
 
 

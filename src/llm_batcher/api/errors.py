@@ -13,6 +13,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.MISSING_CONTEXT: 422,
     ErrorCode.INVALID_BODY: 422,
     ErrorCode.INVALID_LAST_EVENT_ID: 422,
+    ErrorCode.UNAUTHORIZED: 401,
     ErrorCode.UNKNOWN_TASK: 404,
     ErrorCode.CONTEXT_TOO_LARGE: 413,
     ErrorCode.QUEUE_FULL: 503,
@@ -55,10 +56,13 @@ def refusal(error: ApiError, *, of_generate: bool) -> JSONResponse:
     if of_generate:
         metrics.REQUESTS.labels("rejected", error.code.value).inc()
     retry_after = RETRY_AFTER_S.get(error.code)
+    headers = {"Retry-After": str(retry_after)} if retry_after else None
+    if error.code is ErrorCode.UNAUTHORIZED:
+        headers = {"WWW-Authenticate": 'Bearer realm="llm-batcher"'}
     return JSONResponse(
         {"detail": error.message, "code": error.code.value},
         status_code=error.status,
-        headers={"Retry-After": str(retry_after)} if retry_after else None,
+        headers=headers,
     )
 
 

@@ -37,14 +37,15 @@ async def _serve_generate(state: AppState, scope: Scope, receive: Receive, send:
     request = Request(scope, receive)
     response: Response
     try:
+        owner = generate.owner_of(state, request)
         resume = request.headers.get("last-event-id")
         if scope["method"] == "GET":
             query = request.query_params
             response = await generate.for_get(
-                state, query.get("context"), resume or query.get("last_event_id")
+                state, query.get("context"), resume or query.get("last_event_id"), owner
             )
         else:
-            response = await generate.for_post(state, request, resume)
+            response = await generate.for_post(state, request, resume, owner)
     except ApiError as error:
         response = refusal(error, of_generate=True)
     await response(scope, receive, send)

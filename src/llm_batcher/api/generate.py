@@ -3,6 +3,7 @@ with the task's event stream (stream.py)."""
 
 from __future__ import annotations
 
+import hmac
 import logging
 import uuid
 
@@ -59,24 +60,36 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def for_get(state: AppState, context: str | None, resume_after: str | None) -> SseResponse:
+def owner_of(state: AppState, request: Request) -> str:
+    """The owner hash of the request's API key ("" when keys are off); 401 without a valid one.
+    With keys off this reads nothing: the hot path stays as it was."""
+    keys = state.api_keys
+    return "" if keys is None else keys.require(request.headers.get("authorization"))
+
+
+async def for_get(
+    state: AppState, context: str | None, resume_after: str | None, owner: str
+) -> SseResponse:
     """GET /generate: resume after ``resume_after`` (Last-Event-ID) if given, else submit."""
     if resume_after:
-        return await resume(state, resume_after)
-    return await submit(state, context)
+        return await resume(state, resume_after, owner)
+    return await submit(state, context, owner)
 
 
-async def for_post(state: AppState, request: Request, resume_after: str | None) -> SseResponse:
+async def for_post(
+    state: AppState, request: Request, resume_after: str | None, owner: str
+) -> SseResponse:
     """POST /generate: the same, with the context in a JSON body."""
     if resume_after:
-        return await resume(state, resume_after)
+        return await resume(state, resume_after, owner)
     # JSON escapes can take 6 bytes per byte of context, plus the envelope.
     body = await read_body(request, state.settings.max_context_bytes * 6 + 4096)
-    return await submit(state, parse_body(body))
+    return await submit(state, parse_body(body), owner)
 
 
-async def submit(state: AppState, context: str | None) -> SseResponse:
-    """Queue a new task for ``context`` and stream its answer."""
+async def submit(state: AppState, context: str | None, owner: str = "") -> SseResponse:
+    """Queue a new task for ``context`` and stream its answer; ``owner`` is the hash of the API
+    key that submitted it (only that key may resume it)."""
     settings = state.settings
     if not context:
         raise ApiError(ErrorCode.MISSING_CONTEXT, "the context parameter is missing or empty")
@@ -96,7 +109,12 @@ async def submit(state: AppState, context: str | None) -> SseResponse:
         queued = await redis_call(
             state,
             tasks.submit(
-                task_id, context, now_ms=now, deadline_ms=deadline, max_queue=settings.max_queue
+                task_id,
+                context,
+                now_ms=now,
+                deadline_ms=deadline,
+                max_queue=settings.max_queue,
+                owner=owner,
             ),
         )
     except BaseException:
@@ -113,12 +131,16 @@ async def submit(state: AppState, context: str | None) -> SseResponse:
     return respond(state, stream)
 
 
-async def resume(state: AppState, last_event_id: str) -> SseResponse:
-    """Continue a task's stream right after the event ``last_event_id``."""
+async def resume(state: AppState, last_event_id: str, owner: str = "") -> SseResponse:
+    """Continue a task's stream right after the event ``last_event_id``. With API keys on, only
+    the key that submitted the task may: any other gets the answer of an unknown task."""
     task_id, index = parse_event_id(last_event_id)
-    deadline = await redis_call(state, state.queue.results.deadline_of(task_id))
-    if deadline is None:
+    found = await redis_call(state, state.queue.results.resumable(task_id))
+    if found is None or (
+        state.api_keys is not None and not hmac.compare_digest(found.owner, owner)
+    ):
         raise ApiError(ErrorCode.UNKNOWN_TASK, f"task {task_id} is unknown or expired")
+    deadline = found.deadline_ms
     log.info("task %s resumed after token %d", task_id, index, extra={"task_id": task_id})
     return respond(state, StreamState(task_id, next_index=index + 1, deadline_ms=deadline))
 

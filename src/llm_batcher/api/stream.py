@@ -23,7 +23,7 @@ from llm_batcher.protocol.connection import REDIS_UNAVAILABLE
 from llm_batcher.protocol.keys import TERMINAL_ENTRY_ID
 from llm_batcher.protocol.outcomes import ErrorCode
 from llm_batcher.protocol.queue import TaskQueue
-from llm_batcher.protocol.results import ResultEntry
+from llm_batcher.protocol.results import RESULT_PAGE_ENTRIES, ResultEntry
 from llm_batcher.settings import ApiSettings
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,7 @@ class TaskStream:
         self.settings = settings
         self.state = state
         self._outage_since: float | None = None
+        self._more = False  # the last backfill filled a page: read on before waiting
 
     async def events(self) -> AsyncGenerator[bytes, None]:
         """The whole stream, as SSE frames; events that are ready together leave in one write.
@@ -76,6 +77,9 @@ class TaskStream:
                         yield _wire(events)
                     # Everything announced meanwhile is taken at once; nothing waits for company.
                     events = []
+                    if self._more:  # a long answer is read page by page, each sent on its own
+                        events = self._emit(await self._backfill())
+                        continue
                     items = await sub.get_ready(self._wait_s())
                     if items == [None] and not self._deadline_passed():
                         yield PING  # a silence; the hub checks that the task still exists
@@ -142,6 +146,7 @@ class TaskStream:
                     return [_lost_entry()]
                 self.hub.liveness.answered()
                 self._outage_since = None
+                self._more = len(entries) == RESULT_PAGE_ENTRIES
                 return entries
             except REDIS_UNAVAILABLE:
                 now = time.monotonic()

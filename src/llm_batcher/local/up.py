@@ -46,6 +46,8 @@ def _say(line: str) -> None:
 
 def _child_env(args: argparse.Namespace, redis_url: str) -> dict[str, str]:
     env = dict(os.environ, LLMB_REDIS_URL=redis_url, PYTHONUNBUFFERED="1")
+    # A local stack: the test page's samples steer the mock with `@mock` lines.
+    env.setdefault("LLMB_MOCK_DIRECTIVES", "true")
     flags = {
         "LLMB_MAX_BATCH": args.max_batch,
         "LLMB_WINDOW_MS": args.window_ms,

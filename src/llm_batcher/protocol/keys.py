@@ -24,6 +24,10 @@ STATS_MAX_RECORDS = 50_000
 DEAD_LETTER_MAXLEN = 1000
 """About how many entries the dead-letter stream keeps."""
 
+UNANSWERED_TTL_MS = 60_000
+"""How long a task that ended in error before its first token stays in Redis (at most; the
+result TTL when shorter): a cancelled task has no reader, and a refused one nothing to resume."""
+
 ARRIVALS_KEPT = 64
 """How many of the newest arrival times the arrivals list keeps."""
 

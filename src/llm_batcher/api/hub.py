@@ -115,7 +115,7 @@ class ResultHub:
         # while that connect was under way went unnoticed (its cancellation was lost in it).
         with contextlib.suppress(*REDIS_UNAVAILABLE):
             async with self._command_lock:
-                await self._pubsub.connect()
+                await self._pubsub.connect()  # type: ignore[no-untyped-call]
         self._reader = keep_running("result-hub", self._read_loop)
         self._sweeper = keep_running("liveness-sweep", self._sweep_loop)
 

@@ -99,11 +99,13 @@ async def test_every_entry_is_announced_on_the_result_channel(queue: TaskQueue) 
         await queue.tasks.append(task, 0, ["one", tricky], now_ms())
         await queue.tasks.complete(task, {"text": "one" + tricky})
         got: list[ResultEntry] = []
+        announcements: list[object] = []
 
         async def three() -> bool:
             msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.05)
             if msg is not None:
-                got.append(ResultEntry.from_message(msg["data"].decode()))
+                got.extend(ResultEntry.from_announcement(msg["data"]))
+                announcements.append(msg)
             return len(got) == 3
 
         await eventually(three, 5, "three announcements")
@@ -111,6 +113,7 @@ async def test_every_entry_is_announced_on_the_result_channel(queue: TaskQueue) 
         await pubsub.aclose()
     assert got == await queue.results.after(task_id, -1)
     assert got[1].text == tricky
+    assert len(announcements) == 2  # the tokens of one append are announced together
 
 
 async def test_submit_refuses_when_the_queue_is_full(queue: TaskQueue) -> None:

@@ -253,6 +253,7 @@ class ResultHub:
         elif kind == "message":
             subs = self._subs.get(self.keys.task_id_of_channel(channel))
             if subs:
-                entry = ResultEntry.from_message(message["data"].decode())
+                entries = ResultEntry.from_announcement(message["data"])
                 for sub in subs:
-                    sub.items.put_nowait(entry)
+                    for entry in entries:
+                        sub.items.put_nowait(entry)

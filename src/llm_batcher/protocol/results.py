@@ -35,11 +35,16 @@ class ResultEntry:
         """0-based token position (tokens only)."""
         return token_index(self.entry_id)
 
-    @classmethod
-    def from_message(cls, payload: str) -> ResultEntry:
-        """Parse the pub/sub announcement of an entry."""
+    @staticmethod
+    def from_announcement(payload: bytes | str) -> list[ResultEntry]:
+        """Parse a pub/sub announcement: the terminal entry, or consecutive tokens (the first
+        one's id and every text, docs/protocol.md)."""
         obj = json.loads(payload)
-        return cls(obj["id"], obj["kind"], obj.get("text", ""), obj.get("data"))
+        texts = obj.get("texts")
+        if texts is None:
+            return [ResultEntry(obj["id"], obj["kind"], obj.get("text", ""), obj.get("data"))]
+        first = token_index(obj["id"])
+        return [ResultEntry(token_entry_id(first + i), "token", t) for i, t in enumerate(texts)]
 
     @classmethod
     def from_fields(cls, entry_id: bytes | str, fields: dict[bytes, bytes]) -> ResultEntry:

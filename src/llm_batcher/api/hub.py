@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -25,7 +26,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
 from llm_batcher.api.liveness import RedisLiveness
-from llm_batcher.background import keep_running
+from llm_batcher.background import keep_running, spawn
 from llm_batcher.protocol.connection import REDIS_UNAVAILABLE
 from llm_batcher.protocol.keys import Keys
 from llm_batcher.protocol.results import ResultEntry
@@ -39,12 +40,21 @@ CLOSE = "close"
 GONE = "gone"
 """Queued to the subscriptions of a task that no longer exists in Redis: read Redis."""
 
+_SUBSCRIBE = "subscribe"
+_UNSUBSCRIBE = "unsubscribe"
+
 LIVENESS_SWEEP_S = 5.0
 """How often the hub checks that the tasks of open streams still exist."""
 SWEEP_CHUNK = 1000
 """Tasks checked in one pipeline (one round trip) of the sweep."""
 
 Item = ResultEntry | str
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    """Mark a future's error as seen: an unsubscription's failure has no one to tell."""
+    if not future.cancelled():
+        future.exception()
 
 
 class Subscription:
@@ -105,6 +115,8 @@ class ResultHub:
         # subscriptions sent on the others are never read and the pool runs dry (32 streams
         # opened at once waited 5 s, then failed). One (un)subscribe at a time.
         self._command_lock = asyncio.Lock()
+        self._commands: list[tuple[str, str]] = []  # (un)subscriptions not sent yet, in order
+        self._commands_sent: asyncio.Future[None] | None = None  # when those will have been sent
 
     @property
     def open_streams(self) -> int:
@@ -152,8 +164,9 @@ class ResultHub:
         try:
             if first:
                 confirmed = self._confirmed[channel] = asyncio.Event()
-                async with self._command_lock:
-                    await self._pubsub.subscribe(channel)
+                # shielded: the send is shared with other streams, which this one's
+                # cancellation must not fail
+                await asyncio.shield(self._queue_command(_SUBSCRIBE, channel))
                 self._wake.set()
                 async with asyncio.timeout(timeout_s):
                     await confirmed.wait()
@@ -169,9 +182,37 @@ class ResultHub:
                     if not self._subs:
                         self._idle.set()
                     self._confirmed.pop(channel, None)
-                    with contextlib.suppress(*REDIS_UNAVAILABLE):
-                        async with self._command_lock:
-                            await self._pubsub.unsubscribe(channel)
+                    self._queue_command(_UNSUBSCRIBE, channel)  # failures: nothing to do
+
+    def _queue_command(self, command: str, channel: str) -> asyncio.Future[None]:
+        """Queue a (un)subscription; the commands queued in one event-loop turn are sent
+        together, in order (a run of the same command as one). The future ends when they are
+        sent, with their error if sending failed."""
+        self._commands.append((command, channel))
+        if self._commands_sent is None:
+            sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            sent.add_done_callback(_retrieve)
+            self._commands_sent = sent
+            spawn(self._send_commands(sent), "pub/sub (un)subscriptions")
+        return self._commands_sent
+
+    async def _send_commands(self, sent: asyncio.Future[None]) -> None:
+        await asyncio.sleep(0)  # the other streams of this loop turn queue theirs
+        async with self._command_lock:
+            commands, self._commands, self._commands_sent = self._commands, [], None
+            try:
+                for command, run in itertools.groupby(commands, key=lambda c: c[0]):
+                    channels = [channel for _, channel in run]
+                    if command == _SUBSCRIBE:
+                        await self._pubsub.subscribe(*channels)
+                    else:
+                        await self._pubsub.unsubscribe(*channels)
+            except BaseException as exc:  # every waiting stream gets it, cancellation included
+                sent.set_exception(exc)
+                if not isinstance(exc, Exception):
+                    raise
+                return
+        sent.set_result(None)
 
     async def _wait_confirmed(self, channel: str, timeout_s: float) -> None:
         event = self._confirmed.get(channel)

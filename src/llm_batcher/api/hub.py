@@ -155,7 +155,16 @@ class ResultHub:
 
     @contextlib.asynccontextmanager
     async def subscribe(self, task_id: str, timeout_s: float) -> AsyncIterator[Subscription]:
-        """Subscribe to a task's entries; returns once Redis confirmed the subscription."""
+        """Subscribe to a task's entries for the duration of the block (see open)."""
+        sub = await self.open(task_id, timeout_s)
+        try:
+            yield sub
+        finally:
+            self.close(sub)
+
+    async def open(self, task_id: str, timeout_s: float) -> Subscription:
+        """Subscribe to a task's entries; returns once Redis confirmed the subscription, so
+        every entry added from then on reaches it. Close it with close()."""
         sub = Subscription(task_id)
         channel = self.keys.result(task_id)
         first = task_id not in self._subs
@@ -172,17 +181,25 @@ class ResultHub:
                     await confirmed.wait()
             else:
                 await self._wait_confirmed(channel, timeout_s)
-            yield sub
-        finally:
-            subs = self._subs.get(task_id)
-            if subs is not None:
-                subs.discard(sub)
-                if not subs:
-                    del self._subs[task_id]
-                    if not self._subs:
-                        self._idle.set()
-                    self._confirmed.pop(channel, None)
-                    self._queue_command(_UNSUBSCRIBE, channel)  # failures: nothing to do
+        except BaseException:
+            self.close(sub)
+            raise
+        return sub
+
+    def close(self, sub: Subscription) -> None:
+        """End a subscription (again: nothing); the last one of a task unsubscribes."""
+        task_id = sub.task_id
+        subs = self._subs.get(task_id)
+        if subs is None or sub not in subs:
+            return
+        subs.discard(sub)
+        if not subs:
+            del self._subs[task_id]
+            if not self._subs:
+                self._idle.set()
+            channel = self.keys.result(task_id)
+            self._confirmed.pop(channel, None)
+            self._queue_command(_UNSUBSCRIBE, channel)  # failures: nothing to do
 
     def _queue_command(self, command: str, channel: str) -> asyncio.Future[None]:
         """Queue a (un)subscription; the commands queued in one event-loop turn are sent

@@ -13,7 +13,7 @@ API's CPU in timer handles).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -32,8 +32,12 @@ class SseResponse(Response):
         headers: Mapping[str, str] | None = None,
         status_code: int = 200,  # FastAPI's OpenAPI reads the default from the signature
         send_timeout_s: float = SEND_TIMEOUT_S,
+        on_close: Callable[[], None] | None = None,
     ) -> None:
+        """``on_close`` runs when the response ends, even one that never started its frames
+        (whose iterator's own cleanup then never runs)."""
         self.frames = frames
+        self.on_close = on_close
         self.status_code = status_code
         self.background = None
         self.send_timeout_s = send_timeout_s
@@ -88,6 +92,8 @@ class SseResponse(Response):
                 timer.cancel()
             watcher.cancel()
             await frames.aclose()  # when a send failed, the iterator is suspended at a yield
+            if self.on_close is not None:
+                self.on_close()
 
     async def _watch_disconnect(self, receive: Receive, task: asyncio.Task[None]) -> None:
         while True:

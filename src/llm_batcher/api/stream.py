@@ -16,7 +16,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from llm_batcher import contract, metrics
-from llm_batcher.api.hub import CLOSE, GONE, RESYNC, ResultHub
+from llm_batcher.api.hub import CLOSE, GONE, RESYNC, ResultHub, Subscription
 from llm_batcher.background import spawn
 from llm_batcher.clock import now_ms
 from llm_batcher.protocol.connection import REDIS_UNAVAILABLE
@@ -50,12 +50,22 @@ class TaskStream:
     """Produces the SSE events of one task for one client."""
 
     def __init__(
-        self, queue: TaskQueue, hub: ResultHub, settings: ApiSettings, state: StreamState
+        self,
+        queue: TaskQueue,
+        hub: ResultHub,
+        settings: ApiSettings,
+        state: StreamState,
+        sub: Subscription | None = None,
     ) -> None:
+        """``sub``: a subscription opened before the task was queued, so that every entry of
+        the task reaches it and nothing needs reading from Redis at the start; without one,
+        the stream subscribes, then reads what was written before."""
         self.queue = queue
         self.hub = hub
         self.settings = settings
         self.state = state
+        self.sub = sub
+        self._started = False  # events() has begun (and its own cleanup will run)
         self._outage_since: float | None = None
         self._more = False  # the last backfill filled a page: read on before waiting
 
@@ -64,31 +74,38 @@ class TaskStream:
         On a client disconnect before any token, cancel the task this request queued."""
         state = self.state
         outcome = "disconnected"
+        self._started = True
         metrics.OPEN_STREAMS.inc()
         try:
             yield _wire(
                 [contract.task_event(state.task_id, state.next_index - 1, self.settings.retry_ms)]
             )
-            async with self.hub.subscribe(state.task_id, self.settings.redis_timeout_s * 5) as sub:
+            sub = self.sub
+            if sub is None:
+                sub = self.sub = await self.hub.open(
+                    state.task_id, self.settings.redis_timeout_s * 5
+                )
                 # A task this request has just queued cannot have expired: no existence check.
                 events = self._emit(await self._backfill(known_to_exist=state.created_here))
-                while not state.terminal_sent:
-                    if events:
-                        yield _wire(events)
-                    # Everything announced meanwhile is taken at once; nothing waits for company.
-                    events = []
-                    if self._more:  # a long answer is read page by page, each sent on its own
-                        events = self._emit(await self._backfill())
-                        continue
-                    items = await sub.get_ready(self._wait_s())
-                    if items == [None] and not self._deadline_passed():
-                        yield PING  # a silence; the hub checks that the task still exists
-                        continue
-                    for item in items:
-                        events += self._emit(await self._next(item))
-                        if state.terminal_sent:
-                            break
-                yield _wire(events)
+            else:
+                events = []  # subscribed before the task was queued: all will be announced
+            while not state.terminal_sent:
+                if events:
+                    yield _wire(events)
+                # Everything announced meanwhile is taken at once; nothing waits for company.
+                events = []
+                if self._more:  # a long answer is read page by page, each sent on its own
+                    events = self._emit(await self._backfill())
+                    continue
+                items = await sub.get_ready(self._wait_s())
+                if items == [None] and not self._deadline_passed():
+                    yield PING  # a silence; the hub checks that the task still exists
+                    continue
+                for item in items:
+                    events += self._emit(await self._next(item))
+                    if state.terminal_sent:
+                        break
+            yield _wire(events)
         except _Closed:
             outcome = "closed"
             log.info(
@@ -99,6 +116,7 @@ class TaskStream:
         except REDIS_UNAVAILABLE as exc:
             yield _wire([self._error(ErrorCode.REDIS_UNAVAILABLE, f"Redis is unreachable: {exc}")])
         finally:
+            self.close()
             metrics.OPEN_STREAMS.dec()
             gone_before_start = state.created_here and state.next_index == 0
             if gone_before_start and not state.terminal_sent and not self.hub.closing:
@@ -106,6 +124,15 @@ class TaskStream:
                 self._cancel_in_background()
             if not state.terminal_sent:
                 metrics.REQUESTS.labels(outcome, "").inc()
+
+    def close(self) -> None:
+        """End the subscription (again: nothing). For a response that ended before its events
+        began, also cancel the task this request queued: nobody will read it."""
+        if self.sub is not None:
+            self.hub.close(self.sub)
+        if not self._started and self.state.created_here and not self.hub.closing:
+            self._started = True  # once
+            self._cancel_in_background()
 
     def _cancel_in_background(self) -> None:
         """Cancel the task in the background: the client has gone, this coroutine is ending."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 
@@ -73,6 +74,32 @@ async def test_submit_claim_start_append_finish_round_trip(queue: TaskQueue) -> 
     assert await queue.redis.xlen(queue.keys.tasks) == 0
     assert await pending_ids(queue) == []
     assert await queue.redis.hget(queue.keys.task(task_id), "state") == b"done"
+
+
+async def test_last_tokens_and_done_are_written_in_one_call(queue: TaskQueue) -> None:
+    task_id = await submit(queue, "in one go")
+    task = await start(queue, await claim_one(queue))
+    assert (await queue.tasks.append(task, 0, ["in "], now_ms())).tokens == 1
+    appended, finished = await queue.tasks.append_and_complete(
+        task, 1, ["one ", "go"], now_ms(), {"text": "in one go"}
+    )
+    assert (appended.result, appended.tokens, finished) == (WriteResult.OK, 3, WriteResult.OK)
+    entries = await queue.results.after(task_id, -1)
+    assert answer(entries) == "in one go"
+    assert terminal(entries).data == {"text": "in one go"}
+    assert await queue.redis.hget(queue.keys.task(task_id), "state") == b"done"
+
+
+async def test_a_fenced_worker_writes_neither_the_tokens_nor_the_done(queue: TaskQueue) -> None:
+    task_id = await submit(queue, "fenced")
+    task = await start(queue, await claim_one(queue))
+    stale = dataclasses.replace(task, attempt=task.attempt + 1)  # not the attempt Redis holds
+    appended, finished = await queue.tasks.append_and_complete(
+        stale, 0, ["fenced"], now_ms(), {"text": "fenced"}
+    )
+    assert (appended.result, finished) == (WriteResult.FENCED, WriteResult.FENCED)
+    assert await queue.results.after(task_id, -1) == []
+    assert await queue.redis.hget(queue.keys.task(task_id), "state") == b"running"
 
 
 async def test_results_after_resumes_from_a_token(queue: TaskQueue) -> None:

@@ -32,6 +32,7 @@ class TaskQueue:
         scripts = register_all(redis)
         claims = Claims(redis, keys, scripts)
         tasks = Tasks(
+            redis,
             keys,
             scripts,
             claims,

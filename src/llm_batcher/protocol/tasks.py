@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from llm_batcher.protocol.claims import Claim, Claims
@@ -66,6 +67,7 @@ class Tasks:
 
     def __init__(
         self,
+        redis: Redis,
         keys: Keys,
         scripts: dict[Script, AsyncScript],
         claims: Claims,
@@ -73,6 +75,7 @@ class Tasks:
         result_ttl_s: float,
         stats_window_s: float,
     ) -> None:
+        self._redis = redis
         self._keys = keys
         self._scripts = scripts
         self._claims = claims
@@ -167,15 +170,40 @@ class Tasks:
         self, task: StartedTask, first_index: int, tokens: list[str], now_ms: int
     ) -> Appended:
         """Write tokens from position first_index on (those already written are skipped)."""
-        keys = [self._keys.task(task.task_id), self._keys.result(task.task_id)]
-        args: list[str | int] = [task.attempt, now_ms, first_index, self.ttl_ms, *tokens]
-        reply = await self._scripts[Script.APPEND](keys=keys, args=args)
-        result = WriteResult(reply_text(reply[0]))
-        return Appended(result, int(reply[1]) if result is WriteResult.OK else 0)
+        keys, args = self._append_call(task, first_index, tokens, now_ms)
+        return _appended(await self._scripts[Script.APPEND](keys=keys, args=args))
 
     async def complete(self, task: StartedTask, summary: dict[str, Any]) -> WriteResult:
         """End this attempt's task with `done`; ``summary`` is the done event's data."""
         return await self._finish(task, TaskState.DONE, "", json.dumps(summary, ensure_ascii=False))
+
+    async def append_and_complete(
+        self,
+        task: StartedTask,
+        first_index: int,
+        tokens: list[str],
+        now_ms: int,
+        summary: dict[str, Any],
+    ) -> tuple[Appended, WriteResult]:
+        """append, then complete, in one round trip: a task's last tokens and its `done` are
+        announced together, and its client gets them in one write."""
+        keys, args = self._append_call(task, first_index, tokens, now_ms)
+        data = json.dumps(summary, ensure_ascii=False)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            await self._scripts[Script.APPEND](keys=keys, args=args, client=pipe)
+            await self._scripts[Script.FINISH](
+                keys=self._ending_keys(task.task_id),
+                args=self._finish_args(task, TaskState.DONE, "", data),
+                client=pipe,
+            )
+            appended, finished = await pipe.execute()
+        return _appended(appended), WriteResult(reply_text(finished[0]))
+
+    def _append_call(
+        self, task: StartedTask, first_index: int, tokens: list[str], now_ms: int
+    ) -> tuple[list[str], list[str | int]]:
+        keys = [self._keys.task(task.task_id), self._keys.result(task.task_id)]
+        return keys, [task.attempt, now_ms, first_index, self.ttl_ms, *tokens]
 
     async def fail(self, task: StartedTask, code: ErrorCode, message: str) -> WriteResult:
         """End this attempt's task with `error`."""
@@ -184,13 +212,24 @@ class Tasks:
     async def _finish(
         self, task: StartedTask, state: TaskState, code: str, data: str
     ) -> WriteResult:
-        window = self.stats_window_ms
-        args = [task.attempt, state.value, code, data, self.ttl_ms, task.task_id, window]
         keys = self._ending_keys(task.task_id)
-        reply = await self._scripts[Script.FINISH](keys=keys, args=args)
+        reply = await self._scripts[Script.FINISH](
+            keys=keys, args=self._finish_args(task, state, code, data)
+        )
         return WriteResult(reply_text(reply[0]))
+
+    def _finish_args(
+        self, task: StartedTask, state: TaskState, code: str, data: str
+    ) -> list[str | int]:
+        window = self.stats_window_ms
+        return [task.attempt, state.value, code, data, self.ttl_ms, task.task_id, window]
 
     def _ending_keys(self, task_id: str) -> list[str]:
         """KEYS of FINISH and ABORT: task hash, result stream, tasks stream, stats."""
         k = self._keys
         return [k.task(task_id), k.result(task_id), k.tasks, k.stats]
+
+
+def _appended(reply: Any) -> Appended:
+    result = WriteResult(reply_text(reply[0]))
+    return Appended(result, int(reply[1]) if result is WriteResult.OK else 0)

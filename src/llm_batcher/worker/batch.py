@@ -126,26 +126,40 @@ class BatchRunner:
         return []
 
     async def _flush(self, runs: list[TaskRun], batch_id: str) -> None:
-        """Write new tokens, then the `done` of every task the child finished."""
+        """Write new tokens, then the `done` of every task the child finished: the last tokens
+        of a task and its `done` in one round trip."""
         batch_size = len(runs)
-        await asyncio.gather(*(self._append(r) for r in runs if r.pending and not r.closed))
         await asyncio.gather(
-            *(self._done(r, batch_size, batch_id) for r in runs if r.finished and not r.closed)
+            *(
+                self._append(r, batch_size, batch_id)
+                if r.pending
+                else self._done(r, batch_size, batch_id)
+                for r in runs
+                if not r.closed and (r.pending or r.finished)
+            )
         )
 
-    async def _append(self, run: TaskRun) -> None:
+    async def _append(self, run: TaskRun, batch_size: int, batch_id: str) -> None:
+        """Write the run's new tokens, and its `done` with them if the child finished it."""
         tokens, run.pending = run.pending, []
         first_index = run.produced - len(tokens)
         stamp = now_ms()
-        appended = await _retrying(
-            lambda: self.queue.tasks.append(run.task, first_index, tokens, stamp),
-            run.task.task_id,
-        )
+        tasks, task = self.queue.tasks, run.task
+        if run.finished:
+            summary = self._summary(run, batch_size, batch_id, stamp)
+            appended, _ = await _retrying(
+                lambda: tasks.append_and_complete(task, first_index, tokens, stamp, summary),
+                task.task_id,
+            )
+        else:
+            appended = await _retrying(
+                lambda: tasks.append(task, first_index, tokens, stamp), task.task_id
+            )
         if not appended.result.ours:
             run.closed = True
             log.warning(
                 "task %s is no longer this worker's (%s); dropping its output",
-                run.task.task_id, appended.result, extra={"task_id": run.task.task_id},
+                task.task_id, appended.result, extra={"task_id": task.task_id},
             )  # fmt: skip
             return
         written = appended.tokens
@@ -157,32 +171,42 @@ class BatchRunner:
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "task %s: tokens %d..%d relayed",
-                run.task.task_id, first_index, first_index + len(tokens) - 1,
-                extra={"task_id": run.task.task_id},
+                task.task_id, first_index, first_index + len(tokens) - 1,
+                extra={"task_id": task.task_id},
             )  # fmt: skip
+        if run.finished:
+            self._ended(run, batch_id, summary)
 
     async def _done(self, run: TaskRun, batch_size: int, batch_id: str) -> None:
-        task, end = run.task, now_ms()
-        data: dict[str, Any] = {
+        """Write the `done` of a run whose tokens are all written."""
+        summary = self._summary(run, batch_size, batch_id, now_ms())
+        await _retrying(lambda: self.queue.tasks.complete(run.task, summary), run.task.task_id)
+        self._ended(run, batch_id, summary)
+
+    def _summary(self, run: TaskRun, batch_size: int, batch_id: str, end_ms: int) -> dict[str, Any]:
+        """The data of the run's `done` event, as if it ended at ``end_ms``."""
+        task = run.task
+        return {
             "task_id": task.task_id,
             "text": "".join(run.parts),
             "tokens": run.produced,
             "batch_size": batch_size,
             "queue_ms": task.started_ms - task.created_ms,
-            "ttft_ms": (run.first_token_ms or end) - task.created_ms,
-            "total_ms": end - task.created_ms,
+            "ttft_ms": (run.first_token_ms or end_ms) - task.created_ms,
+            "total_ms": end_ms - task.created_ms,
             "attempt": task.attempt,
             "worker": self.settings.worker_id,
             "batch_id": batch_id,
             "finish_reason": "length" if run.capped else "stop",
         }
-        await _retrying(lambda: self.queue.tasks.complete(task, data), task.task_id)
+
+    def _ended(self, run: TaskRun, batch_id: str, summary: dict[str, Any]) -> None:
         run.closed = True
         metrics.TASKS_FINISHED.labels("done", "").inc()
         log.info(
             "task %s done: %d tokens, total %d ms",
-            task.task_id, run.produced, data["total_ms"],
-            extra={"task_id": task.task_id, "batch_id": batch_id},
+            run.task.task_id, run.produced, summary["total_ms"],
+            extra={"task_id": run.task.task_id, "batch_id": batch_id},
         )  # fmt: skip
 
     async def _fail(

@@ -98,6 +98,12 @@ async def test_malformed_and_oversized_requests_get_an_answer_or_a_clear_4xx(
     assert too_big.status == 413
     assert too_big.json()["code"] == "context_too_large" and too_big.json()["detail"]
 
+    # a URL over 64 KiB (the longest httptools.parse_url takes) with a context within the
+    # limit: its answer (65,520 characters are 4,095 tokens, under the default token cap)
+    long_get = await raw_get(api.url, b"/generate?context=" + b"e" * 65_520)
+    assert long_get.status == 200, long_get
+    long_get.stream().assert_exact("e" * 65_520)
+
     # a URL longer than the server parses: a 4xx, not a reset connection
     overlong = await raw_get(api.url, b"/generate?context=" + b"b" * 1_000_000)
     assert 400 <= overlong.status < 500, overlong

@@ -144,6 +144,13 @@ class ApiSettings(CommonSettings):
             raise ValueError("needs LLMB_API_KEYS, LLMB_API_KEYS_FILE or LLMB_ADMIN_KEYS")
         return value
 
+    # --- OpenAI-compatible API -----------------------------------------------------------
+    model_name: str = Field(
+        "llm-batcher-mock",
+        min_length=1,
+        description="The model /v1/models lists; /v1/* requests must name it (404 otherwise).",
+    )
+
     def api_key_list(self) -> list[str]:
         """Every API key, from api_keys and api_keys_file (empty: /generate is open)."""
         keys = split_keys(self.api_keys.get_secret_value())

@@ -11,7 +11,7 @@ the response, as any error does, and the connection is closed.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -46,16 +46,7 @@ class SseResponse(Response):
         self._streaming = True
         watcher = asyncio.create_task(self._watch_disconnect(receive, task))
         try:
-            start = {
-                "type": "http.response.start",
-                "status": self.status_code,
-                "headers": self.raw_headers,
-            }
-            await send(start)
-            async for chunk in frames:
-                async with asyncio.timeout(self.send_timeout_s):
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await self.send_frames(frames, send)
         except asyncio.CancelledError:
             if not self._hung_up:
                 raise
@@ -65,6 +56,19 @@ class SseResponse(Response):
             watcher.cancel()
             await frames.aclose()  # when a send failed, the iterator is suspended at a yield
 
+    async def send_frames(self, frames: AsyncGenerator[bytes, None], send: Send) -> None:
+        """Send the headers, then each chunk as it comes."""
+        start = {
+            "type": "http.response.start",
+            "status": self.status_code,
+            "headers": self.raw_headers,
+        }
+        await send(start)
+        async for chunk in frames:
+            async with asyncio.timeout(self.send_timeout_s):
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
     async def _watch_disconnect(self, receive: Receive, task: asyncio.Task[None]) -> None:
         while True:
             message = await receive()
@@ -73,3 +77,25 @@ class SseResponse(Response):
         if self._streaming:
             self._hung_up = True
             task.cancel()
+
+
+class CollectedResponse(SseResponse):
+    """A JSON response made from a whole stream: the frames are run to their end (a client that
+    hangs up meanwhile ends them, as for a stream), then ``result()`` gives the status and body."""
+
+    media_type = "application/json"
+
+    def __init__(
+        self, frames: AsyncGenerator[bytes, None], result: Callable[[], tuple[int, bytes]]
+    ) -> None:
+        super().__init__(frames)
+        self.result = result
+
+    async def send_frames(self, frames: AsyncGenerator[bytes, None], send: Send) -> None:
+        async for _ in frames:
+            pass
+        status, body = self.result()
+        headers = [*self.raw_headers, (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        async with asyncio.timeout(self.send_timeout_s):
+            await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
+from typing import Protocol
 
 from llm_batcher import contract, metrics
 from llm_batcher.api.hub import CLOSE, GONE, RESYNC, ResultHub
@@ -46,16 +47,49 @@ class StreamState:
     created_here: bool = False  # this request submitted the task (so may cancel it)
 
 
+class Encoder(Protocol):
+    """A wire format of a task's stream: /generate's SSE events, or OpenAI's chunks."""
+
+    ping: bytes
+    """What an idle stream sends every ping_s (b"": nothing)."""
+
+    def frames(self, events: list[contract.Event]) -> bytes:
+        """The bytes of these events, sent in one write (b"": nothing to send)."""
+        ...
+
+
+class GenerateEncoder:
+    """/generate's wire format: the contract's SSE events as they are."""
+
+    ping = PING
+
+    @staticmethod
+    def frames(events: list[contract.Event]) -> bytes:
+        return _wire(events)
+
+
+GENERATE = GenerateEncoder()
+
+
 class TaskStream:
-    """Produces the SSE events of one task for one client."""
+    """Produces the stream of one task for one client, in the wire format of its encoder;
+    ``endpoint`` labels the request in the metrics."""
 
     def __init__(
-        self, queue: TaskQueue, hub: ResultHub, settings: ApiSettings, state: StreamState
+        self,
+        queue: TaskQueue,
+        hub: ResultHub,
+        settings: ApiSettings,
+        state: StreamState,
+        encoder: Encoder = GENERATE,
+        endpoint: str = "generate",
     ) -> None:
         self.queue = queue
         self.hub = hub
         self.settings = settings
         self.state = state
+        self.encoder = encoder
+        self.endpoint = endpoint
         self._outage_since: float | None = None
         self._more = False  # the last backfill filled a page: read on before waiting
 
@@ -64,9 +98,10 @@ class TaskStream:
         On a client disconnect before any token, cancel the task this request queued."""
         state = self.state
         outcome = "disconnected"
+        encode = self.encoder.frames
         metrics.OPEN_STREAMS.inc()
         try:
-            yield _wire(
+            yield encode(
                 [contract.task_event(state.task_id, state.next_index - 1, self.settings.retry_ms)]
             )
             async with self.hub.subscribe(state.task_id, self.settings.redis_timeout_s * 5) as sub:
@@ -74,7 +109,7 @@ class TaskStream:
                 events = self._emit(await self._backfill(known_to_exist=state.created_here))
                 while not state.terminal_sent:
                     if events:
-                        yield _wire(events)
+                        yield encode(events)
                     # Everything announced meanwhile is taken at once; nothing waits for company.
                     events = []
                     if self._more:  # a long answer is read page by page, each sent on its own
@@ -82,13 +117,13 @@ class TaskStream:
                         continue
                     items = await sub.get_ready(self._wait_s())
                     if items == [None] and not self._deadline_passed():
-                        yield PING  # a silence; the hub checks that the task still exists
+                        yield self.encoder.ping  # a silence; the hub checks the task exists
                         continue
                     for item in items:
                         events += self._emit(await self._next(item))
                         if state.terminal_sent:
                             break
-                yield _wire(events)
+                yield encode(events)
         except _Closed:
             outcome = "closed"
             log.info(
@@ -97,7 +132,7 @@ class TaskStream:
                 extra={"task_id": state.task_id},
             )
         except REDIS_UNAVAILABLE as exc:
-            yield _wire([self._error(ErrorCode.REDIS_UNAVAILABLE, f"Redis is unreachable: {exc}")])
+            yield encode([self._error(ErrorCode.REDIS_UNAVAILABLE, f"Redis is unreachable: {exc}")])
         finally:
             metrics.OPEN_STREAMS.dec()
             gone_before_start = state.created_here and state.next_index == 0
@@ -105,7 +140,7 @@ class TaskStream:
                 outcome = "cancelled"
                 self._cancel_in_background()
             if not state.terminal_sent:
-                metrics.REQUESTS.labels(outcome, "").inc()
+                metrics.REQUESTS.labels(outcome, "", self.endpoint).inc()
 
     def _cancel_in_background(self) -> None:
         """Cancel the task in the background: the client has gone, this coroutine is ending."""
@@ -175,7 +210,7 @@ class TaskStream:
 
     def _terminal(self, entry: ResultEntry) -> contract.Event:
         data = entry.data or {}
-        metrics.REQUESTS.labels(entry.kind, data.get("code") or "").inc()
+        metrics.REQUESTS.labels(entry.kind, data.get("code") or "", self.endpoint).inc()
         if entry.kind == "done" and self.state.created_here:
             _observe_latencies(data)
         log.info(
@@ -187,7 +222,7 @@ class TaskStream:
 
     def _error(self, code: ErrorCode, message: str) -> contract.Event:
         self.state.terminal_sent = True
-        metrics.REQUESTS.labels("error", code).inc()
+        metrics.REQUESTS.labels("error", code, self.endpoint).inc()
         log.warning(
             "task %s: %s: %s",
             self.state.task_id,

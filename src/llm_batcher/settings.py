@@ -107,7 +107,7 @@ class ApiSettings(CommonSettings):
     api_keys: SecretStr = Field(
         SecretStr(""),
         description="Comma-separated API keys; when any is set (here or in api_keys_file), "
-        "/generate needs `Authorization: Bearer <key>`.",
+        "/generate and /v1/* need `Authorization: Bearer <key>`.",
     )
     api_keys_file: str | None = Field(
         None, description="File of API keys (comma- or line-separated), added to api_keys."

@@ -19,6 +19,7 @@ from llm_batcher.mock.tokens import tokenize
 from tests.support.metrics import scrape, value
 from tests.support.processes import Api, Stack
 from tests.support.results import assert_nothing_queued, queue_length, task_ids, task_state
+from tests.support.sse import read_sse
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.system
@@ -51,15 +52,17 @@ async def test_models_list_the_deployment_model_and_an_unknown_one_is_404(
     await assert_nothing_queued(redis, stack.prefix)
 
 
-async def test_chat_answers_whole_and_streamed_with_usage(stack: Stack) -> None:
+async def test_chat_answers_whole_and_streamed_with_usage(
+    stack: Stack, client: httpx.AsyncClient
+) -> None:
     api = await stack.api()
     await stack.worker()
     expected = "user: Hello batching world\nassistant:"  # the template, echoed by the mock
-    async with sdk(api) as client:
-        whole = await client.chat.completions.create(
+    async with sdk(api) as oai:
+        whole = await oai.chat.completions.create(
             model=MODEL, messages=user("Hello batching world")
         )
-        stream = await client.chat.completions.create(
+        stream = await oai.chat.completions.create(
             model=MODEL,
             messages=user("Hello batching world"),
             stream=True,
@@ -81,6 +84,12 @@ async def test_chat_answers_whole_and_streamed_with_usage(stack: Stack) -> None:
     assert chunks[-1].choices == [] and chunks[-1].usage is not None
     assert chunks[-1].usage.total_tokens == 10
     assert len({c.id for c in chunks}) == 1 and chunks[0].id != whole.id
+    # The id names the task: its answer can be read again from /generate, like any task's.
+    task_id = whole.id.removeprefix("chatcmpl-")
+    replay = await read_sse(
+        client, "GET", f"{api.url}/generate", headers={"Last-Event-ID": f"{task_id}:-1"}
+    )
+    assert replay.terminal.kind == "done" and replay.text == expected
 
 
 async def test_directives_work_through_chat_and_a_mid_stream_error_ends_the_stream(

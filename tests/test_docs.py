@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from llm_batcher.api.errors import HTTP_STATUS
+from llm_batcher.api.errors import HTTP_STATUS, OPENAI_STATUS
 from llm_batcher.protocol.outcomes import ErrorCode
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -31,8 +31,16 @@ def test_the_readme_lists_every_error_code_once() -> None:
 
 def test_the_readme_gives_each_refusal_its_status() -> None:
     rows = error_table()
-    documented = {code: int(status) for code, (status, _) in rows.items() if status}
+    statuses = {
+        code: re.fullmatch(r"(\d+)(?: \((\d+) on `/v1/\*`\))?", status)
+        for code, (status, _) in rows.items()
+        if status
+    }
+    assert all(statuses.values()), statuses
+    documented = {code: int(m.group(1)) for code, m in statuses.items() if m}
     assert documented == {code.value: status for code, status in HTTP_STATUS.items()}
+    openai = {code: int(m.group(2)) for code, m in statuses.items() if m and m.group(2)}
+    assert openai == {code.value: status for code, status in OPENAI_STATUS.items()}
     for code, (status, stream) in rows.items():
         assert status or stream, f"{code} is neither a refusal nor a stream error"
         assert re.fullmatch(r"(yes)?", stream), code

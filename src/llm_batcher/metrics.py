@@ -45,9 +45,10 @@ WORKER_REGISTRY.register(BACKGROUND_TASK_CRASHES)
 
 REQUESTS = Counter(
     "llm_batcher_requests_total",
-    "Requests to /generate by outcome: done, error, rejected, cancelled, closed (by shutdown),"
-    " disconnected (client left mid-stream). `code` is the error code or refusal code.",
-    ["outcome", "code"],
+    "Requests to /generate and the OpenAI-compatible endpoints by outcome: done, error, rejected,"
+    " cancelled, closed (by shutdown), disconnected (client left mid-stream). `code` is the error"
+    " code or refusal code; `endpoint` is generate, completions or chat.",
+    ["outcome", "code", "endpoint"],
     registry=API_REGISTRY,
 )
 OPEN_STREAMS = Gauge(

@@ -107,7 +107,7 @@ class ApiSettings(CommonSettings):
     api_keys: SecretStr = Field(
         SecretStr(""),
         description="Comma-separated API keys; when any is set (here or in api_keys_file), "
-        "/generate needs `Authorization: Bearer <key>`.",
+        "/generate and /v1/* need `Authorization: Bearer <key>`.",
     )
     api_keys_file: str | None = Field(
         None, description="File of API keys (comma- or line-separated), added to api_keys."
@@ -143,6 +143,13 @@ class ApiSettings(CommonSettings):
         ):
             raise ValueError("needs LLMB_API_KEYS, LLMB_API_KEYS_FILE or LLMB_ADMIN_KEYS")
         return value
+
+    # --- OpenAI-compatible API -----------------------------------------------------------
+    model_name: str = Field(
+        "llm-batcher-mock",
+        min_length=1,
+        description="The model /v1/models lists; /v1/* requests must name it (404 otherwise).",
+    )
 
     def api_key_list(self) -> list[str]:
         """Every API key, from api_keys and api_keys_file (empty: /generate is open)."""

@@ -258,6 +258,18 @@ def test_every_exported_metric_has_a_panel() -> None:
     assert not missing, f"metrics with no panel on the dashboard: {missing}"
 
 
+def test_the_request_rate_is_split_by_endpoint() -> None:
+    """/generate and the OpenAI-compatible endpoints share llm_batcher_requests_total; the
+    dashboard tells them apart by its `endpoint` label."""
+    exprs = [
+        target["expr"]
+        for panel in all_panels(load_dashboard())
+        for target in panel.get("targets", [])
+        if "llm_batcher_requests_total" in metric_names(target.get("expr", ""))
+    ]
+    assert any(re.search(r"by \([^)]*\bendpoint\b", expr) for expr in exprs), exprs
+
+
 def test_replicated_queue_gauges_are_never_summed() -> None:
     summed = re.compile(
         r"\bsum\s*(?:(?:by|without)\s*\([^)]*\)\s*)?\(\s*(?:" + "|".join(REPLICATED_GAUGES) + r")\b"
@@ -427,6 +439,18 @@ ALERT_CASES: list[tuple[str, str, list[dict[str, str]], list[tuple[str, bool]]]]
         + _one(f'{_REQUESTS}{{outcome="cancelled",code=""}}', "0+100x30")
         + _one(f'{_REQUESTS}{{outcome="rejected",code="invalid_body"}}', "0+50x30"),
         [("15m", False)],
+    ),
+    (
+        "LlmBatcherHighErrorRate",
+        "10% errors on the OpenAI-compatible endpoints: every endpoint counts",
+        _one(f'{_REQUESTS}{{outcome="done",code="",endpoint="generate"}}', "0+60x30")
+        + _one(f'{_REQUESTS}{{outcome="done",code="",endpoint="chat"}}', "0+30x30")
+        + _one(f'{_REQUESTS}{{outcome="error",code="llm_crashed",endpoint="chat"}}', "0+5x30")
+        + _one(
+            f'{_REQUESTS}{{outcome="rejected",code="queue_full",endpoint="completions"}}',
+            "0+5x30",
+        ),
+        [("5m", False), ("15m", True)],
     ),
     (
         "LlmBatcherNoLiveWorkers",

@@ -43,9 +43,9 @@ async def test_api_and_worker_metrics_move_during_a_run(
         return value(worker_after, name, **labels) - value(worker_before, name, **labels)
 
     requests = "llm_batcher_requests_total"
-    assert api_delta(requests, outcome="done", code="") == 3
-    assert api_delta(requests, outcome="error", code="llm_crashed") == 1
-    assert api_delta(requests, outcome="rejected", code="missing_context") == 1
+    assert api_delta(requests, outcome="done", code="", endpoint="generate") == 3
+    assert api_delta(requests, outcome="error", code="llm_crashed", endpoint="generate") == 1
+    assert api_delta(requests, outcome="rejected", code="missing_context", endpoint="generate") == 1
     assert api_delta("llm_batcher_tokens_sent_total") == 3 * 5  # "metric run N a b": 5 tokens
     assert api_delta("llm_batcher_time_to_first_token_seconds_count") == 3
     assert api_delta("llm_batcher_request_duration_seconds_count") == 3

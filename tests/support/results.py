@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -20,12 +21,13 @@ def make_queue(redis: Redis, prefix: str, ttl_s: float = 300) -> TaskQueue:
     return TaskQueue.create(redis, Keys(prefix), result_ttl_s=ttl_s)
 
 
-async def submit(queue: TaskQueue, context: str, timeout_s: float = 60) -> str:
-    """Queue a task as the API does; returns its id."""
+async def submit(queue: TaskQueue, context: str, timeout_s: float = 60, **limits: Any) -> str:
+    """Queue a task as the API does (``limits``: max_tokens, stop); returns its id."""
     task_id = str(uuid.uuid4())
     now = now_ms()
+    deadline = now + int(timeout_s * 1000)
     assert await queue.tasks.submit(
-        task_id, context, now_ms=now, deadline_ms=now + int(timeout_s * 1000), max_queue=10_000
+        task_id, context, now_ms=now, deadline_ms=deadline, max_queue=10_000, **limits
     )
     return task_id
 

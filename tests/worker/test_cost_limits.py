@@ -80,3 +80,53 @@ async def test_a_capped_task_ends_at_once_and_its_batch_mate_runs_on(
     assert mate_done.data is not None
     assert mate_done.data["finish_reason"] == "stop" and mate_done.data["batch_size"] == 2
     assert mate_done.data["batch_id"] == capped[-1].data["batch_id"]
+
+
+async def test_a_task_capped_by_its_own_max_tokens_ends_there_and_its_batch_mate_runs_on(
+    redis: Redis, redis_url: str, key_prefix: str, tmp_path: Path
+) -> None:
+    """A request's max_tokens (stored with the task) ends it early; the worker's own cap still
+    bounds a request that asks for more."""
+    queue = make_queue(redis, key_prefix)
+    mate_body = words(12)
+    async with running_worker(
+        redis_url, key_prefix, tmp_path, max_tokens=40, max_batch=3, window_ms=2000
+    ):
+        short, greedy, mate = await asyncio.gather(
+            submit(queue, FLOOD, max_tokens=7),
+            submit(queue, FLOOD, max_tokens=1000),
+            submit(queue, "@mock ttft_ms=0 itl_ms=50\n" + mate_body),
+        )
+        capped = await wait_result(queue, short)
+        mate_state = await redis.hget(Keys(key_prefix).task(mate), "state")
+        over = await wait_result(queue, greedy)
+        mate_done = assert_complete_answer(await wait_result(queue, mate), mate_body)
+    assert capped[-1].data is not None and capped[-1].data["finish_reason"] == "length"
+    assert capped[-1].data["tokens"] == 7 and len(capped) == 8
+    assert mate_state == b"running"  # the capped task ended while its batch-mate streamed
+    assert over[-1].data is not None and over[-1].data["tokens"] == 40
+    assert mate_done.data is not None and mate_done.data["finish_reason"] == "stop"
+    assert mate_done.data["batch_id"] == capped[-1].data["batch_id"]
+    assert mate_done.data["batch_size"] == 3
+
+
+async def test_a_stop_sequence_ends_the_answer_before_it_and_is_never_relayed(
+    redis: Redis, redis_url: str, key_prefix: str, tmp_path: Path
+) -> None:
+    queue = make_queue(redis, key_prefix)
+    async with running_worker(redis_url, key_prefix, tmp_path, max_batch=2, window_ms=2000):
+        spanning, flood = await asyncio.gather(
+            submit(queue, "alpha beta gamma delta", stop=["XX", "a g"]),
+            submit(queue, FLOOD, stop=[" ipsum"]),  # the filler holds it soon after the echo
+        )
+        cut = await wait_result(queue, spanning)
+        flooded = await wait_result(queue, flood)
+    done = cut[-1].data
+    assert done is not None and done["finish_reason"] == "stop"
+    assert done["text"] == "alpha bet" == "".join(e.text for e in cut[:-1])
+    assert done["tokens"] == len(cut) - 1 == 2  # "alpha ", "bet"
+    flood_done = flooded[-1].data
+    assert flood_done is not None and flood_done["finish_reason"] == "stop"
+    assert " ipsum" not in flood_done["text"]
+    assert flood_done["text"].startswith("fifty bytes, a hundred thousand tokens")
+    assert flood_done["tokens"] < 100

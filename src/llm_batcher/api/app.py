@@ -16,6 +16,7 @@ from llm_batcher.api.errors import install_error_handlers
 from llm_batcher.api.fastpath import Api
 from llm_batcher.api.hub import ResultHub
 from llm_batcher.api.liveness import RedisLiveness
+from llm_batcher.api.openai_routes import router as openai_router
 from llm_batcher.api.outage import BUSY_WAIT_FACTOR
 from llm_batcher.api.routes import STATIC_DIR, router
 from llm_batcher.api.state import AppState
@@ -82,6 +83,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     )
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(openai_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
 

@@ -15,6 +15,8 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.INVALID_LAST_EVENT_ID: 422,
     ErrorCode.UNAUTHORIZED: 401,
     ErrorCode.UNKNOWN_TASK: 404,
+    ErrorCode.UNSUPPORTED_PARAMETER: 400,
+    ErrorCode.MODEL_NOT_FOUND: 404,
     ErrorCode.CONTEXT_TOO_LARGE: 413,
     ErrorCode.QUEUE_FULL: 503,
     ErrorCode.REDIS_UNAVAILABLE: 503,
@@ -29,15 +31,38 @@ RETRY_AFTER_S: dict[ErrorCode, int] = {
 }
 """The Retry-After header of refusals that are worth retrying."""
 
+OPENAI_STATUS: dict[ErrorCode, int] = {
+    ErrorCode.MISSING_CONTEXT: 400,
+    ErrorCode.INVALID_BODY: 400,
+    ErrorCode.QUEUE_FULL: 429,
+}
+"""Where the OpenAI-compatible endpoints (/v1/*) answer otherwise than HTTP_STATUS: OpenAI's
+clients take 400 for bad input and retry 429 after its Retry-After."""
+
+_OPENAI_TYPE = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+}
+ENDPOINTS = {
+    "/generate": "generate",
+    "/v1/completions": "completions",
+    "/v1/chat/completions": "chat",
+}
+"""The `endpoint` label of llm_batcher_requests_total, by path."""
+
 
 class ApiError(Exception):
     """A request the API refuses: a stable code (its HTTP status is HTTP_STATUS[code]) and a
     message for people."""
 
-    def __init__(self, code: ErrorCode, message: str) -> None:
+    def __init__(self, code: ErrorCode, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.param = param  # the request parameter at fault, if one is
 
     @property
     def status(self) -> int:
@@ -51,14 +76,19 @@ def redis_unavailable(exc: BaseException) -> ApiError:
     )
 
 
-def refusal(error: ApiError, *, of_generate: bool) -> JSONResponse:
-    """The JSON answer to a refused request (counted as `rejected` if it was for /generate)."""
-    if of_generate:
-        metrics.REQUESTS.labels("rejected", error.code.value).inc()
+def refusal(error: ApiError, endpoint: str | None, *, openai: bool = False) -> JSONResponse:
+    """The JSON answer to a refused request, counted as `rejected` if it was for an endpoint
+    that queues tasks; in OpenAI's error shape (and statuses) with ``openai``."""
+    if endpoint is not None:
+        metrics.REQUESTS.labels("rejected", error.code.value, endpoint).inc()
     retry_after = RETRY_AFTER_S.get(error.code)
     headers = {"Retry-After": str(retry_after)} if retry_after else None
     if error.code is ErrorCode.UNAUTHORIZED:
         headers = {"WWW-Authenticate": 'Bearer realm="llm-batcher"'}
+    if openai:
+        status = OPENAI_STATUS.get(error.code, error.status)
+        body = openai_error(error.code, error.message, status, error.param)
+        return JSONResponse(body, status_code=status, headers=headers)
     return JSONResponse(
         {"detail": error.message, "code": error.code.value},
         status_code=error.status,
@@ -66,9 +96,18 @@ def refusal(error: ApiError, *, of_generate: bool) -> JSONResponse:
     )
 
 
+def openai_error(
+    code: str, message: str, status: int, param: str | None = None
+) -> dict[str, object]:
+    """OpenAI's error object: {"error": {"message", "type", "param", "code"}}."""
+    kind = _OPENAI_TYPE.get(status, "server_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Answer every ApiError as a JSON refusal."""
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, error: ApiError) -> JSONResponse:
-        return refusal(error, of_generate=request.url.path == "/generate")
+        path = request.url.path
+        return refusal(error, ENDPOINTS.get(path), openai=path.startswith("/v1/"))

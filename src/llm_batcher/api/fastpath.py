@@ -47,5 +47,5 @@ async def _serve_generate(state: AppState, scope: Scope, receive: Receive, send:
         else:
             response = await generate.for_post(state, request, resume, owner)
     except ApiError as error:
-        response = refusal(error, of_generate=True)
+        response = refusal(error, "generate")
     await response(scope, receive, send)

@@ -6,13 +6,13 @@ from __future__ import annotations
 import hmac
 import logging
 import uuid
+from collections.abc import Sequence
 
 from pydantic import BaseModel, Field, ValidationError
 from starlette.requests import Request
 
 from llm_batcher import contract
 from llm_batcher.api.errors import ApiError
-from llm_batcher.api.hub import Subscription
 from llm_batcher.api.outage import redis_call
 from llm_batcher.api.sse import SseResponse
 from llm_batcher.api.state import AppState
@@ -91,6 +91,18 @@ async def for_post(
 async def submit(state: AppState, context: str | None, owner: str = "") -> SseResponse:
     """Queue a new task for ``context`` and stream its answer; ``owner`` is the hash of the API
     key that submitted it (only that key may resume it)."""
+    return respond(state, await queue_task(state, context, owner))
+
+
+async def queue_task(
+    state: AppState,
+    context: str | None,
+    owner: str = "",
+    max_tokens: int | None = None,
+    stop: Sequence[str] = (),
+) -> StreamState:
+    """Queue a new task for ``context`` (with the limits of its answer, which the worker
+    enforces); the state of a stream that reads it from the start."""
     settings = state.settings
     if not context:
         raise ApiError(ErrorCode.MISSING_CONTEXT, "the context parameter is missing or empty")
@@ -119,6 +131,8 @@ async def submit(state: AppState, context: str | None, owner: str = "") -> SseRe
                 deadline_ms=deadline,
                 max_queue=settings.max_queue,
                 owner=owner,
+                max_tokens=max_tokens,
+                stop=stop,
             ),
         )
     except BaseException:
@@ -133,8 +147,7 @@ async def submit(state: AppState, context: str | None, owner: str = "") -> SseRe
     # One INFO line per request, when it ends (stream.py): a second one here cost 4% of the API's
     # CPU under load, for a fact the ending line and the worker's lines carry too.
     log.debug("task %s queued (%d bytes)", task_id, size, extra={"task_id": task_id})
-    stream = StreamState(task_id, next_index=0, deadline_ms=deadline, created_here=True)
-    return respond(state, stream, sub)
+    return StreamState(task_id, next_index=0, deadline_ms=deadline, created_here=True, sub=sub)
 
 
 async def resume(state: AppState, last_event_id: str, owner: str = "") -> SseResponse:
@@ -161,7 +174,7 @@ def parse_event_id(value: str) -> tuple[str, int]:
         ) from None
 
 
-def respond(state: AppState, stream: StreamState, sub: Subscription | None = None) -> SseResponse:
-    """The SSE response of one task's stream (``sub``: its subscription, if already open)."""
-    task_stream = TaskStream(state.queue, state.hub, state.settings, stream, sub)
+def respond(state: AppState, stream: StreamState) -> SseResponse:
+    """The SSE response of one task's stream."""
+    task_stream = TaskStream(state.queue, state.hub, state.settings, stream)
     return SseResponse(task_stream.events(), headers=SSE_HEADERS, on_close=task_stream.close)

@@ -16,7 +16,7 @@ import asyncio
 from collections.abc import AsyncGenerator, Callable, Mapping
 
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 SEND_TIMEOUT_S = 30.0
 
@@ -44,6 +44,7 @@ class SseResponse(Response):
         self.init_headers(headers)
         self._streaming = False
         self._hung_up = False
+        self._send_started: float | None = None  # loop time when the send in progress began
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         frames = self.frames
@@ -51,13 +52,13 @@ class SseResponse(Response):
         assert task is not None
         loop = asyncio.get_running_loop()
         self._streaming = True
-        sending_since: list[float] = []  # when the send in progress began, if one is
         timed_out = False
         timer: asyncio.TimerHandle | None = None
 
         def watchdog() -> None:
             nonlocal timer, timed_out
-            if sending_since and loop.time() - sending_since[0] >= self.send_timeout_s:
+            started = self._send_started
+            if started is not None and loop.time() - started >= self.send_timeout_s:
                 timed_out = True
                 task.cancel()
                 return
@@ -66,17 +67,7 @@ class SseResponse(Response):
         timer = loop.call_later(self.send_timeout_s / 2, watchdog)
         watcher = asyncio.create_task(self._watch_disconnect(receive, task))
         try:
-            start = {
-                "type": "http.response.start",
-                "status": self.status_code,
-                "headers": self.raw_headers,
-            }
-            await send(start)
-            async for chunk in frames:
-                sending_since.append(loop.time())
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                sending_since.clear()
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await self.send_frames(frames, send)
         except asyncio.CancelledError:
             if timed_out:
                 task.uncancel()
@@ -95,6 +86,26 @@ class SseResponse(Response):
             if self.on_close is not None:
                 self.on_close()
 
+    async def send_frames(self, frames: AsyncGenerator[bytes, None], send: Send) -> None:
+        """Send the headers, then each chunk as it comes."""
+        start = {
+            "type": "http.response.start",
+            "status": self.status_code,
+            "headers": self.raw_headers,
+        }
+        await send(start)
+        async for chunk in frames:
+            await self._send(send, {"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _send(self, send: Send, message: Message) -> None:
+        """A send the watchdog watches: one the client does not take in time fails the response."""
+        self._send_started = asyncio.get_running_loop().time()
+        try:
+            await send(message)
+        finally:
+            self._send_started = None
+
     async def _watch_disconnect(self, receive: Receive, task: asyncio.Task[None]) -> None:
         while True:
             message = await receive()
@@ -103,3 +114,27 @@ class SseResponse(Response):
         if self._streaming:
             self._hung_up = True
             task.cancel()
+
+
+class CollectedResponse(SseResponse):
+    """A JSON response made from a whole stream: the frames are run to their end (a client that
+    hangs up meanwhile ends them, as for a stream), then ``result()`` gives the status and body."""
+
+    media_type = "application/json"
+
+    def __init__(
+        self,
+        frames: AsyncGenerator[bytes, None],
+        result: Callable[[], tuple[int, bytes]],
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__(frames, on_close=on_close)
+        self.result = result
+
+    async def send_frames(self, frames: AsyncGenerator[bytes, None], send: Send) -> None:
+        async for _ in frames:
+            pass
+        status, body = self.result()
+        headers = [*self.raw_headers, (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await self._send(send, {"type": "http.response.body", "body": body, "more_body": False})

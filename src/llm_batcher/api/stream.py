@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
+from typing import Protocol
 
 from llm_batcher import contract, metrics
 from llm_batcher.api.hub import CLOSE, GONE, RESYNC, ResultHub, Subscription
@@ -44,10 +45,38 @@ class StreamState:
     deadline_ms: int
     terminal_sent: bool = False
     created_here: bool = False  # this request submitted the task (so may cancel it)
+    sub: Subscription | None = None  # opened before the task was queued (TaskStream)
+
+
+def _wire(events: list[contract.Event]) -> bytes:
+    """The SSE frames of these events, in one chunk (one write)."""
+    return "".join(map(contract.encode, events)).encode()
+
+
+class Encoder(Protocol):
+    """A wire format of a task's stream: /generate's SSE events, or OpenAI's chunks."""
+
+    ping: bytes
+    """What an idle stream sends every ping_s (b"": nothing)."""
+
+    def frames(self, events: list[contract.Event]) -> bytes:
+        """The bytes of these events, sent in one write (b"": nothing to send)."""
+        ...
+
+
+class GenerateEncoder:
+    """/generate's wire format: the contract's SSE events as they are."""
+
+    ping = PING
+    frames = staticmethod(_wire)  # _wire itself: no extra call per chunk on the hot path
+
+
+GENERATE = GenerateEncoder()
 
 
 class TaskStream:
-    """Produces the SSE events of one task for one client."""
+    """Produces the stream of one task for one client, in the wire format of its encoder;
+    ``endpoint`` labels the request in the metrics."""
 
     def __init__(
         self,
@@ -55,17 +84,20 @@ class TaskStream:
         hub: ResultHub,
         settings: ApiSettings,
         state: StreamState,
-        sub: Subscription | None = None,
+        encoder: Encoder = GENERATE,
+        endpoint: str = "generate",
     ) -> None:
-        """``sub``: a subscription opened before the task was queued, so that every entry of
-        the task reaches it and nothing needs reading from Redis at the start; without one,
-        the stream subscribes, then reads what was written before."""
+        """``state.sub``: a subscription opened before the task was queued, so that every
+        entry of the task reaches it and nothing needs reading from Redis at the start; without
+        one, the stream subscribes, then reads what was written before."""
         self.queue = queue
         self.hub = hub
         self.settings = settings
         self.state = state
-        self.sub = sub
+        self.sub = state.sub
         self._started = False  # events() has begun (and its own cleanup will run)
+        self.encoder = encoder
+        self.endpoint = endpoint
         self._outage_since: float | None = None
         self._more = False  # the last backfill filled a page: read on before waiting
 
@@ -75,9 +107,10 @@ class TaskStream:
         state = self.state
         outcome = "disconnected"
         self._started = True
+        encode = self.encoder.frames
         metrics.OPEN_STREAMS.inc()
         try:
-            yield _wire(
+            yield encode(
                 [contract.task_event(state.task_id, state.next_index - 1, self.settings.retry_ms)]
             )
             sub = self.sub
@@ -91,7 +124,7 @@ class TaskStream:
                 events = []  # subscribed before the task was queued: all will be announced
             while not state.terminal_sent:
                 if events:
-                    yield _wire(events)
+                    yield encode(events)
                 # Everything announced meanwhile is taken at once; nothing waits for company.
                 events = []
                 if self._more:  # a long answer is read page by page, each sent on its own
@@ -99,13 +132,13 @@ class TaskStream:
                     continue
                 items = await sub.get_ready(self._wait_s())
                 if items == [None] and not self._deadline_passed():
-                    yield PING  # a silence; the hub checks that the task still exists
+                    yield self.encoder.ping  # a silence; the hub checks the task exists
                     continue
                 for item in items:
                     events += self._emit(await self._next(item))
                     if state.terminal_sent:
                         break
-            yield _wire(events)
+            yield encode(events)
         except _Closed:
             outcome = "closed"
             log.info(
@@ -114,7 +147,7 @@ class TaskStream:
                 extra={"task_id": state.task_id},
             )
         except REDIS_UNAVAILABLE as exc:
-            yield _wire([self._error(ErrorCode.REDIS_UNAVAILABLE, f"Redis is unreachable: {exc}")])
+            yield encode([self._error(ErrorCode.REDIS_UNAVAILABLE, f"Redis is unreachable: {exc}")])
         finally:
             self.close()
             metrics.OPEN_STREAMS.dec()
@@ -123,7 +156,7 @@ class TaskStream:
                 outcome = "cancelled"
                 self._cancel_in_background()
             if not state.terminal_sent:
-                metrics.REQUESTS.labels(outcome, "").inc()
+                metrics.REQUESTS.labels(outcome, "", self.endpoint).inc()
 
     def close(self) -> None:
         """End the subscription (again: nothing). For a response that ended before its events
@@ -202,7 +235,7 @@ class TaskStream:
 
     def _terminal(self, entry: ResultEntry) -> contract.Event:
         data = entry.data or {}
-        metrics.REQUESTS.labels(entry.kind, data.get("code") or "").inc()
+        metrics.REQUESTS.labels(entry.kind, data.get("code") or "", self.endpoint).inc()
         if entry.kind == "done" and self.state.created_here:
             _observe_latencies(data)
         log.info(
@@ -214,7 +247,7 @@ class TaskStream:
 
     def _error(self, code: ErrorCode, message: str) -> contract.Event:
         self.state.terminal_sent = True
-        metrics.REQUESTS.labels("error", code).inc()
+        metrics.REQUESTS.labels("error", code, self.endpoint).inc()
         log.warning(
             "task %s: %s: %s",
             self.state.task_id,
@@ -231,11 +264,6 @@ class TaskStream:
 
     def _deadline_passed(self) -> bool:
         return now_ms() + 1 >= self.state.deadline_ms  # a timer may fire up to 1 ms early
-
-
-def _wire(events: list[contract.Event]) -> bytes:
-    """The SSE frames of these events, in one chunk (one write)."""
-    return "".join(map(contract.encode, events)).encode()
 
 
 def _observe_latencies(data: dict[str, object]) -> None:

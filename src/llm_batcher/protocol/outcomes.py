@@ -25,6 +25,8 @@ class ErrorCode(StrEnum):
     INVALID_LAST_EVENT_ID = "invalid_last_event_id"
     UNAUTHORIZED = "unauthorized"
     UNKNOWN_TASK = "unknown_task"
+    UNSUPPORTED_PARAMETER = "unsupported_parameter"  # /v1/* only
+    MODEL_NOT_FOUND = "model_not_found"  # /v1/* only
     CONTEXT_TOO_LARGE = "context_too_large"
     QUEUE_FULL = "queue_full"
     SHUTTING_DOWN = "shutting_down"

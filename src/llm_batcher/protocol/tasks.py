@@ -7,6 +7,7 @@ its tasks. Every write of a worker carries its attempt number (a fencing token, 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +46,8 @@ class StartedTask:
     created_ms: int
     started_ms: int
     first_token_ms: int | None
+    max_tokens: int | None = None  # the request's cap on the answer (the worker's may be lower)
+    stop: tuple[str, ...] = ()  # stop sequences: the answer ends before the first one
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,12 +96,16 @@ class Tasks:
         deadline_ms: int,
         max_queue: int,
         owner: str = "",
+        max_tokens: int | None = None,
+        stop: Sequence[str] = (),
     ) -> bool:
         """Queue a task; False (and nothing queued) when max_queue tasks are queued or running.
-        ``owner``: the hash of the API key that submitted it, if keys are on."""
+        ``owner``: the hash of the API key that submitted it, if keys are on; ``max_tokens`` and
+        ``stop``: limits of this answer, which the worker enforces."""
         preview = context_preview(context)
         args: list[str | int] = [task_id, context, now_ms, deadline_ms, max_queue, self.ttl_ms]
-        args += [preview, owner]
+        args += [preview, owner, "" if max_tokens is None else max_tokens]
+        args.append(json.dumps(list(stop), ensure_ascii=False) if stop else "")
         keys = [self._keys.tasks, self._keys.task(task_id), self._keys.arrivals]
         return bool(await self._scripts[Script.SUBMIT](keys=keys, args=args))
 
@@ -154,7 +161,7 @@ class Tasks:
             if outcome is StartOutcome.MISSING:  # expired or lost with a Redis restart
                 await self._claims.drop(claim)
             return Refused(outcome)
-        _, attempt, context, tokens, created, started, first = reply
+        _, attempt, context, tokens, created, started, first, max_tokens, stop = reply
         return StartedTask(
             task_id=task_id,
             entry_id=claim.entry_id,
@@ -164,6 +171,8 @@ class Tasks:
             created_ms=int(created),
             started_ms=int(started),
             first_token_ms=int(first) if first else None,
+            max_tokens=int(max_tokens) if max_tokens else None,
+            stop=tuple(json.loads(reply_text(stop))) if stop else (),
         )
 
     async def append(

@@ -26,6 +26,7 @@ from llm_batcher.protocol.tasks import StartedTask
 from llm_batcher.settings import WorkerSettings
 from llm_batcher.worker.child import ChildFailure, FailureCause, LlmChild
 from llm_batcher.worker.spare import make_launcher
+from llm_batcher.worker.stops import StopScan
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -38,15 +39,51 @@ class TaskRun:
     task: StartedTask
     parts: list[str] = field(default_factory=list)  # every token of this attempt
     pending: list[str] = field(default_factory=list)  # tokens not yet in Redis
-    finished: bool = False  # the child said this context is complete, or it reached the cap
-    capped: bool = False  # it reached max_tokens: the child's further output for it is dropped
+    finished: bool = False  # the child said this context is complete, or the worker ended it
+    capped: bool = False  # ended by a limit: the child's further output for it is dropped
+    finish_reason: str = "stop"  # `length`: cut at max_tokens
     closed: bool = False  # nothing more to do: terminal written, or no longer ours
     first_token_ms: int | None = None
     in_redis: int = 0  # tokens of this task in its result stream, as last reported by Redis
+    max_tokens: int = 0  # the cap on this answer: the task's own, at most the worker's
+    received: int = 0  # tokens the child wrote for this task (some may be held back)
+    stops: StopScan | None = None  # the task's stop sequences, if it has any
+
+    @classmethod
+    def of(cls, task: StartedTask, max_tokens: int) -> TaskRun:
+        """A run of ``task`` capped at its own max_tokens, at most the worker's ``max_tokens``."""
+        return cls(
+            task,
+            first_token_ms=task.first_token_ms,
+            in_redis=task.tokens_written,
+            max_tokens=min(task.max_tokens or max_tokens, max_tokens),
+            stops=StopScan(task.stop) if task.stop else None,
+        )
 
     @property
     def produced(self) -> int:
         return len(self.parts)
+
+    def take(self, token: str) -> None:
+        """One token from the child: relay it (unless a stop sequence may begin in it), and
+        end the answer at a stop sequence or at the cap."""
+        self.received += 1
+        tokens, stopped = ([token], False) if self.stops is None else self.stops.feed(token)
+        if not stopped and self.received >= self.max_tokens:
+            tokens += self.stops.flush() if self.stops is not None else []
+            self.finish_reason = "length"
+        self.parts += tokens
+        self.pending += tokens
+        if stopped or self.received >= self.max_tokens:
+            self.finished = self.capped = True
+
+    def end(self) -> None:
+        """The child finished this context: relay what was held back."""
+        if self.stops is not None:
+            tokens = self.stops.flush()
+            self.parts += tokens
+            self.pending += tokens
+        self.finished = True
 
     @property
     def visible_tokens(self) -> int:
@@ -76,9 +113,7 @@ class BatchRunner:
         """Run one batch to its end; returns the tasks to retry, each in a batch of its own.
 
         ``tail`` is set when the first task of the batch is complete."""
-        runs = [
-            TaskRun(t, first_token_ms=t.first_token_ms, in_redis=t.tokens_written) for t in tasks
-        ]
+        runs = [TaskRun.of(t, self.settings.max_tokens) for t in tasks]
         log.info(
             "batch %s: running %d task(s): %s",
             batch_id, len(runs), " ".join(t.task_id for t in tasks),
@@ -94,7 +129,7 @@ class BatchRunner:
                 timeout_s=self.settings.batch_timeout_s,
             ) as child:
                 async for lines in child.chunks():
-                    _apply(runs, lines, self.settings.max_tokens)
+                    _apply(runs, lines)
                     if tail is not None and any(r.finished for r in runs):
                         tail.set()
                     await self._flush(runs, batch_id)
@@ -197,7 +232,7 @@ class BatchRunner:
             "attempt": task.attempt,
             "worker": self.settings.worker_id,
             "batch_id": batch_id,
-            "finish_reason": "length" if run.capped else "stop",
+            "finish_reason": run.finish_reason,
         }
 
     def _ended(self, run: TaskRun, batch_id: str, summary: dict[str, Any]) -> None:
@@ -238,10 +273,10 @@ class BatchRunner:
         return retry
 
 
-def _apply(runs: list[TaskRun], lines: list[ChildLine], max_tokens: int) -> None:
+def _apply(runs: list[TaskRun], lines: list[ChildLine]) -> None:
     """Apply decoded output lines to the runs; a token after `finish` breaks the protocol. A
-    task that reaches ``max_tokens`` is finished there, and what the child writes for it after
-    is dropped: the child runs on for the other contexts of its batch."""
+    task that reaches its cap or a stop sequence is finished there, and what the child writes
+    for it after is dropped: the child runs on for the other contexts of its batch."""
     for line in lines:
         run = runs[line.index]
         if run.capped:
@@ -251,12 +286,9 @@ def _apply(runs: list[TaskRun], lines: list[ChildLine], max_tokens: int) -> None
                 FailureCause.BAD_OUTPUT, f"output for context {line.index} after its finish"
             )
         if isinstance(line, TokenLine):
-            run.parts.append(line.token)
-            run.pending.append(line.token)
-            if len(run.parts) >= max_tokens:
-                run.finished = run.capped = True
+            run.take(line.token)
         else:
-            run.finished = True
+            run.end()
 
 
 async def _retrying(call: Callable[[], Awaitable[T]], task_id: str, budget_s: float = 30.0) -> T:

@@ -3,11 +3,12 @@
 -- KEYS[5] stats
 -- ARGV[1] now_ms, ARGV[2] max_attempts, ARGV[3] worker, ARGV[4] ttl_ms, ARGV[5] timeout data,
 -- ARGV[6] dead-letter data, ARGV[7] task_id, ARGV[8] stats_window_ms
--- Returns {START_RUN, attempt, context, tokens, created_ms, started_ms, first_token_ms}, or {why}
+-- Returns {START_RUN, attempt, context, tokens, created_ms, started_ms, first_token_ms,
+-- max_tokens, stop} ('' for a limit the task does not have), or {why}
 -- with why one of 'missing', 'final', 'timeout' (ended it), 'dead' (dead-lettered it).
 local now = tonumber(ARGV[1])
 local f = redis.call('HMGET', KEYS[1], 'state', 'deadline_ms', 'context', 'tokens',
-  'created_ms', 'started_ms', 'first_token_ms', 'attempt')
+  'created_ms', 'started_ms', 'first_token_ms', 'attempt', 'max_tokens', 'stop')
 if not f[1] then return {START_MISSING} end
 if is_final(f[1]) then return {START_FINAL} end
 if tonumber(f[2]) <= now then
@@ -24,4 +25,4 @@ end
 local started = f[6] or ARGV[1]
 redis.call('HSET', KEYS[1], 'attempt', attempt, 'state', STATE_RUNNING, 'worker', ARGV[3],
   'started_ms', started)
-return {START_RUN, attempt, f[3], f[4], f[5], started, f[7] or ''}
+return {START_RUN, attempt, f[3], f[4], f[5], started, f[7] or '', f[9] or '', f[10] or ''}

@@ -10,6 +10,7 @@ id is enough to read the task's answer when API keys are off.
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import time
@@ -25,6 +26,11 @@ ones of the window, and `sampled` says how many."""
 
 PRIVATE_FIELDS = ("task_id", "context_preview")
 """What the public view leaves out of each slow request."""
+
+HISTOGRAM_LE_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000, 20_000, 50_000)
+"""Upper bounds of the latency histogram's buckets (1-2-5 steps: equal widths on a log axis);
+one more bucket counts what lies above the last bound."""
+LATENCIES = ("queue_ms", "ttft_ms", "total_ms")
 
 
 def quantiles(values: list[float]) -> dict[str, float | int | None]:
@@ -45,6 +51,15 @@ def quantiles(values: list[float]) -> dict[str, float | int | None]:
     }
 
 
+def histogram(values: list[float]) -> list[int]:
+    """How many values fall in each bucket of HISTOGRAM_LE_MS (value <= bound), plus the
+    overflow bucket."""
+    counts = [0] * (len(HISTOGRAM_LE_MS) + 1)
+    for value in values:
+        counts[bisect.bisect_left(HISTOGRAM_LE_MS, value)] += 1
+    return counts
+
+
 def summarize(
     records: list[dict[str, Any]], *, window_s: float, slowest: int, in_window: int | None = None
 ) -> dict[str, Any]:
@@ -53,11 +68,13 @@ def summarize(
     done = [r for r in records if r.get("outcome") == "done"]
     codes = Counter(r.get("code") or "" for r in records if r.get("outcome") != "done")
     by_total = sorted(records, key=lambda r: r.get("total_ms") or 0, reverse=True)
+    values = {k: [r[k] for r in done if r.get(k) is not None] for k in LATENCIES}
     return {
         "window_s": window_s,
-        "ttft_ms": quantiles([r["ttft_ms"] for r in done if r.get("ttft_ms") is not None]),
-        "total_ms": quantiles([r["total_ms"] for r in done if r.get("total_ms") is not None]),
-        "queue_ms": quantiles([r["queue_ms"] for r in done if r.get("queue_ms") is not None]),
+        **{k: quantiles(values[k]) for k in LATENCIES},
+        # Counts only: no task, no context, so the public view keeps it (the test page draws it).
+        "histogram": {"le_ms": list(HISTOGRAM_LE_MS)}
+        | {k: histogram(values[k]) for k in LATENCIES},
         "sampled": len(records),
         "requests": {
             "total": len(records) if in_window is None else max(in_window, len(records)),

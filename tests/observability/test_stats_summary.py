@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from llm_batcher.protocol.tasks import PREVIEW_CHARS, context_preview
-from llm_batcher.stats import format_table, quantiles, summarize
+from llm_batcher.stats import (
+    HISTOGRAM_LE_MS,
+    format_table,
+    histogram,
+    public_view,
+    quantiles,
+    summarize,
+)
 
 
 def test_quantiles_use_the_nearest_rank() -> None:
@@ -58,3 +65,27 @@ def test_table_shows_every_quantile_row() -> None:
     assert any(line.startswith("ttft") and "40" in line for line in lines)
     assert any(line.startswith("total") and "400" in line for line in lines)
     assert "slowest 2:" in table and "t4" in table
+
+
+def test_histogram_counts_each_value_in_its_bucket_and_overflow_last() -> None:
+    counts = histogram([0, 1, 1.5, 2, 150, 200, 201, 10_000_000])
+    assert len(counts) == len(HISTOGRAM_LE_MS) + 1
+    assert counts[HISTOGRAM_LE_MS.index(1)] == 2  # 0 and 1: a bound belongs to its bucket
+    assert counts[HISTOGRAM_LE_MS.index(2)] == 2
+    assert counts[HISTOGRAM_LE_MS.index(200)] == 2
+    assert counts[HISTOGRAM_LE_MS.index(500)] == 1
+    assert counts[-1] == 1
+    assert sum(counts) == 8
+
+
+def test_the_public_view_keeps_the_histogram_and_it_names_nothing() -> None:
+    records = [_record(i, preview=f"secret {i}") for i in range(1, 11)]
+    records.append(_record(99, outcome="error", code="llm_crashed", total_ms=50))
+    report = public_view(summarize(records, window_s=300, slowest=3))
+    shown = report["histogram"]
+    assert shown["le_ms"] == list(HISTOGRAM_LE_MS)
+    assert sum(shown["total_ms"]) == 10  # completed requests only, like the quantiles
+    assert shown["total_ms"][HISTOGRAM_LE_MS.index(1000)] == 5  # 600..1000 ms
+    assert shown["queue_ms"][HISTOGRAM_LE_MS.index(10)] == 5  # 6..10 ms
+    assert sum(shown["ttft_ms"]) == 10
+    assert all(isinstance(n, int) for counts in shown.values() for n in counts)  # numbers only

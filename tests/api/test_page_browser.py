@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 
 from tests.support.processes import Stack
 from tests.support.results import task_ids
+from tests.support.waiting import eventually
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -26,6 +27,11 @@ CHROMIUM_ARGS = [
 ]
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 NUMBER = re.compile(r"^\d+(\.\d)?$")
+CSP_WATCH = """
+window.__cspViolations = [];
+document.addEventListener("securitypolicyviolation", (e) =>
+  window.__cspViolations.push(`CSP ${e.violatedDirective}: ${e.blockedURI || e.sample}`));
+"""
 HOSTILE = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2">'
 
 pytestmark = [
@@ -50,14 +56,17 @@ async def browser() -> AsyncIterator[Browser]:
 
 @contextlib.asynccontextmanager
 async def open_page(browser: Browser, url: str) -> AsyncIterator[Page]:
-    """The test page at ``url``, with script errors collected and checked at the end."""
+    """The test page at ``url``, with script errors and breaches of its CSP (an inline style the
+    page set, say) collected and checked at the end."""
     context = await browser.new_context(base_url=url)
+    await context.add_init_script(CSP_WATCH)
     tab = await context.new_page()
     errors: list[str] = []
     tab.on("pageerror", lambda exc: errors.append(str(exc)))
     try:
         await tab.goto("/")
         yield tab
+        errors += await tab.evaluate("window.__cspViolations")
     finally:
         await context.close()
     assert errors == [], errors
@@ -166,3 +175,44 @@ async def test_with_api_keys_the_page_asks_for_one_and_streams_with_it(
         slowest = tab.locator("#stats table caption", has_text="slowest")
         await expect(slowest).to_have_count(1, timeout=10_000)
         await expect(tab.locator("#stats th", has_text="task")).to_have_count(0)
+
+
+async def test_a_burst_shows_its_batches_and_the_latency_histogram(
+    page: Page, stack: Stack
+) -> None:
+    await stack.worker(max_batch=8, window_ms=300)
+    await page.get_by_test_id("context").fill("@mock ttft_ms=300 itl_ms=20\nburst")
+    await page.get_by_test_id("burst").click()
+    cards = page.get_by_test_id("card")
+    await expect(cards).to_have_count(8)
+    for i in range(8):
+        await expect(cards.nth(i).get_by_test_id("status")).to_have_text("done", timeout=20_000)
+    ids = set(await page.get_by_test_id("task-id").all_text_contents())
+    sizes = [int(s) for s in await page.get_by_test_id("batch-size").all_text_contents()]
+    assert len(ids) == 8 and max(sizes) > 1  # some of them shared a batch
+
+    timeline = page.get_by_test_id("timeline")
+    marks = timeline.locator("rect.tl-req[data-task-id]")
+    await expect(marks).to_have_count(8)
+    assert {await m.get_attribute("data-task-id") for m in await marks.all()} == ids
+    bars = timeline.locator("rect.tl-batch[data-batch-id]")
+    bar_ids = [await b.get_attribute("data-batch-id") for b in await bars.all()]
+    assert 1 <= len(bar_ids) < 8 and len(set(bar_ids)) == len(bar_ids)
+    marked = {await m.get_attribute("data-batch-id") for m in await marks.all()}
+    assert marked == set(bar_ids)  # every request sits in a drawn batch, every batch holds one
+    await expect(timeline.locator("rect.tl-lane")).to_have_count(1)  # one worker, one lane
+    for bar in await bars.all():
+        assert float(await bar.get_attribute("width") or 0) > 0
+
+    # The histogram comes from /stats, polled every 2 s: all 8 requests end up counted.
+    latency = page.get_by_test_id("latency")
+    await expect(latency).to_be_visible(timeout=10_000)
+    totals = latency.locator("rect.lat-bar[data-series='total_ms']")
+    await expect(totals.first).to_be_visible(timeout=10_000)
+
+    async def all_counted() -> bool:
+        js = "bars => bars.reduce((n, bar) => n + Number(bar.dataset.count), 0)"
+        return await totals.evaluate_all(js) == 8
+
+    await eventually(all_counted, timeout_s=10, what="the 8 requests in the histogram")
+    await expect(latency.locator("rect.lat-bar[data-series='ttft_ms']").first).to_be_visible()

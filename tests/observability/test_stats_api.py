@@ -61,11 +61,12 @@ async def test_stats_agree_across_two_api_processes(
         worker.stop()
 
     assert all(s.terminal.kind == "done" for s in results) and kind == "error"
-    for field in ("requests", "ttft_ms", "total_ms", "queue_ms", "slowest"):
+    for field in ("requests", "ttft_ms", "total_ms", "queue_ms", "histogram", "slowest"):
         assert report_a[field] == report_b[field], field
     assert report_a["requests"]["done"] == 6
     assert report_a["requests"]["by_code"] == {"llm_crashed": 1}
     assert report_a["ttft_ms"]["count"] == 6
+    assert sum(report_a["histogram"]["ttft_ms"]) == 6  # the public view keeps the histogram
     assert report_a["ttft_ms"]["max"] >= 300  # the slowest asked for 300 ms to its first token
     totals = [s["total_ms"] for s in report_a["slowest"]]
     assert totals == sorted(totals, reverse=True)

@@ -112,7 +112,7 @@ function createCard(context) {
   return {
     context, root, status, taskId, hint, answer, textNode, error, m,
     state: "queued", task: null, lastId: "", lastIndex: -1, count: 0, pending: "",
-    finished: false, es: null, abort: null,
+    finished: false, es: null, abort: null, num: n,
   };
 }
 
@@ -192,6 +192,7 @@ function onDone(card, data) {
   card.m.total.textContent = fmt(d.total_ms);
   card.m.tokens.textContent = fmt(tokens ?? card.count);
   setState(card, "done");
+  Charts.addDone(d, `#${card.num}`);
 }
 
 function fail(card, code, message) {
@@ -369,15 +370,18 @@ function readCount() {
   return n;
 }
 
-function sendMany() {
+// n copies of the context at once: they land in the queue together, so workers batch them.
+function sendCopies(n) {
   const base = $("context").value;
-  const n = readCount();
   // Suffixes go at the end so a leading @mock directive line stays first.
   for (let i = 1; i <= n; i++) send(`${base} #${i}`);
 }
 
+const BURST = 8;
+
 function clearAll() {
   for (const card of [...live]) finish(card);
+  Charts.clearTimeline();
   $("cards").replaceChildren();
   $("empty").hidden = false;
   updateSummary();
@@ -429,6 +433,7 @@ function renderStats(s) {
     parts.push(statsTable("slowest", named ? ["task", "context", ...head] : head, slowest));
   }
   $("stats-body").replaceChildren(...parts);
+  Charts.drawLatency($("latency"), obj(s.histogram));
 }
 
 async function pollStats() {
@@ -455,7 +460,8 @@ function init() {
   });
   $("context").addEventListener("input", () => { select.value = ""; }); // edited: no longer a sample
   $("composer").addEventListener("submit", (e) => { e.preventDefault(); send($("context").value); });
-  $("send-many").addEventListener("click", sendMany);
+  $("send-many").addEventListener("click", () => sendCopies(readCount()));
+  $("burst").addEventListener("click", () => sendCopies(BURST));
   $("count").addEventListener("input", () => {
     const n = Number($("count").value);
     if (Number.isInteger(n) && n >= 1 && n <= 16) $("count-label").textContent = String(n);
@@ -467,6 +473,7 @@ function init() {
     if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); send($("context").value); }
   });
   readCount();
+  Charts.mount($("timeline"));
   pollStats();
 }
 

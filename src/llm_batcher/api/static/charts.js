@@ -206,6 +206,9 @@ const Charts = (() => {
           "data-series": key, "data-bucket": bucketLabel(bounds, i), "data-count": n,
         });
         svg.append(tip(bar, `${label} ${bucketLabel(bounds, i)}: ${n} request(s)`));
+        if (barW >= 14) {
+          svg.append(svgEl("text", { class: "lat-count", x: sx + 4 + (s + 0.5) * barW, y: BASE - h - 3, "text-anchor": "middle" }, n));
+        }
       });
     }
   }

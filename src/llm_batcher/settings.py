@@ -7,6 +7,7 @@ environment at import time. Validation failures stop the process with one clear 
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -128,6 +129,12 @@ class WorkerSettings(CommonSettings):
     batch_timeout_s: float = Field(
         120, gt=0, description="Deadline of one LLM run; a child still running is killed."
     )
+    # --- security: what the LLM child sees (SECURITY.md) ---
+    llm_env: str = Field(
+        "",
+        description="Comma-separated names of environment variables passed to the LLM child on "
+        "top of the allowlist (PATH, HOME, LANG, LC_*, TMPDIR, TZ, PYTHON*, LLMB_MOCK_*).",
+    )
     drain_s: float = Field(
         25, ge=0, description="On SIGTERM, how long the running batch may take to finish."
     )
@@ -146,6 +153,19 @@ class WorkerSettings(CommonSettings):
         if not shlex.split(value):
             raise ValueError("must name a program")
         return value
+
+    @field_validator("llm_env")
+    @classmethod
+    def _check_llm_env(cls, value: str) -> str:
+        for name in llm_env_names(value):
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ValueError(f"{name!r} is not an environment variable name")
+        return value
+
+    @property
+    def llm_env_names(self) -> list[str]:
+        """The variable names LLMB_LLM_ENV lists."""
+        return llm_env_names(self.llm_env)
 
     @model_validator(mode="after")
     def _default_worker_id(self) -> WorkerSettings:
@@ -179,3 +199,8 @@ class WorkerSettings(CommonSettings):
         if self.runs_mock and self.llm_files_on_stdin and MOCK_STDIN_FLAG not in argv:
             argv.append(MOCK_STDIN_FLAG)
         return argv
+
+
+def llm_env_names(value: str) -> list[str]:
+    """Names in a comma-separated list, blanks dropped."""
+    return [name.strip() for name in value.split(",") if name.strip()]

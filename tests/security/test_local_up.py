@@ -1,0 +1,53 @@
+"""`llm-batcher up`'s embedded Valkey: a password per run, and a private data folder (issue:
+it listened with no password and `protected-mode no`, its AOF holding every context was 0644)."""
+
+from __future__ import annotations
+
+import stat
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import httpx
+import pytest
+import redis.exceptions
+from redis.asyncio import Redis
+
+from llm_batcher.local.embedded_redis import free_port
+from tests.support.sse import generate
+from tests.support.up import Up
+
+pytestmark = pytest.mark.system
+
+RunUp = Callable[..., Awaitable[Up]]
+
+
+async def test_up_embedded_valkey_needs_its_password_and_keeps_its_data_private(
+    run_up: RunUp, client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    port = free_port()
+    data = tmp_path / "data"
+    up = await run_up(
+        "--port", str(port), "--workers", "1", "--data-dir", str(data),
+        "--mock-ttft-ms", "0", "--mock-itl-ms", "0",
+    )  # fmt: skip
+    line = await up.wait_line(r"embedded Redis-compatible server \(Valkey\) at (redis://\S+),")
+    url = line.split(" at ", 1)[1].split(",", 1)[0]
+    await up.wait_line(r"^up +\| api ready$", 30)
+    await up.wait_line(r"^up +\| worker-1 ready$", 30)
+    (await generate(client, f"http://127.0.0.1:{port}", "with a password")).assert_exact(
+        "with a password"
+    )
+
+    # Another local user (or a page in a browser) tries the server without the password.
+    async with Redis.from_url(url) as stranger:
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            await stranger.keys("*")
+    config = (data / "redis" / "valkey.conf").read_text()
+    password = config.split('requirepass "', 1)[1].split('"', 1)[0]
+    assert len(password) >= 24
+    async with Redis.from_url(url, password=password) as owner:
+        assert await owner.ping()
+    assert password not in "\n".join(up.lines)  # never printed
+    for path in (data / "redis", data / "redis" / "valkey.conf"):
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode & 0o077 == 0, f"{path} is {oct(mode)}"

@@ -6,6 +6,7 @@ environment at import time. Validation failures stop the process with one clear 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import shlex
@@ -102,6 +103,53 @@ class ApiSettings(CommonSettings):
     redis_timeout_s: float = Field(
         1.0, gt=0, description="Timeout of one Redis call; past it /generate answers 503."
     )
+    # --- security: limits on clients, browsers, exposure (SECURITY.md) ---
+    max_streams: int = Field(
+        20000, ge=1, description="Open /generate streams of one API process; more get 503."
+    )
+    max_streams_per_client: int = Field(
+        256,
+        ge=0,
+        description="Open /generate streams of one client (its API key if it sends a Bearer "
+        "token, else its address); more get 429. 0: no limit.",
+    )
+    stream_limit_exempt: str = Field(
+        "127.0.0.0/8,::1",
+        description="Comma-separated networks whose clients the per-client limit leaves alone "
+        "(loopback by default: `up`, the tests and the benchmark open thousands of streams).",
+    )
+    request_read_timeout_s: float = Field(
+        10,
+        gt=0,
+        description="A request's headers and body must arrive within this long of its first "
+        "byte (or of the connection's opening); else the connection is closed.",
+    )
+    trusted_hosts: str = Field(
+        "*",
+        description="Comma-separated Host names the API answers (`*.example.com` matches "
+        "subdomains, `*` any); others get 421. Guards a local API against DNS rebinding.",
+    )
+    forwarded_allow_ips: str = Field(
+        "127.0.0.1",
+        description="Proxies whose X-Forwarded-For names the client (uvicorn's "
+        "forwarded_allow_ips; `*` trusts any: only where nothing else can reach the API).",
+    )
+    docs: bool = Field(True, description="Serve /docs and /openapi.json.")
+
+    @field_validator("stream_limit_exempt")
+    @classmethod
+    def _check_networks(cls, value: str) -> str:
+        for name in comma_list(value):
+            try:
+                ipaddress.ip_network(name, strict=False)
+            except ValueError:
+                raise ValueError(f"{name!r} is not an IP network") from None
+        return value
+
+    @property
+    def trusted_host_names(self) -> list[str]:
+        """The names of LLMB_TRUSTED_HOSTS, lower case."""
+        return [name.lower() for name in comma_list(self.trusted_hosts)]
 
 
 class WorkerSettings(CommonSettings):
@@ -157,7 +205,7 @@ class WorkerSettings(CommonSettings):
     @field_validator("llm_env")
     @classmethod
     def _check_llm_env(cls, value: str) -> str:
-        for name in llm_env_names(value):
+        for name in comma_list(value):
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
                 raise ValueError(f"{name!r} is not an environment variable name")
         return value
@@ -165,7 +213,7 @@ class WorkerSettings(CommonSettings):
     @property
     def llm_env_names(self) -> list[str]:
         """The variable names LLMB_LLM_ENV lists."""
-        return llm_env_names(self.llm_env)
+        return comma_list(self.llm_env)
 
     @model_validator(mode="after")
     def _default_worker_id(self) -> WorkerSettings:
@@ -201,6 +249,6 @@ class WorkerSettings(CommonSettings):
         return argv
 
 
-def llm_env_names(value: str) -> list[str]:
-    """Names in a comma-separated list, blanks dropped."""
+def comma_list(value: str) -> list[str]:
+    """The items of a comma-separated list, blanks dropped."""
     return [name.strip() for name in value.split(",") if name.strip()]

@@ -1,5 +1,6 @@
-"""`llm-batcher up`'s embedded Valkey: a password per run, and a private data folder (issue:
-it listened with no password and `protected-mode no`, its AOF holding every context was 0644)."""
+"""`llm-batcher up` on one machine: its embedded Valkey has a password per run and a private data
+folder (issue: no password, `protected-mode no`, an AOF holding every context at 0644), and its API
+answers only local Host names (DNS rebinding)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,11 @@ async def test_up_embedded_valkey_needs_its_password_and_keeps_its_data_private(
     (await generate(client, f"http://127.0.0.1:{port}", "with a password")).assert_exact(
         "with a password"
     )
+    # A page whose name was rebound to 127.0.0.1 is refused: `up` trusts only local names.
+    rebound = await client.get(
+        f"http://127.0.0.1:{port}/stats", headers={"Host": f"attacker.example:{port}"}
+    )
+    assert rebound.status_code == 421
 
     # Another local user (or a page in a browser) tries the server without the password.
     async with Redis.from_url(url) as stranger:

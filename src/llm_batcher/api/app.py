@@ -13,6 +13,7 @@ from fastapi.staticfiles import StaticFiles
 from llm_batcher import __version__, metrics
 from llm_batcher.api.errors import install_error_handlers
 from llm_batcher.api.fastpath import Api
+from llm_batcher.api.guard import Guard
 from llm_batcher.api.hub import ResultHub
 from llm_batcher.api.liveness import RedisLiveness
 from llm_batcher.api.outage import BUSY_WAIT_FACTOR
@@ -72,7 +73,11 @@ def create_app(settings: ApiSettings) -> FastAPI:
         version=__version__,
         description="Batches LLM requests through Redis and streams the answers as SSE.",
         lifespan=lifespan,
+        docs_url="/docs" if settings.docs else None,
+        redoc_url="/redoc" if settings.docs else None,
+        openapi_url="/openapi.json" if settings.docs else None,
     )
+    app.guard = Guard(settings)
     install_error_handlers(app)
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

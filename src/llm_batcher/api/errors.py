@@ -7,6 +7,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from llm_batcher import metrics
+from llm_batcher.api.headers import SECURITY_HEADERS
 from llm_batcher.protocol.outcomes import ErrorCode
 
 HTTP_STATUS: dict[ErrorCode, int] = {
@@ -18,6 +19,10 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.QUEUE_FULL: 503,
     ErrorCode.REDIS_UNAVAILABLE: 503,
     ErrorCode.SHUTTING_DOWN: 503,
+    ErrorCode.TOO_MANY_STREAMS: 429,
+    ErrorCode.SERVER_BUSY: 503,
+    ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,
+    ErrorCode.UNTRUSTED_HOST: 421,
 }
 """The status of every refusal; a code missing here is never a refusal."""
 
@@ -25,8 +30,21 @@ RETRY_AFTER_S: dict[ErrorCode, int] = {
     ErrorCode.QUEUE_FULL: 5,
     ErrorCode.REDIS_UNAVAILABLE: 2,
     ErrorCode.SHUTTING_DOWN: 1,
+    ErrorCode.TOO_MANY_STREAMS: 2,
+    ErrorCode.SERVER_BUSY: 2,
 }
 """The Retry-After header of refusals that are worth retrying."""
+
+
+def _refusal_headers(code: ErrorCode) -> dict[str, str]:
+    retry_after = RETRY_AFTER_S.get(code)
+    headers = dict(SECURITY_HEADERS)
+    if retry_after:
+        headers["Retry-After"] = str(retry_after)
+    return headers
+
+
+_REFUSAL_HEADERS = {code: _refusal_headers(code) for code in HTTP_STATUS}
 
 
 class ApiError(Exception):
@@ -54,11 +72,10 @@ def refusal(error: ApiError, *, of_generate: bool) -> JSONResponse:
     """The JSON answer to a refused request (counted as `rejected` if it was for /generate)."""
     if of_generate:
         metrics.REQUESTS.labels("rejected", error.code.value).inc()
-    retry_after = RETRY_AFTER_S.get(error.code)
     return JSONResponse(
         {"detail": error.message, "code": error.code.value},
         status_code=error.status,
-        headers={"Retry-After": str(retry_after)} if retry_after else None,
+        headers=_REFUSAL_HEADERS[error.code],
     )
 
 

@@ -4,7 +4,8 @@ Every stream costs a pass through FastAPI's middleware, routing and parameter ha
 sixth of the API's CPU time per request with a fast model. Requests for GET and POST /generate
 are served here instead, before FastAPI sees them, by the same code the documented routes call
 (routes.py: they stay for the OpenAPI schema, and answer /generate in an app without this path).
-Every other request, and every other method on /generate, goes to FastAPI.
+Every other request, and every other method on /generate, goes to FastAPI. Every request
+passes the Host check first; a stream holds a slot of the stream limits while it is open.
 """
 
 from __future__ import annotations
@@ -16,35 +17,53 @@ from starlette.types import Receive, Scope, Send
 
 from llm_batcher.api import generate
 from llm_batcher.api.errors import ApiError, refusal
+from llm_batcher.api.guard import Guard, StreamLimits, untrusted_host
+from llm_batcher.api.headers import with_security_headers
 from llm_batcher.api.state import AppState
 
 
 class Api(FastAPI):
-    """The FastAPI app, with GET and POST /generate answered before its middleware."""
+    """The FastAPI app, with GET and POST /generate answered before its middleware, and the
+    guards (guard.py, headers.py) in front of everything."""
+
+    guard: Guard
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] == "http"
-            and scope["path"] == "/generate"
-            and scope["method"] in ("GET", "POST")
-        ):
-            await _serve_generate(self.state.llmb, scope, receive, send)
-        else:
+        if scope["type"] != "http":
             await super().__call__(scope, receive, send)
+        elif not self.guard.hosts.allows(scope):
+            await refusal(untrusted_host(), of_generate=False)(scope, receive, send)
+        elif scope["path"] == "/generate" and scope["method"] in ("GET", "POST"):
+            await _serve_generate(self.state.llmb, self.guard.streams, scope, receive, send)
+        else:
+            await super().__call__(scope, receive, with_security_headers(send, scope["path"]))
 
 
-async def _serve_generate(state: AppState, scope: Scope, receive: Receive, send: Send) -> None:
+async def _serve_generate(
+    state: AppState, streams: StreamLimits, scope: Scope, receive: Receive, send: Send
+) -> None:
     request = Request(scope, receive)
-    response: Response
+    client = streams.client_of(scope, request.headers.get("authorization"))
+    try:
+        streams.acquire(client)
+    except ApiError as error:
+        await refusal(error, of_generate=True)(scope, receive, send)
+        return
+    try:
+        response = await _answer(state, request)
+        await response(scope, receive, send)
+    finally:
+        streams.release(client)
+
+
+async def _answer(state: AppState, request: Request) -> Response:
     try:
         resume = request.headers.get("last-event-id")
-        if scope["method"] == "GET":
+        if request.method == "GET":
             query = request.query_params
-            response = await generate.for_get(
+            return await generate.for_get(
                 state, query.get("context"), resume or query.get("last_event_id")
             )
-        else:
-            response = await generate.for_post(state, request, resume)
+        return await generate.for_post(state, request, resume)
     except ApiError as error:
-        response = refusal(error, of_generate=True)
-    await response(scope, receive, send)
+        return refusal(error, of_generate=True)

@@ -27,6 +27,13 @@ from llm_batcher.settings import ApiSettings
 
 log = logging.getLogger(__name__)
 _LINGER_S = 2.0
+_SPARE_CONNECTIONS = 1024
+_READING = (h11.IDLE, h11.SEND_BODY)  # h11 states of a client still sending its request
+_TIMEOUT_BODY = b"the request did not arrive in time\n"
+_REQUEST_TIMEOUT = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(_TIMEOUT_BODY), _TIMEOUT_BODY)
+)
 
 
 class CoalescingTransport(asyncio.Transport):
@@ -111,18 +118,52 @@ class CoalescingTransport(asyncio.Transport):
 
 class LingeringH11Protocol(H11Protocol):
     """uvicorn's h11 protocol, but its writes of one loop turn leave together
-    (CoalescingTransport), and a refused request's 400 reaches the client.
+    (CoalescingTransport), a refused request's 400 reaches the client, and a request must
+    arrive in time.
 
     uvicorn answers a request it cannot parse (a URL longer than h11_max_incomplete_event_size)
     with 400 and closes the socket at once; closing with unread input sends a TCP reset, and the
     client sees "connection reset" instead of the 400. Here the answer is followed by a FIN, and
     what the client is still sending is read and dropped for up to _LINGER_S before closing.
+
+    uvicorn times out only idle keep-alive connections: a client that opens a connection and
+    sends nothing, or half a request, holds it (and up to the largest header block in memory)
+    forever. Here a request's headers and body must all arrive within ``read_timeout_s`` of the
+    connection's opening or of the request's first byte; else the connection is closed (with
+    a 408 when no response has started).
     """
 
     _lingering = False
+    _read_timer: asyncio.TimerHandle | None = None
+    read_timeout_s = 10.0  # serve() sets it from the settings, in a subclass
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(CoalescingTransport(transport))
+        self._arm_read_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_read_timer()
+        super().connection_lost(exc)
+
+    def _arm_read_timer(self) -> None:
+        if self._read_timer is None:
+            self._read_timer = self.loop.call_later(self.read_timeout_s, self._read_timed_out)
+
+    def _disarm_read_timer(self) -> None:
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
+
+    def _read_timed_out(self) -> None:
+        self._read_timer = None
+        if self.transport.is_closing():
+            return
+        log.info(
+            "closing a connection whose request did not arrive within %.0f s", self.read_timeout_s
+        )
+        if self.conn.our_state is h11.IDLE and self.conn.their_state is h11.IDLE:
+            self.transport.write(_REQUEST_TIMEOUT)  # nothing answered yet: say why
+        self.transport.close()
 
     def send_400_response(self, msg: str) -> None:
         headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"connection", b"close")]
@@ -138,8 +179,12 @@ class LingeringH11Protocol(H11Protocol):
         asyncio.get_running_loop().call_later(_LINGER_S, self.transport.close)
 
     def data_received(self, data: bytes) -> None:
-        if not self._lingering:
-            super().data_received(data)
+        if self._lingering:
+            return
+        self._arm_read_timer()  # the first byte of a request on a kept-alive connection
+        super().data_received(data)
+        if self.conn.their_state not in _READING:
+            self._disarm_read_timer()  # the whole request is in
 
 
 class DrainingServer(uvicorn.Server):
@@ -188,7 +233,13 @@ def serve(settings: ApiSettings) -> int:
         access_log=False,
         timeout_graceful_shutdown=5,
         h11_max_incomplete_event_size=max_get_bytes,
-        http=LingeringH11Protocol,
+        http=type(
+            "Protocol", (LingeringH11Protocol,), {"read_timeout_s": settings.request_read_timeout_s}
+        ),
+        # Room for every allowed stream plus idle keep-alive connections; past it uvicorn
+        # answers 503 before the app (the app refuses streams past max_streams itself).
+        limit_concurrency=settings.max_streams + _SPARE_CONNECTIONS,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
     )
     server = DrainingServer(config, settings.shutdown_grace_s)
     server.run()

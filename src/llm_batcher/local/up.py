@@ -20,6 +20,8 @@ from pathlib import Path
 from llm_batcher.local.embedded_redis import EmbeddedRedis, free_port
 from llm_batcher.local.supervisor import ChildSpec, Supervised
 
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     env = os.environ.get
@@ -65,6 +67,10 @@ def _specs(args: argparse.Namespace, redis_url: str, redis_password: str | None)
     cli = [sys.executable, "-m", "llm_batcher.cli"]
     env = _child_env(args, redis_url, redis_password)
     api_env = dict(env, LLMB_HOST=args.host, LLMB_PORT=str(args.port))
+    if args.host in _LOOPBACK and "LLMB_TRUSTED_HOSTS" not in os.environ:
+        # Only these names reach a loopback API legitimately: a page on another site that
+        # rebinds its own name to 127.0.0.1 sends its own name as Host and is refused.
+        api_env["LLMB_TRUSTED_HOSTS"] = "localhost,127.0.0.1,[::1]"
     probe_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     specs = [ChildSpec("api", [*cli, "api"], api_env, f"http://{probe_host}:{args.port}/healthz")]
     for i in range(1, args.workers + 1):

@@ -135,6 +135,12 @@ class ApiSettings(CommonSettings):
         "forwarded_allow_ips; `*` trusts any: only where nothing else can reach the API).",
     )
     docs: bool = Field(True, description="Serve /docs and /openapi.json.")
+    metrics_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Serve /metrics only on this port (0: on the API port).",
+    )
 
     @field_validator("stream_limit_exempt")
     @classmethod
@@ -177,12 +183,6 @@ class WorkerSettings(CommonSettings):
     batch_timeout_s: float = Field(
         120, gt=0, description="Deadline of one LLM run; a child still running is killed."
     )
-    # --- security: what the LLM child sees (SECURITY.md) ---
-    llm_env: str = Field(
-        "",
-        description="Comma-separated names of environment variables passed to the LLM child on "
-        "top of the allowlist (PATH, HOME, LANG, LC_*, TMPDIR, TZ, PYTHON*, LLMB_MOCK_*).",
-    )
     drain_s: float = Field(
         25, ge=0, description="On SIGTERM, how long the running batch may take to finish."
     )
@@ -194,6 +194,18 @@ class WorkerSettings(CommonSettings):
         8001, ge=0, le=65535, description="Port of /healthz, /readyz, /metrics (0: any free)."
     )
     worker_id: str = Field("", description="Name of this worker in Redis (default: host-pid).")
+    # --- security: what the LLM child sees, and metrics off the health port (SECURITY.md) ---
+    llm_env: str = Field(
+        "",
+        description="Comma-separated names of environment variables passed to the LLM child on "
+        "top of the allowlist (PATH, HOME, LANG, LC_*, TMPDIR, TZ, PYTHON*, LLMB_MOCK_*).",
+    )
+    metrics_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Serve /metrics only on this port (0: on the health port).",
+    )
 
     @field_validator("llm_command")
     @classmethod

@@ -77,9 +77,3 @@ async def test_a_rebound_host_name_is_refused(stack: Stack, client: httpx.AsyncC
     port = api.url.rsplit(":", 1)[1]
     for host in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost"):
         assert (await client.get(f"{api.url}/healthz", headers={"Host": host})).status_code == 200
-
-
-async def test_docs_can_be_turned_off(stack: Stack, client: httpx.AsyncClient) -> None:
-    api = await stack.api(docs="false")
-    for path in ("/docs", "/redoc", "/openapi.json"):
-        assert (await client.get(f"{api.url}{path}")).status_code == 404, path

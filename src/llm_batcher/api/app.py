@@ -21,6 +21,8 @@ from llm_batcher.api.routes import STATIC_DIR, router
 from llm_batcher.api.state import AppState
 from llm_batcher.background import keep_running
 from llm_batcher.clock import now_ms
+from llm_batcher.health import HealthServer
+from llm_batcher.metrics import API_REGISTRY
 from llm_batcher.protocol.connection import REDIS_UNAVAILABLE, make_redis
 from llm_batcher.protocol.keys import Keys
 from llm_batcher.protocol.queue import TaskQueue
@@ -59,9 +61,16 @@ def create_app(settings: ApiSettings) -> FastAPI:
             log.warning("Redis unreachable at start-up (%s); /readyz fails until it is back", exc)
         await hub.start()
         refresher = keep_running("queue-metrics", lambda: _refresh_queue_metrics(queue, settings))
+        # With a metrics port, /metrics leaves the public port (routes.py answers 404 there).
+        metrics_server = None
+        if settings.metrics_port:
+            metrics_server = HealthServer(settings.host, settings.metrics_port, None, API_REGISTRY)
+            await metrics_server.start()
         try:
             yield
         finally:
+            if metrics_server is not None:
+                await metrics_server.close()
             refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await refresher

@@ -53,9 +53,14 @@ app.kubernetes.io/part-of: llm-batcher
 {{- end }}
 {{- end }}
 
-{{/* Image reference: (dict "ctx" $ "image" .Values.api.image); the tag defaults to appVersion. */}}
+{{/* Image reference: (dict "ctx" $ "image" .Values.api.image); the tag defaults to appVersion; a
+digest, where the image values have one, pins the image instead of the tag. */}}
 {{- define "llm-batcher.image" -}}
+{{- if .image.digest }}
+{{- printf "%s@%s" .image.repository .image.digest }}
+{{- else }}
 {{- printf "%s:%s" .image.repository (.image.tag | default .ctx.Chart.AppVersion) }}
+{{- end }}
 {{- end }}
 
 {{/* Redis: the URL (never with a password) and the Secret holding the password, if any. */}}
@@ -153,4 +158,43 @@ topologySpreadConstraints:
 {{/* Does the worker run the mock LLM? Then the LLMB_MOCK_* settings apply. */}}
 {{- define "llm-batcher.runsMock" -}}
 {{- if eq (first (splitList " " (trim .Values.worker.config.llmCommand)) | base) "llm-mock" }}true{{ end }}
+{{- end }}
+
+{{/* Name of the container port that serves /metrics: (dict "port" .Values.api.config.metricsPort). */}}
+{{- define "llm-batcher.metricsPortName" -}}
+{{- if .port }}metrics{{ else }}http{{ end }}
+{{- end }}
+
+{{/* Egress of the API and worker pods: Redis and DNS, plus networkPolicy.egress.extraRules. */}}
+{{- define "llm-batcher.egressRules" -}}
+- ports:
+    - port: 53
+      protocol: UDP
+    - port: 53
+      protocol: TCP
+  {{- with .Values.networkPolicy.egress.dnsTo }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- if .Values.redis.enabled }}
+- ports:
+    - port: {{ .Values.redis.port }}
+      protocol: TCP
+  to:
+    - podSelector:
+        matchLabels:
+          {{- include "llm-batcher.selectorLabels" (dict "ctx" $ "component" "redis") | nindent 10 }}
+{{- else }}
+{{- $host := (urlParse .Values.externalRedis.url).host }}
+- ports:
+    - port: {{ ternary (last (splitList ":" $host)) "6379" (contains ":" $host) | int }}
+      protocol: TCP
+  {{- with .Values.networkPolicy.egress.externalRedisTo }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end }}
+{{- with .Values.networkPolicy.egress.extraRules }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}

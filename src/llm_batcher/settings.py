@@ -14,13 +14,20 @@ import shutil
 import socket
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MOCK_PROGRAM = "llm-mock"
 MOCK_STDIN_FLAG = "--files-from-stdin"
+
+
+def _metrics_port(usual: str) -> Any:
+    """LLMB_METRICS_PORT of the API and the worker."""
+    return Field(
+        0, ge=0, le=65535, description=f"Serve /metrics only on this port (0: on the {usual} port)."
+    )
 
 
 class CommonSettings(BaseSettings):
@@ -135,12 +142,7 @@ class ApiSettings(CommonSettings):
         "forwarded_allow_ips; `*` trusts any: only where nothing else can reach the API).",
     )
     docs: bool = Field(True, description="Serve /docs and /openapi.json.")
-    metrics_port: int = Field(
-        0,
-        ge=0,
-        le=65535,
-        description="Serve /metrics only on this port (0: on the API port).",
-    )
+    metrics_port: int = _metrics_port("API")
 
     @field_validator("stream_limit_exempt")
     @classmethod
@@ -200,12 +202,7 @@ class WorkerSettings(CommonSettings):
         description="Comma-separated names of environment variables passed to the LLM child on "
         "top of the allowlist (PATH, HOME, LANG, LC_*, TMPDIR, TZ, PYTHON*, LLMB_MOCK_*).",
     )
-    metrics_port: int = Field(
-        0,
-        ge=0,
-        le=65535,
-        description="Serve /metrics only on this port (0: on the health port).",
-    )
+    metrics_port: int = _metrics_port("health")
 
     @field_validator("llm_command")
     @classmethod

@@ -5,20 +5,20 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from llm_batcher.local.embedded_redis import EmbeddedRedis
+from tests.security.conftest import REDIS_PASSWORD
 from tests.support.processes import Stack
 from tests.support.sse import generate
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.system
 
-PASSWORD = "hunter2-redis-password-0123456789"
+PASSWORD = REDIS_PASSWORD
 # Prints what a hostile or careless LLM could: its environment, on stderr and on stdout (a
 # malformed line), and saves it where the test can look; then fails.
 LEAKY_LLM = """\
@@ -30,17 +30,6 @@ print("env:", env.get("LLMB_REDIS_PASSWORD"), env.get("LLMB_REDIS_URL"), file=sy
 print("not json", env.get("LLMB_REDIS_PASSWORD"), flush=True)
 sys.exit(3)
 """
-
-
-@pytest.fixture
-def secret_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
-    """A server of the test's own that requires PASSWORD."""
-    server = EmbeddedRedis(tmp_path / "valkey", appendonly=False, password=PASSWORD)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 async def test_the_child_gets_no_secret_and_clients_get_no_stderr(

@@ -3,7 +3,6 @@ keys and channels, and no dangerous command (protocol/acl.py, SECURITY.md)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -13,22 +12,13 @@ from redis.asyncio import Redis
 
 from llm_batcher.local.embedded_redis import EmbeddedRedis
 from llm_batcher.protocol.acl import user_rules
+from tests.security.conftest import REDIS_PASSWORD
 from tests.support.processes import Stack
 from tests.support.sse import after_tokens, generate, read_sse, resume
 
 pytestmark = pytest.mark.system
 
-ADMIN_PASSWORD = "admin-password-for-the-test"
-
-
-@pytest.fixture
-def acl_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
-    server = EmbeddedRedis(tmp_path / "valkey", appendonly=False, password=ADMIN_PASSWORD)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+ADMIN_PASSWORD = REDIS_PASSWORD
 
 
 def user_url(server: EmbeddedRedis, user: str, password: str) -> str:
@@ -36,16 +26,16 @@ def user_url(server: EmbeddedRedis, user: str, password: str) -> str:
 
 
 async def test_api_and_worker_work_as_acl_users_that_reach_only_their_prefix(
-    acl_redis: EmbeddedRedis, key_prefix: str, tmp_path: Path, client: httpx.AsyncClient
+    secret_redis: EmbeddedRedis, key_prefix: str, tmp_path: Path, client: httpx.AsyncClient
 ) -> None:
-    async with Redis.from_url(acl_redis.url, password=ADMIN_PASSWORD) as admin:
+    async with Redis.from_url(secret_redis.url, password=ADMIN_PASSWORD) as admin:
         for user in ("llmb-api", "llmb-worker"):
             await admin.execute_command("ACL", "SETUSER", user, *user_rules(key_prefix, user))
         await admin.set("other-deployment:secret", "not yours")
-    stack = Stack(user_url(acl_redis, "llmb-api", "llmb-api"), key_prefix, tmp_path)
+    stack = Stack(user_url(secret_redis, "llmb-api", "llmb-api"), key_prefix, tmp_path)
     try:
         api = await stack.api()
-        stack.redis_url = user_url(acl_redis, "llmb-worker", "llmb-worker")
+        stack.redis_url = user_url(secret_redis, "llmb-worker", "llmb-worker")
         await stack.worker()
         await stack.wait_ready(api)
         answer = await generate(client, api.url, "as an ACL user")
@@ -62,7 +52,7 @@ async def test_api_and_worker_work_as_acl_users_that_reach_only_their_prefix(
     assert "NOPERM" not in "".join(p.log() for p in stack.procs), stack.logs()
 
     # What a stolen API password gives: its own prefix, nothing else.
-    async with Redis.from_url(user_url(acl_redis, "llmb-api", "llmb-api")) as stolen:
+    async with Redis.from_url(user_url(secret_redis, "llmb-api", "llmb-api")) as stolen:
         with pytest.raises(redis.exceptions.NoPermissionError):
             await stolen.get("other-deployment:secret")
         with pytest.raises(redis.exceptions.NoPermissionError):

@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 
 from tests.support.processes import Stack
 from tests.support.results import assert_nothing_queued
-from tests.support.sse import after_task, read_sse
+from tests.support.sse import after_task, raw_get, read_sse
 
 pytestmark = pytest.mark.system
 
@@ -38,6 +38,10 @@ async def test_every_response_carries_the_browser_headers(
     )
     assert stream.status == 200
     assert_browser_headers(stream.headers, "an SSE stream")
+    # The HTTP parser's own refusal, below the app: a URL too long to parse.
+    too_long = await raw_get(api.url, b"/generate?context=" + b"x" * 1_000_000)
+    assert too_long.status == 400
+    assert_browser_headers(httpx.Headers(too_long.headers), "the parser's 400")
 
 
 @pytest.mark.parametrize(

@@ -106,6 +106,7 @@ async def test_a_half_open_request_is_closed(stack: Stack, sent: bytes) -> None:
     finally:
         writer.close()
     assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert b"x-content-type-options: nosniff" in answer
 
 
 async def test_a_body_that_never_arrives_is_closed(stack: Stack) -> None:

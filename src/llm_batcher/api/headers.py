@@ -35,6 +35,8 @@ def _raw(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
 
 
 _RAW = _raw(SECURITY_HEADERS)
+RAW_SECURITY_HEADERS = tuple(_RAW)
+"""SECURITY_HEADERS encoded, for answers written below the app (the server's 400 and 408)."""
 _RAW_DOCS = _raw(_DOCS_HEADERS)
 
 

@@ -22,6 +22,7 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from llm_batcher.api.app import create_app
+from llm_batcher.api.headers import RAW_SECURITY_HEADERS
 from llm_batcher.api.state import AppState
 from llm_batcher.settings import ApiSettings
 
@@ -32,7 +33,8 @@ _READING = (h11.IDLE, h11.SEND_BODY)  # h11 states of a client still sending its
 _TIMEOUT_BODY = b"the request did not arrive in time\n"
 _REQUEST_TIMEOUT = (
     b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
-    b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(_TIMEOUT_BODY), _TIMEOUT_BODY)
+    + b"".join(b"%s: %s\r\n" % pair for pair in RAW_SECURITY_HEADERS)
+    + b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(_TIMEOUT_BODY), _TIMEOUT_BODY)
 )
 
 
@@ -166,7 +168,11 @@ class LingeringH11Protocol(H11Protocol):
         self.transport.close()
 
     def send_400_response(self, msg: str) -> None:
-        headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"connection", b"close")]
+        headers = [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"connection", b"close"),
+            *RAW_SECURITY_HEADERS,
+        ]
         for event in (
             h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
             h11.Data(data=msg.encode("ascii")),

@@ -3,10 +3,16 @@ workers and their egress, ingress annotations per controller, and images pinned 
 
 from __future__ import annotations
 
+import subprocess
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
+from llm_batcher.local.embedded_redis import free_port, valkey_binary
+from llm_batcher.protocol.acl import user_rules
 from tests.deploy.support import KUBE_VERSIONS, Rendered, env_of, render, validate_object
 
 MONITORING = {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}
@@ -27,6 +33,7 @@ def _ports(rule: dict[str, Any]) -> set[object]:
         {"redis": {"enabled": False}, "externalRedis": {"url": "redis://cache.prod:6380/0"}},
         {"api": {"config": {"metricsPort": 0}}, "worker": {"config": {"metricsPort": 0}}},
         {"api": {"networkPolicy": {"from": [{"namespaceSelector": MONITORING}]}}},
+        {"redis": {"acl": {"enabled": True}}},
     ],
 )
 def test_security_objects_are_valid_kubernetes(values: dict[str, Any]) -> None:
@@ -142,3 +149,77 @@ def test_the_redis_image_can_be_pinned_by_digest() -> None:
     redis = rendered.container("StatefulSet", "llm-batcher-redis")
     assert redis["image"] == f"docker.io/library/redis@{digest}"
     assert render().container("StatefulSet", "llm-batcher-redis")["image"].endswith(":7.4")
+
+
+ACL = {"redis": {"acl": {"enabled": True}}, "config": {"keyPrefix": "prod"}}
+
+
+def test_acl_users_get_their_own_urls_and_passwords() -> None:
+    rendered = render(ACL)
+    for component in ("api", "worker"):
+        env = env_of(rendered.container("Deployment", f"llm-batcher-{component}"))
+        assert env["LLMB_REDIS_URL"]["value"] == (
+            f"redis://llmb-{component}@llm-batcher-redis:6379/0"
+        )
+        assert env["LLMB_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+            "name": "llm-batcher-redis",
+            "key": f"{component}-password",
+        }
+    secret = rendered.get("Secret", "llm-batcher-redis")
+    assert set(secret["data"]) == {"redis-password", "api-password", "worker-password"}
+    assert len(set(secret["data"].values())) == 3
+
+
+def _user_rules(args: list[str], user: str) -> list[str]:
+    """The rules after `--user USER` in redis-server's arguments."""
+    start = args.index(user, args.index("--user")) + 1
+    end = next((i for i in range(start, len(args)) if args[i].startswith("--")), len(args))
+    return args[start:end]
+
+
+def test_acl_rules_are_the_code_rules() -> None:
+    redis = render(ACL).container("StatefulSet", "llm-batcher-redis")
+    for component in ("api", "worker"):
+        password = f"$(REDIS_{component.upper()}_PASSWORD)"
+        assert _user_rules(redis["args"], f"llmb-{component}") == user_rules("prod", password)
+    env = env_of(redis)
+    assert env["REDIS_API_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == "api-password"
+    assert "--user" not in render().container("StatefulSet", "llm-batcher-redis")["args"]
+
+
+def test_a_redis_server_started_with_the_chart_args_knows_the_users(tmp_path: Path) -> None:
+    """redis-server takes the `--user` lines as the chart renders them (the local Valkey)."""
+    args = render(ACL).container("StatefulSet", "llm-batcher-redis")["args"]
+    passwords = {
+        "REDIS_PASSWORD": "admin",
+        "REDIS_API_PASSWORD": "api",
+        "REDIS_WORKER_PASSWORD": "w",
+    }
+    for name, value in passwords.items():
+        args = [a.replace(f"$({name})", value) for a in args]
+    port = free_port()
+    args[args.index("--port") + 1] = str(port)
+    args[args.index("--dir") + 1] = str(tmp_path)
+    server = subprocess.Popen(
+        [str(valkey_binary()), *args, "--bind", "127.0.0.1", "--save", ""],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        api = redis.Redis(port=port, username="llmb-api", password="api")
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                assert api.set("prod:task:x", "1")
+                break
+            except redis.exceptions.ConnectionError:
+                assert time.monotonic() < deadline, "the server did not start"
+                time.sleep(0.05)
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            api.get("other:task:x")
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            api.flushall()
+        worker = redis.Redis(port=port, username="llmb-worker", password="w")
+        assert worker.get("prod:task:x") == b"1"
+    finally:
+        server.terminate()
+        server.wait(10)

@@ -104,18 +104,36 @@ Helm holds numbers as floats, which print as 1e+06 from a million up. */}}
 {{- end }}
 {{- end }}
 
-{{/* Environment every llm-batcher container shares: Redis, then the common settings. */}}
+{{/* Environment every llm-batcher container shares: Redis, then the common settings.
+(dict "ctx" $ "component" "api"|"worker"). */}}
 {{- define "llm-batcher.commonEnv" -}}
+{{- $ctx := .ctx }}
+{{- if include "llm-batcher.redisAcl" $ctx }}
+{{- /* The component's own ACL user (redis.acl): its name in the URL, its password in the Secret. */}}
 - name: LLMB_REDIS_URL
-  value: {{ include "llm-batcher.redisUrl" . | quote }}
-{{- with include "llm-batcher.redisSecretName" . }}
+  value: {{ printf "redis://llmb-%s@%s-redis:%d/0" .component (include "llm-batcher.fullname" $ctx) (int $ctx.Values.redis.port) | quote }}
+- name: LLMB_REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "llm-batcher.redisSecretName" $ctx }}
+      key: {{ .component }}-password
+{{- else }}
+- name: LLMB_REDIS_URL
+  value: {{ include "llm-batcher.redisUrl" $ctx | quote }}
+{{- with include "llm-batcher.redisSecretName" $ctx }}
 - name: LLMB_REDIS_PASSWORD
   valueFrom:
     secretKeyRef:
       name: {{ . }}
-      key: {{ include "llm-batcher.redisSecretKey" $ }}
+      key: {{ include "llm-batcher.redisSecretKey" $ctx }}
 {{- end }}
-{{ include "llm-batcher.settingsEnv" (dict "settings" .Values.config "prefix" "LLMB_") | trim }}
+{{- end }}
+{{ include "llm-batcher.settingsEnv" (dict "settings" $ctx.Values.config "prefix" "LLMB_") | trim }}
+{{- end }}
+
+{{/* Non-empty when the chart's Redis gives the API and the workers ACL users of their own. */}}
+{{- define "llm-batcher.redisAcl" -}}
+{{- if and .Values.redis.enabled .Values.redis.auth.enabled .Values.redis.acl.enabled }}true{{ end }}
 {{- end }}
 
 {{/* Pod spec fields the API, worker and test pods share. No service links: Kubernetes would

@@ -10,8 +10,10 @@ passes the Host check first; a stream holds a slot of the stream limits while it
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -20,6 +22,8 @@ from llm_batcher.api.errors import ApiError, refusal
 from llm_batcher.api.guard import Guard, StreamLimits, untrusted_host
 from llm_batcher.api.headers import with_security_headers
 from llm_batcher.api.state import AppState
+
+log = logging.getLogger(__name__)
 
 
 class Api(FastAPI):
@@ -52,6 +56,9 @@ async def _serve_generate(
     try:
         response = await _answer(state, request)
         await response(scope, receive, send)
+    except ClientDisconnect:
+        # Gone before its body was in: it hung up, or the read timeout (server.py) cut it off.
+        log.info("a POST /generate ended before its body arrived")
     finally:
         streams.release(client)
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from llm_batcher.check import MOCK_DIRECTIVE, mock_answer
+from llm_batcher.check import mock_answer
 from llm_batcher.mock.directives import split_context
 from llm_batcher.mock.tokens import FILLER_WORDS
+
+MOCK_DIRECTIVE = "@mock ttft_ms=0 itl_ms=10\n"
 
 
 def test_the_mock_answer_is_the_body_of_the_context() -> None:

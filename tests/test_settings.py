@@ -56,3 +56,16 @@ def test_a_bad_value_stops_the_process_with_one_line(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert variable in lines[0] and "invalid" in lines[0]
+
+
+def test_the_worker_tells_the_mock_whether_to_honour_directives(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client cannot set its own cost: off by default, the mock is told so on its command
+    line, whatever its inherited environment says."""
+    monkeypatch.setenv("LLMB_LLM_COMMAND", "llm-mock")
+    assert WorkerSettings().llm_argv[1:] == ["--directives=off", "--files-from-stdin"]
+    monkeypatch.setenv("LLMB_MOCK_DIRECTIVES", "true")
+    assert WorkerSettings(llm_files="argv").llm_argv[1:] == ["--directives=on"]
+    monkeypatch.setenv("LLMB_LLM_COMMAND", "my-llm")
+    assert "--directives=on" not in WorkerSettings().llm_argv  # only the mock knows the flag

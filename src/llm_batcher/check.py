@@ -1,7 +1,8 @@
 """`llm-batcher check URL`: stream one /generate answer and check it against the stream contract.
 
 What the chart's `helm test` hook runs in the API image. One line out, `OK: ...` or
-`FAIL: ...`; exit status 0 or 1 (1 too when the API cannot be reached).
+`FAIL: ...`; exit status 0 or 1 (1 too when the API cannot be reached). With API keys on, it
+sends the first key of LLMB_API_KEYS (or LLMB_API_KEYS_FILE), the variables the API reads.
 """
 
 from __future__ import annotations
@@ -15,9 +16,6 @@ import httpx
 from llm_batcher.contract import Event, SseParser, check
 from llm_batcher.mock.cli import Context, MockConfig, plan_context
 from llm_batcher.mock.directives import split_context
-
-MOCK_DIRECTIVE = "@mock ttft_ms=0 itl_ms=10\n"
-"""Prefixed to the default context with --expect-mock: a quick answer at any mock setting."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,14 +34,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     context = args.context
     if context is None:
+        # No `@mock` line: the mock may be told to ignore them (LLMB_MOCK_DIRECTIVES, off in
+        # the chart), and then it would echo the line too.
         context = f"llm-batcher check {uuid.uuid4().hex[:8]}: queued, batched, streamed."
-        if args.expect_mock:
-            context = MOCK_DIRECTIVE + context
     expected = mock_answer(context) if args.expect_mock else None
     url = args.url.rstrip("/") + "/generate"
     started = time.monotonic()
+    from llm_batcher.cli import load_settings
+    from llm_batcher.settings import ApiSettings
+
+    keys = load_settings(ApiSettings).api_key_list()
+    headers = {"Authorization": f"Bearer {keys[0]}"} if keys else {}
     try:
-        events = read_stream(url, context, args.timeout_s)
+        events = read_stream(url, context, args.timeout_s, headers)
     except (httpx.HTTPError, TimeoutError, ValueError) as exc:
         print(f"FAIL: GET {url}: {str(exc) or type(exc).__name__}")
         return 1
@@ -59,7 +62,9 @@ def mock_answer(context: str) -> str:
     return "".join(plan_context(Context(context, directive, body), config, 0, 0).tokens)
 
 
-def read_stream(url: str, context: str, timeout_s: float) -> list[Event]:
+def read_stream(
+    url: str, context: str, timeout_s: float, headers: dict[str, str] | None = None
+) -> list[Event]:
     """The events of one GET /generate, until the server closes the stream (at most timeout_s).
 
     Raises httpx.HTTPError when the request fails, TimeoutError past the deadline, ValueError
@@ -70,7 +75,7 @@ def read_stream(url: str, context: str, timeout_s: float) -> list[Event]:
     timeout = httpx.Timeout(min(timeout_s, 10.0), read=timeout_s)
     with (
         httpx.Client(timeout=timeout) as client,
-        client.stream("GET", url, params={"context": context}) as response,
+        client.stream("GET", url, params={"context": context}, headers=headers) as response,
     ):
         ctype = response.headers.get("content-type", "")
         if not ctype.startswith("text/event-stream"):

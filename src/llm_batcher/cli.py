@@ -65,20 +65,59 @@ def _cmd_api(args: argparse.Namespace) -> int:
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
-    import httpx
-
     from llm_batcher.stats import format_table
 
-    url = args.url.rstrip("/") + "/stats"
+    report = _stats_from_api(args.url) if args.url else _stats_from_redis()
+    if report is None:
+        return 1
+    print(json.dumps(report, indent=2) if args.json else format_table(report))
+    return 0
+
+
+def _stats_from_redis() -> dict[str, object] | None:
+    """The full report (task ids and contexts included), read from Redis directly."""
+    from llm_batcher.protocol.connection import REDIS_UNAVAILABLE, make_redis
+    from llm_batcher.protocol.keys import Keys
+    from llm_batcher.protocol.queue import TaskQueue
+    from llm_batcher.stats import collect
+
+    settings = load_settings(ApiSettings)
+
+    async def read() -> dict[str, object]:
+        redis = make_redis(settings, max_connections=2, socket_timeout_s=10)
+        try:
+            queue = TaskQueue.create(redis, Keys(settings.key_prefix), result_ttl_s=1)
+            return await collect(
+                queue,
+                window_s=settings.stats_window_s,
+                slowest=settings.stats_slowest,
+                lease_ms=settings.lease_ms,
+            )
+        finally:
+            await redis.aclose()
+
     try:
-        response = httpx.get(url, timeout=5)
+        return asyncio.run(read())
+    except REDIS_UNAVAILABLE as exc:
+        print(f"llm-batcher stats: cannot read {settings.redis_url}: {exc}", file=sys.stderr)
+        return None
+
+
+def _stats_from_api(base_url: str) -> dict[str, object] | None:
+    """The API's /stats: the public view, or the full one when LLMB_ADMIN_KEYS holds a key."""
+    import httpx
+
+    url = base_url.rstrip("/") + "/stats"
+    admin_keys = load_settings(ApiSettings).admin_key_list()
+    headers = {"Authorization": f"Bearer {admin_keys[0]}"} if admin_keys else None
+    try:
+        response = httpx.get(url, timeout=5, headers=headers)
         response.raise_for_status()
     except httpx.HTTPError as exc:
         print(f"llm-batcher stats: cannot read {url}: {exc}", file=sys.stderr)
-        return 1
-    report = response.json()
-    print(json.dumps(report, indent=2) if args.json else format_table(report))
-    return 0
+        return None
+    report: dict[str, object] = response.json()
+    return report
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -127,9 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--health-port", type=int, help="health/metrics port (LLMB_HEALTH_PORT)")
     worker.set_defaults(func=_cmd_worker)
 
-    stats = sub.add_parser("stats", help="print latency quantiles and the slowest requests")
+    stats = sub.add_parser(
+        "stats",
+        help="print latency quantiles and the slowest requests, read from Redis (LLMB_REDIS_URL)",
+    )
     stats.add_argument(
-        "--url", default="http://127.0.0.1:8000", help="the API (default http://127.0.0.1:8000)"
+        "--url",
+        help="read an API's /stats instead (the public view; the full one with LLMB_ADMIN_KEYS)",
     )
     stats.add_argument("--json", action="store_true", help="print the raw JSON report")
     stats.set_defaults(func=_cmd_stats)

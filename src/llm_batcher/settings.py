@@ -16,11 +16,12 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MOCK_PROGRAM = "llm-mock"
 MOCK_STDIN_FLAG = "--files-from-stdin"
+MOCK_DIRECTIVES_FLAG = "--directives"
 
 
 def _metrics_port(usual: str) -> Any:
@@ -159,6 +160,63 @@ class ApiSettings(CommonSettings):
         """The names of LLMB_TRUSTED_HOSTS, lower case."""
         return [name.lower() for name in comma_list(self.trusted_hosts)]
 
+    # --- access: API keys, admin keys, /stats -------------------------------------------------
+    api_keys: SecretStr = Field(
+        SecretStr(""),
+        description="Comma-separated API keys; when any is set (here or in api_keys_file), "
+        "/generate needs `Authorization: Bearer <key>`.",
+    )
+    api_keys_file: str | None = Field(
+        None, description="File of API keys (comma- or line-separated), added to api_keys."
+    )
+    admin_keys: SecretStr = Field(
+        SecretStr(""),
+        description="Comma-separated admin keys: /stats with one shows task ids and contexts.",
+    )
+    stats_require_key: bool = Field(
+        False, description="/stats answers only requests with an API key or an admin key."
+    )
+
+    @field_validator("api_keys_file")
+    @classmethod
+    def _check_api_keys_file(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                text = Path(value).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ValueError(f"cannot read {value}: {exc}") from None
+            if not split_keys(text):
+                raise ValueError(f"{value} holds no key")
+        return value
+
+    @field_validator("stats_require_key")
+    @classmethod
+    def _check_stats_keys(cls, value: bool, info: ValidationInfo) -> bool:
+        keys = [info.data.get(name) for name in ("api_keys", "admin_keys")]
+        if (
+            value
+            and not info.data.get("api_keys_file")
+            and not any(isinstance(k, SecretStr) and split_keys(k.get_secret_value()) for k in keys)
+        ):
+            raise ValueError("needs LLMB_API_KEYS, LLMB_API_KEYS_FILE or LLMB_ADMIN_KEYS")
+        return value
+
+    def api_key_list(self) -> list[str]:
+        """Every API key, from api_keys and api_keys_file (empty: /generate is open)."""
+        keys = split_keys(self.api_keys.get_secret_value())
+        if self.api_keys_file is not None:
+            keys += split_keys(Path(self.api_keys_file).read_text(encoding="utf-8"))
+        return keys
+
+    def admin_key_list(self) -> list[str]:
+        """Every admin key."""
+        return split_keys(self.admin_keys.get_secret_value())
+
+
+def split_keys(text: str) -> list[str]:
+    """Keys separated by commas, white space or new lines."""
+    return [key for key in text.replace(",", " ").split() if key]
+
 
 class WorkerSettings(CommonSettings):
     """Settings of `llm-batcher worker`."""
@@ -168,10 +226,10 @@ class WorkerSettings(CommonSettings):
         50, ge=0, description="How long a batch waits for more tasks after its first one."
     )
     window_policy: Literal["adaptive", "fixed"] = Field(
-        "fixed",
-        description="`fixed`: every batch waits the window for more tasks; `adaptive`: only when "
-        "recent arrivals say another task is likely within it (worker/window.py; with several "
-        "workers it can start batches too early at saturation).",
+        "adaptive",
+        description="`adaptive`: a batch waits the window only when recent arrivals (of every "
+        "API) say another task is likely within it, or when its first task already waited a "
+        "window for a worker (worker/window.py); `fixed`: every batch waits the window.",
     )
     llm_command: str = Field(
         "llm-mock", description="LLM command (no shell); context files are appended as arguments."
@@ -203,6 +261,19 @@ class WorkerSettings(CommonSettings):
         "top of the allowlist (PATH, HOME, LANG, LC_*, TMPDIR, TZ, PYTHON*, LLMB_MOCK_*).",
     )
     metrics_port: int = _metrics_port("health")
+
+    # --- what one request may cost ----------------------------------------------------------
+    max_tokens: int = Field(
+        4096,
+        ge=1,
+        description="Most tokens of one answer: at this many the worker ends the task (done, "
+        "finish_reason `length`) and drops the rest of its output; its batch-mates run on.",
+    )
+    mock_directives: bool = Field(
+        False,
+        description="Whether llm-mock honours `@mock` lines in contexts (on in `llm-batcher up` "
+        "and Compose); off, such a line is ordinary text, so no client sets its own cost.",
+    )
 
     @field_validator("llm_command")
     @classmethod
@@ -246,13 +317,18 @@ class WorkerSettings(CommonSettings):
 
         A bare program name not on PATH is looked up beside this Python interpreter, so that
         `.venv/bin/llm-batcher worker` finds `.venv/bin/llm-mock` without an activated venv. The
-        mock is told to read its files from stdin when that is how it gets them.
+        mock is told to read its files from stdin when that is how it gets them, and whether to
+        honour `@mock` directives.
         """
         argv = shlex.split(self.llm_command)
         if os.sep not in argv[0] and shutil.which(argv[0]) is None:
             beside = Path(sys.executable).parent / argv[0]
             if beside.exists():
                 argv[0] = str(beside)
+        if self.runs_mock:
+            # On the command line, not in the environment: the setting wins over whatever the
+            # child's environment holds, and a context has no say in either.
+            argv.append(f"{MOCK_DIRECTIVES_FLAG}={'on' if self.mock_directives else 'off'}")
         if self.runs_mock and self.llm_files_on_stdin and MOCK_STDIN_FLAG not in argv:
             argv.append(MOCK_STDIN_FLAG)
         return argv

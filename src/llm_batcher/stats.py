@@ -2,6 +2,10 @@
 
 Every task's outcome is recorded in Redis where the task ends (protocol/lua/ending.lua), so any
 replica computes the same figures. The summary itself is a pure function of the records.
+
+Two views: the full one (`llm-batcher stats`, or /stats with an admin key) names each slow task
+and shows the start of its context; the public one keeps every figure but neither, since a task
+id is enough to read the task's answer when API keys are off.
 """
 
 from __future__ import annotations
@@ -14,6 +18,13 @@ from typing import Any
 
 from llm_batcher.clock import now_ms
 from llm_batcher.protocol.queue import TaskQueue
+
+MAX_RECORDS_READ = 10_000
+"""Most outcome records one report reads (about 2 MB): the figures then come from the latest
+ones of the window, and `sampled` says how many."""
+
+PRIVATE_FIELDS = ("task_id", "context_preview")
+"""What the public view leaves out of each slow request."""
 
 
 def quantiles(values: list[float]) -> dict[str, float | int | None]:
@@ -34,8 +45,11 @@ def quantiles(values: list[float]) -> dict[str, float | int | None]:
     }
 
 
-def summarize(records: list[dict[str, Any]], *, window_s: float, slowest: int) -> dict[str, Any]:
-    """The /stats figures of the records of one window."""
+def summarize(
+    records: list[dict[str, Any]], *, window_s: float, slowest: int, in_window: int | None = None
+) -> dict[str, Any]:
+    """The /stats figures of the records of one window (``in_window``: how many tasks ended in
+    it, when ``records`` holds only the latest of them)."""
     done = [r for r in records if r.get("outcome") == "done"]
     codes = Counter(r.get("code") or "" for r in records if r.get("outcome") != "done")
     by_total = sorted(records, key=lambda r: r.get("total_ms") or 0, reverse=True)
@@ -44,8 +58,9 @@ def summarize(records: list[dict[str, Any]], *, window_s: float, slowest: int) -
         "ttft_ms": quantiles([r["ttft_ms"] for r in done if r.get("ttft_ms") is not None]),
         "total_ms": quantiles([r["total_ms"] for r in done if r.get("total_ms") is not None]),
         "queue_ms": quantiles([r["queue_ms"] for r in done if r.get("queue_ms") is not None]),
+        "sampled": len(records),
         "requests": {
-            "total": len(records),
+            "total": len(records) if in_window is None else max(in_window, len(records)),
             "done": len(done),
             "error": sum(codes.values()),
             "by_code": dict(sorted(codes.items())),
@@ -69,12 +84,27 @@ def _slow_entry(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def public_view(report: dict[str, Any]) -> dict[str, Any]:
+    """The report without what names a task or shows its context."""
+    slowest = [
+        {k: v for k, v in entry.items() if k not in PRIVATE_FIELDS}
+        for entry in report.get("slowest") or []
+    ]
+    return {**report, "slowest": slowest}
+
+
 async def collect(
     queue: TaskQueue, *, window_s: float, slowest: int, lease_ms: int
 ) -> dict[str, Any]:
-    """Everything /stats shows: the window's figures, queue depth and live workers."""
-    records = await queue.results.outcome_records(window_s)
-    report = summarize(records, window_s=window_s, slowest=slowest)
+    """Everything /stats shows, in the full view: the window's figures, queue depth and live
+    workers."""
+    records, in_window = await queue.results.outcome_records(window_s, MAX_RECORDS_READ)
+    report = summarize(records, window_s=window_s, slowest=slowest, in_window=in_window)
+    unseen = [s for s in report["slowest"] if not s["context_preview"] and s["task_id"]]
+    for entry, preview in zip(
+        unseen, await queue.results.previews([s["task_id"] for s in unseen]), strict=True
+    ):
+        entry["context_preview"] = preview
     depth = await queue.claims.depth(lease_ms)
     report["queue_depth"] = depth.waiting
     report["in_flight"] = depth.in_flight

@@ -34,6 +34,8 @@ async def test_hanging_up_before_the_task_starts_cancels_it(
     worker = await stack.worker()
     later = await read_sse(client, "GET", url, params={"context": "runs after"})
     assert later.terminal.kind == "done"  # the worker has gone past where the task was
+    later_id = later.events[0].data["task_id"]
+    await eventually(lambda: later_id in worker.proc.log(), 5, "the worker's lines on it")
     assert task_id not in worker.proc.log()
     resumed = await read_sse(client, "GET", url, headers={"Last-Event-ID": f"{task_id}:-1"})
     assert resumed.kinds == ["task", "error"]

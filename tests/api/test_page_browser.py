@@ -3,6 +3,7 @@ several requests run as one batch, hostile text stays text, and failures show th
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 from collections.abc import AsyncIterator
@@ -47,11 +48,10 @@ async def browser() -> AsyncIterator[Browser]:
             await chromium.close()
 
 
-@pytest.fixture
-async def page(browser: Browser, stack: Stack) -> AsyncIterator[Page]:
-    """The test page of a fresh API, with script errors collected and checked at the end."""
-    api = await stack.api()
-    context = await browser.new_context(base_url=api.url)
+@contextlib.asynccontextmanager
+async def open_page(browser: Browser, url: str) -> AsyncIterator[Page]:
+    """The test page at ``url``, with script errors collected and checked at the end."""
+    context = await browser.new_context(base_url=url)
     tab = await context.new_page()
     errors: list[str] = []
     tab.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -61,6 +61,14 @@ async def page(browser: Browser, stack: Stack) -> AsyncIterator[Page]:
     finally:
         await context.close()
     assert errors == [], errors
+
+
+@pytest.fixture
+async def page(browser: Browser, stack: Stack) -> AsyncIterator[Page]:
+    """The test page of a fresh API."""
+    api = await stack.api()
+    async with open_page(browser, api.url) as tab:
+        yield tab
 
 
 async def send(page: Page, context: str) -> None:
@@ -132,3 +140,29 @@ async def test_a_refused_request_shows_the_http_error(page: Page) -> None:
     card = page.get_by_test_id("card")
     await expect(card.get_by_test_id("status")).to_have_text("error", timeout=10_000)
     await expect(card.get_by_test_id("error")).to_contain_text("422")
+
+
+async def test_with_api_keys_the_page_asks_for_one_and_streams_with_it(
+    browser: Browser, stack: Stack
+) -> None:
+    api = await stack.api(api_keys="page-key-6c1e9b0d")
+    await stack.worker()
+    async with open_page(browser, api.url) as tab:
+        key = tab.get_by_test_id("api-key")
+        await expect(key).to_be_hidden()  # nothing asked for until the server refuses
+        await send(tab, "without a key")
+        first = tab.get_by_test_id("card")
+        await expect(first.get_by_test_id("status")).to_have_text("error", timeout=10_000)
+        await expect(first.get_by_test_id("error")).to_contain_text("401")
+        await expect(key).to_be_visible()
+
+        await key.fill("page-key-6c1e9b0d")
+        await send(tab, "@mock ttft_ms=0 itl_ms=100\nwith the key it streams")
+        card = tab.get_by_test_id("card").first  # the newest card comes first
+        await expect(card.get_by_test_id("status")).to_have_text("streaming", timeout=10_000)
+        await expect(card.get_by_test_id("status")).to_have_text("done", timeout=10_000)
+        await expect(card.get_by_test_id("answer")).to_have_text("with the key it streams")
+        # The public /stats names no task: its table of slowest requests has no task column.
+        slowest = tab.locator("#stats table caption", has_text="slowest")
+        await expect(slowest).to_have_count(1, timeout=10_000)
+        await expect(tab.locator("#stats th", has_text="task")).to_have_count(0)

@@ -62,6 +62,18 @@ def test_steady_throughput_leaves_out_ramp_and_tail() -> None:
     assert steady_throughput([2.0, 2.0, 2.0]) is None
 
 
+def test_steady_throughput_is_not_fooled_by_bursts() -> None:
+    # two workers, each completing a batch of 4 every 0.5 s, out of phase by 30 ms: 16 a second.
+    # Counting completions between two percentiles gave 13.9 on such a run of 16 batches.
+    ends = sorted(
+        start + 0.5 * cycle + worker * 0.03
+        for cycle in range(1, 9)
+        for worker in range(2)
+        for start in [0.0] * 4
+    )
+    assert steady_throughput(ends) == pytest.approx(16.0, rel=0.03)
+
+
 def test_peak_open() -> None:
     assert peak_open([(0, 10), (1, 2), (1.5, 3), (5, 6)]) == 3
     assert peak_open([(0, 1), (1, 2)]) == 1

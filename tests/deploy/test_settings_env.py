@@ -31,6 +31,9 @@ DERIVED = {
     "redis_password": "the Secret of redis.auth or externalRedis.existingSecret",
     "tmp_dir": "worker.tmpDir.path, an emptyDir",
     "worker_id": "the pod name",
+    "api_keys": "the Secret of api.auth",
+    "admin_keys": "the Secret of api.auth",
+    "api_keys_file": "never: the keys come from the Secret as LLMB_API_KEYS",
 }
 
 
@@ -52,14 +55,18 @@ def _chart_set(container: dict[str, Any], extra_env: list[dict[str, Any]]) -> se
 
 
 def _unset(rendered: Rendered) -> set[str]:
-    """Optional settings the chart rightly leaves unset: no password when Redis has none."""
+    """Optional settings the chart rightly leaves unset: no password when Redis has none, no
+    keys when API keys are off, never a keys file."""
     values = rendered.values
     has_password = (
         values["redis"]["auth"]["enabled"]
         if values["redis"]["enabled"]
         else bool(values["externalRedis"]["existingSecret"])
     )
-    return set() if has_password else {"LLMB_REDIS_PASSWORD"}
+    unset = {"LLMB_API_KEYS_FILE"}
+    if not values["api"]["auth"]["enabled"]:
+        unset |= {"LLMB_API_KEYS", "LLMB_ADMIN_KEYS"}
+    return unset if has_password else unset | {"LLMB_REDIS_PASSWORD"}
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)

@@ -77,6 +77,22 @@ def test_extra_tokens_from_flag_and_environment(tmp_path: Path) -> None:
         assert (len(plain), directed) == (size, ["directive ", "without ", "extra ", "tokens"])
 
 
+def test_directives_off_make_a_mock_line_text(tmp_path: Path) -> None:
+    steered = "@mock ttft_ms=0 itl_ms=0 extra_tokens=5 fail=exit\nbody"
+    broken = "@mock nope=1\nan unknown key is no error either"
+    fast = clean_env(LLMB_MOCK_TTFT_MS="0", LLMB_MOCK_ITL_MS="0")
+    on = run_mock(tmp_path, [steered], "--directives=on", env=fast)
+    assert on.returncode == 3  # fail=exit honoured
+    for off in (
+        run_mock(tmp_path, [steered, broken], "--directives", "off", env=fast),
+        run_mock(tmp_path, [steered, broken], env=clean_env(LLMB_MOCK_DIRECTIVES="0", **fast)),
+    ):
+        assert off.returncode == 0, off.stderr
+        assert ["".join(t) for t in answers(decode_all(off.stdout, 2), 2)] == [steered, broken]
+    bad = run_mock(tmp_path, [steered], "--directives=maybe", env=fast)
+    assert bad.returncode == 2 and b"--directives='maybe' is not on or off" in bad.stderr
+
+
 def test_a_batch_of_four_takes_about_as_long_as_one(tmp_path: Path) -> None:
     context = "@mock ttft_ms=0 itl_ms=50\n" + "word " * 10
 

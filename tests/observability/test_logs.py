@@ -3,6 +3,7 @@ a task carry its id (and, on the worker, the batch id)."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from pathlib import Path
@@ -14,6 +15,7 @@ from redis.asyncio import Redis
 from llm_batcher import logs
 from tests.support.processes import start_api, start_worker
 from tests.support.sse import generate
+from tests.support.waiting import eventually
 
 
 def _json_lines(text: str) -> list[dict[str, object]]:
@@ -55,6 +57,41 @@ def test_text_format_appends_the_ids(capsys: pytest.CaptureFixture[str]) -> None
     logging.getLogger("llm_batcher.test").info(
         "task %s done", "t-1", extra={"task_id": "t-1", "batch_id": "b-1"}
     )
+    logging.getLogger().handlers[0].flush()
     err = capsys.readouterr().err
     assert "task t-1 done [task_id=t-1 batch_id=b-1]" in err
     logging.getLogger().handlers.clear()
+
+
+def _buffered() -> tuple[io.StringIO, logging.Logger]:
+    stream = io.StringIO()
+    handler = logs.BufferedStreamHandler(stream)
+    handler.setFormatter(logs.TextFormatter())
+    logger = logging.getLogger(f"llm_batcher.test.buffered.{id(stream)}")
+    logger.propagate = False
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    return stream, logger
+
+
+async def test_info_lines_are_written_together_soon_after() -> None:
+    stream, logger = _buffered()
+    for i in range(3):
+        logger.info("line %d", i)
+    await eventually(lambda: stream.getvalue().count("\n") == 3, what="the buffered lines")
+    assert [line.rsplit(" ", 1)[-1] for line in stream.getvalue().splitlines()] == ["0", "1", "2"]
+
+
+def test_a_warning_is_written_at_once_with_the_lines_before_it() -> None:
+    stream, logger = _buffered()
+    logger.info("before")
+    logger.warning("trouble")
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2 and lines[0].endswith("before") and lines[1].endswith("trouble")
+
+
+def test_a_full_buffer_is_written_at_once() -> None:
+    stream, logger = _buffered()
+    for i in range(logs.MAX_LINES):
+        logger.info("line %d", i)
+    assert stream.getvalue().count("\n") == logs.MAX_LINES

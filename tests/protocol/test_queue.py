@@ -8,15 +8,17 @@ import uuid
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from llm_batcher.clock import now_ms
 from llm_batcher.protocol.claims import Claim, QueueDepth
-from llm_batcher.protocol.keys import WORKER_GROUP
+from llm_batcher.protocol.keys import ARRIVALS_KEPT, WORKER_GROUP
 from llm_batcher.protocol.outcomes import StartOutcome, WriteResult
 from llm_batcher.protocol.queue import TaskQueue
 from llm_batcher.protocol.results import ResultEntry
 from llm_batcher.protocol.tasks import Refused, StartedTask
+from llm_batcher.worker.window import arrival_ms
 from tests.support.results import answer, make_queue, submit, terminal
 from tests.support.waiting import eventually
 
@@ -97,11 +99,13 @@ async def test_every_entry_is_announced_on_the_result_channel(queue: TaskQueue) 
         await queue.tasks.append(task, 0, ["one", tricky], now_ms())
         await queue.tasks.complete(task, {"text": "one" + tricky})
         got: list[ResultEntry] = []
+        announcements: list[object] = []
 
         async def three() -> bool:
             msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.05)
             if msg is not None:
-                got.append(ResultEntry.from_message(msg["data"].decode()))
+                got.extend(ResultEntry.from_announcement(msg["data"]))
+                announcements.append(msg)
             return len(got) == 3
 
         await eventually(three, 5, "three announcements")
@@ -109,6 +113,7 @@ async def test_every_entry_is_announced_on_the_result_channel(queue: TaskQueue) 
         await pubsub.aclose()
     assert got == await queue.results.after(task_id, -1)
     assert got[1].text == tricky
+    assert len(announcements) == 2  # the tokens of one append are announced together
 
 
 async def test_submit_refuses_when_the_queue_is_full(queue: TaskQueue) -> None:
@@ -128,6 +133,58 @@ async def test_submit_refuses_a_duplicate_task_id(queue: TaskQueue) -> None:
     with pytest.raises(ResponseError, match="duplicate task id"):
         await queue.tasks.submit("same", "b", **args)
     assert await queue.redis.xlen(queue.keys.tasks) == 1
+
+
+async def test_submit_records_arrival_times_for_the_window_newest_first(queue: TaskQueue) -> None:
+    for i in range(ARRIVALS_KEPT + 3):
+        await submit(queue, f"task {i}")
+    arrivals = await queue.claims.recent_arrivals()
+    assert len(arrivals) == ARRIVALS_KEPT  # capped
+    entries = await queue.redis.xrevrange(queue.keys.tasks, count=ARRIVALS_KEPT)
+    assert arrivals == [arrival_ms(eid.decode()) for eid, _ in entries]  # Redis's clock
+    # a refused submission did not arrive
+    now = now_ms()
+    args = {"now_ms": now, "deadline_ms": now + 60_000, "max_queue": 1}
+    assert not await queue.tasks.submit("refused", "x", **args)
+    assert await queue.claims.recent_arrivals() == arrivals
+
+
+async def unblocks(redis: Redis) -> int:
+    stats = await redis.info("commandstats")
+    return int(stats.get("cmdstat_client|unblock", {}).get("calls", 0))
+
+
+async def test_a_blocking_read_is_ended_at_its_deadline_and_delivers_nothing(
+    queue: TaskQueue,
+) -> None:
+    # Redis would end it only at its next timeout check (every 100 ms with hz 10): the claims
+    # end it themselves with CLIENT UNBLOCK ... TIMEOUT
+    before = await unblocks(queue.redis)
+    assert await queue.claims.read_new("c1", 4, 20) == []
+    assert await unblocks(queue.redis) == before + 1
+    assert await pending_ids(queue) == []  # the ended read took nothing
+    task_id = await submit(queue, "after the window")
+    [claim] = await queue.claims.read_new("c1", 4, 20)  # entries end the wait at once
+    assert claim.task_id == task_id
+    assert await pending_ids(queue) == [claim.entry_id]
+    await queue.claims.close()
+
+
+async def test_blocking_reads_go_on_after_their_connection_was_killed(queue: TaskQueue) -> None:
+    assert await queue.claims.read_new("c1", 4, 10) == []
+    readers = [c for c in await queue.redis.client_list() if c["cmd"].startswith("xreadgroup")]
+    assert len(readers) == 1
+    await queue.redis.client_kill_filter(_id=readers[0]["id"])
+    # the first read after the kill finds the connection closed (the worker retries it)
+    with pytest.raises(RedisConnectionError):
+        await queue.claims.read_new("c1", 4, 10)
+    before = await unblocks(queue.redis)
+    assert await queue.claims.read_new("c1", 4, 10) == []  # ended by the claims again
+    assert await unblocks(queue.redis) == before + 1
+    task_id = await submit(queue, "after the reconnect")
+    [claim] = await queue.claims.read_new("c1", 4, 10)
+    assert claim.task_id == task_id
+    await queue.claims.close()
 
 
 async def test_depth_counts_waiting_and_in_flight(queue: TaskQueue) -> None:

@@ -75,6 +75,7 @@ def base_env(redis_url: str, prefix: str, **settings: object) -> dict[str, str]:
     env.update({f"LLMB_{k.upper()}": str(v) for k, v in settings.items()})
     env.setdefault("LLMB_MOCK_TTFT_MS", "0")
     env.setdefault("LLMB_MOCK_ITL_MS", "0")
+    env.setdefault("LLMB_MOCK_DIRECTIVES", "true")  # tests steer the mock; a test may say off
     return env
 
 
@@ -110,6 +111,9 @@ async def start_worker(
     port = free_port()
     settings.setdefault("worker_id", f"w-{uuid.uuid4().hex[:6]}")
     settings.setdefault("lease_ms", 1500)
+    # Tests that form batches with a window want the window they name, every time; the adaptive
+    # policy (the default) is tested where a test asks for it.
+    settings.setdefault("window_policy", "fixed")
     env = base_env(redis_url, prefix, health_port=port, **settings)
     proc = Proc([str(BIN / "llm-batcher"), "worker"], env, log_dir / f"{settings['worker_id']}.log")
     await _started(proc, f"http://127.0.0.1:{port}/healthz")

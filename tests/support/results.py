@@ -34,6 +34,10 @@ def _is_terminal_id(entry_id: bytes | str) -> bool:
     return entry_id in (TERMINAL_ENTRY_ID, TERMINAL_ENTRY_ID.encode())
 
 
+WHOLE_ANSWER = 10**9
+"""A page size that takes a test's whole answer in one read."""
+
+
 async def wait_result(queue: TaskQueue, task_id: str, timeout_s: float = 30) -> list[ResultEntry]:
     """Block on the task's result stream until its terminal entry; returns all entries."""
     key = queue.keys.result(task_id)
@@ -43,7 +47,7 @@ async def wait_result(queue: TaskQueue, task_id: str, timeout_s: float = 30) -> 
         for _, entries in reply:
             last = entries[-1][0]
             if _is_terminal_id(last):
-                return await queue.results.after(task_id, -1)
+                return await queue.results.after(task_id, -1, count=WHOLE_ANSWER)
     raise AssertionError(f"task {task_id} did not finish within {timeout_s} s")
 
 
@@ -65,7 +69,8 @@ async def read_as_they_come(queue: TaskQueue, task_id: str, timeout_s: float = 3
         if not reply:
             continue
         last_index = arrivals[-1].entry.index if arrivals else -1
-        arrivals += [Arrival(e, seen) for e in await queue.results.after(task_id, last_index)]
+        entries = await queue.results.after(task_id, last_index, count=WHOLE_ANSWER)
+        arrivals += [Arrival(e, seen) for e in entries]
         last_id = arrivals[-1].entry.entry_id
         if arrivals[-1].entry.is_terminal:
             return arrivals

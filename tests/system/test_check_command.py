@@ -4,6 +4,7 @@ relies on. One line out, OK or FAIL with the reason; exit status 0 or 1."""
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 
 import pytest
@@ -13,11 +14,14 @@ from tests.support.processes import BIN, Stack, start_together
 pytestmark = pytest.mark.system
 
 
-async def check(url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run `llm-batcher check URL ARGS` as the hook pod does."""
+async def check(
+    url: str, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run `llm-batcher check URL ARGS` as the hook pod does (``env``: its extra variables)."""
     argv = [str(BIN / "llm-batcher"), "check", url, "--timeout-s", "20", *args]
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("LLMB_")} | (env or {})
     result = await asyncio.to_thread(
-        subprocess.run, argv, capture_output=True, text=True, timeout=60, check=False
+        subprocess.run, argv, capture_output=True, text=True, timeout=60, check=False, env=environ
     )
     assert result.stdout.count("\n") == 1, result.stdout + result.stderr  # one verdict line
     return result
@@ -58,3 +62,12 @@ async def test_check_fails_when_the_api_is_gone(stack: Stack) -> None:
     result = await check(api.url, "--expect-mock")
     assert result.returncode == 1
     assert result.stdout.startswith(f"FAIL: GET {api.url}/generate: "), result.stdout
+
+
+async def test_check_sends_the_first_api_key_of_the_api_variables(stack: Stack) -> None:
+    api, _ = await start_together(stack.api(api_keys="first-key,second-key"), stack.worker())
+    await stack.wait_ready(api)
+    refused = await check(api.url, "--expect-mock")
+    assert refused.returncode == 1 and "answered 401" in refused.stdout, refused.stdout
+    ok = await check(api.url, "--expect-mock", env={"LLMB_API_KEYS": "first-key,other"})
+    assert ok.returncode == 0 and ok.stdout.startswith("OK: "), ok.stdout + ok.stderr

@@ -46,7 +46,8 @@ async def test_32_concurrent_clients_each_get_their_own_complete_answer(
 async def test_hostile_contexts_are_echoed_exactly_and_run_nothing(
     stack: Stack, client: httpx.AsyncClient, tmp_path: Path
 ) -> None:
-    api, _ = await start_together(stack.api(), stack.worker())
+    # A 64 KiB echo is longer than the default LLMB_MAX_TOKENS.
+    api, _ = await start_together(stack.api(), stack.worker(max_tokens=1_000_000))
     await stack.wait_ready(api)
     marker = tmp_path / "pwned"
     contexts = {name: text for name, text in HOSTILE_TEXTS.items() if text}

@@ -8,12 +8,14 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
+from llm_batcher.clock import now_ms
+from llm_batcher.protocol.keys import WORKER_GROUP
 from tests.support.contexts import FAST
 from tests.support.processes import start_worker
 from tests.support.results import answer, make_queue, submit, terminal, wait_result
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.system
-
 
 
 async def test_four_tasks_run_as_one_batch_at_once(
@@ -52,6 +54,61 @@ async def test_one_task_runs_alone_after_the_window(
     assert done.data is not None
     assert done.data["batch_size"] == 1
     assert done.data["queue_ms"] >= 300 - 5  # waited for the window
+
+
+async def test_adaptive_a_lone_task_at_low_load_starts_without_the_window(
+    redis: Redis, redis_url: str, key_prefix: str, tmp_path: Path
+) -> None:
+    queue = make_queue(redis, key_prefix)
+    worker, _ = await start_worker(
+        redis_url, key_prefix, tmp_path, window_ms=5000, window_policy="adaptive"
+    )
+    try:
+        dones = []
+        for i in range(3):  # one at a time: nothing ever arrives within a window of another
+            task_id = await submit(queue, f"{FAST}alone {i}")
+            dones.append(terminal(await wait_result(queue, task_id)))
+    finally:
+        worker.stop()
+    assert [d.kind for d in dones] == ["done"] * 3
+    assert all(d.data is not None and d.data["batch_size"] == 1 for d in dones)
+    # the fixed policy would hold each for the whole 5 s window
+    assert all(d.data is not None and d.data["queue_ms"] < 2500 for d in dones)
+
+
+async def test_adaptive_waits_for_mates_when_tasks_arrive_together(
+    redis: Redis, redis_url: str, key_prefix: str, tmp_path: Path
+) -> None:
+    queue = make_queue(redis, key_prefix)
+    await queue.claims.ensure_group()
+    window_ms = 300
+    worker, _ = await start_worker(
+        redis_url, key_prefix, tmp_path, window_ms=window_ms, window_policy="adaptive"
+    )
+    try:
+        # earlier arrivals came in pairs: a mate is likely, so the next lone arrival waits
+        for i in range(3):
+            pair = [await submit(queue, f"{FAST}pair {i}.{k}") for k in range(2)]
+            for task_id in pair:
+                await wait_result(queue, task_id)
+        # an arrival is evidence once a window has passed after it (worker/window.py)
+        newest = max(await queue.claims.recent_arrivals())
+        await eventually(lambda: now_ms() > newest + window_ms, what="the pairs' windows to pass")
+        first = await submit(queue, f"{FAST}first of a pair")
+
+        async def first_claimed() -> bool:
+            pending = await queue.redis.xpending(queue.keys.tasks, WORKER_GROUP)
+            return int(pending["pending"]) == 1
+
+        await eventually(first_claimed, what="the worker to claim the first task alone")
+        second = await submit(queue, f"{FAST}second of a pair")
+        dones = [terminal(await wait_result(queue, t)) for t in (first, second)]
+    finally:
+        worker.stop()
+    assert [d.kind for d in dones] == ["done", "done"]
+    assert dones[0].data is not None and dones[1].data is not None
+    assert dones[0].data["batch_id"] == dones[1].data["batch_id"]  # it waited for the second
+    assert dones[0].data["batch_size"] == 2
 
 
 async def test_six_tasks_run_as_four_then_two(

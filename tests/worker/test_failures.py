@@ -26,7 +26,6 @@ from tests.support.waiting import eventually
 pytestmark = pytest.mark.system
 
 
-
 async def attempt_of(redis: Redis, key: str) -> int:
     return int(await redis.hget(key, "attempt"))
 

@@ -51,7 +51,8 @@ async def test_hostile_contexts_round_trip_byte_for_byte(
     pwned_before = pwned.exists()  # noqa: ASYNC240
     cases = hostile_contexts(marker)
     queue = make_queue(redis, key_prefix)
-    async with running_worker(redis_url, key_prefix, tmp_path, window_ms=20):
+    # The 64 KiB echo is longer than the default LLMB_MAX_TOKENS.
+    async with running_worker(redis_url, key_prefix, tmp_path, window_ms=20, max_tokens=1_000_000):
         ids = {name: await submit(queue, context) for name, (context, _) in cases.items()}
         results = {name: await wait_result(queue, task_id) for name, task_id in ids.items()}
 

@@ -21,7 +21,6 @@ from tests.support.waiting import eventually
 pytestmark = pytest.mark.system
 
 
-
 @contextlib.asynccontextmanager
 async def client(url: str) -> AsyncIterator[Redis]:
     redis = Redis.from_url(url)

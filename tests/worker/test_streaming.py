@@ -90,7 +90,8 @@ async def test_relay_delay_from_child_stdout_to_redis(
                 while not (received and received[-1][1].is_terminal):
                     msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
                     if msg is not None:
-                        received.append((time.time_ns(), ResultEntry.from_message(msg["data"])))
+                        at = time.time_ns()
+                        received += [(at, e) for e in ResultEntry.from_announcement(msg["data"])]
         finally:
             await pubsub.aclose()
 

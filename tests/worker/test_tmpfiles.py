@@ -80,7 +80,10 @@ async def test_folder_left_by_a_killed_worker_is_removed_by_the_next_one(
         _,
     ):
         assert not stale[0].exists()
-        assert "removed 1 batch folder(s) left by dead workers" in second.log()
+        await eventually(
+            lambda: "removed 1 batch folder(s) left by dead workers" in second.log(),
+            what="the worker's log line about the folder",
+        )
         # and the task itself is taken over and completed
         assert_complete_answer(await wait_result(queue, task_id), body)
         await eventually(lambda: batch_dirs(tmp_dir) == [], 5, "no folder after the takeover")

@@ -90,6 +90,33 @@ digest, where the image values have one, pins the image instead of the tag. */}}
 {{- end }}
 {{- end }}
 
+{{/* API keys: the Secret holding them, and the variables that read it. The admin keys may be
+missing from an existingSecret. */}}
+{{- define "llm-batcher.apiKeysSecretName" -}}
+{{- .Values.api.auth.existingSecret | default (printf "%s-api-keys" (include "llm-batcher.fullname" .)) }}
+{{- end }}
+
+{{/* (dict "ctx" $ "admin" true): the API's variables; without admin, the test pod's. */}}
+{{- define "llm-batcher.apiKeysEnv" -}}
+{{- $auth := .ctx.Values.api.auth }}
+{{- $secret := include "llm-batcher.apiKeysSecretName" .ctx }}
+{{- if $auth.enabled }}
+- name: LLMB_API_KEYS
+  valueFrom:
+    secretKeyRef:
+      name: {{ $secret }}
+      key: {{ $auth.existingSecretKeysKey }}
+{{- if .admin }}
+- name: LLMB_ADMIN_KEYS
+  valueFrom:
+    secretKeyRef:
+      name: {{ $secret }}
+      key: {{ $auth.existingSecretAdminKeysKey }}
+      optional: true
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{/* One LLMB_* variable per key of a settings dict: keyPrefix -> LLMB_KEY_PREFIX.
 (dict "settings" .Values.config "prefix" "LLMB_"). Whole numbers are printed as integers:
 Helm holds numbers as floats, which print as 1e+06 from a million up. */}}

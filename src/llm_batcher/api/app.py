@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from llm_batcher import __version__, metrics
+from llm_batcher.api.auth import KeyRing
 from llm_batcher.api.errors import install_error_handlers
 from llm_batcher.api.fastpath import Api
 from llm_batcher.api.guard import Guard
@@ -53,7 +54,13 @@ def create_app(settings: ApiSettings) -> FastAPI:
         liveness = RedisLiveness()
         hub = ResultHub(redis, keys, liveness)
         app.state.llmb = AppState(
-            settings=settings, redis=redis, queue=queue, hub=hub, liveness=liveness
+            settings=settings,
+            redis=redis,
+            queue=queue,
+            hub=hub,
+            liveness=liveness,
+            api_keys=KeyRing.of(settings.api_key_list()),
+            admin_keys=KeyRing.of(settings.admin_key_list()),
         )
         try:
             await queue.claims.ensure_group()

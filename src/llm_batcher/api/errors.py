@@ -14,6 +14,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.MISSING_CONTEXT: 422,
     ErrorCode.INVALID_BODY: 422,
     ErrorCode.INVALID_LAST_EVENT_ID: 422,
+    ErrorCode.UNAUTHORIZED: 401,
     ErrorCode.UNKNOWN_TASK: 404,
     ErrorCode.CONTEXT_TOO_LARGE: 413,
     ErrorCode.QUEUE_FULL: 503,
@@ -41,6 +42,8 @@ def _refusal_headers(code: ErrorCode) -> dict[str, str]:
     headers = dict(SECURITY_HEADERS)
     if retry_after:
         headers["Retry-After"] = str(retry_after)
+    if code is ErrorCode.UNAUTHORIZED:
+        headers["WWW-Authenticate"] = 'Bearer realm="llm-batcher"'
     return headers
 
 

@@ -65,12 +65,13 @@ async def _serve_generate(
 
 async def _answer(state: AppState, request: Request) -> Response:
     try:
+        owner = generate.owner_of(state, request)
         resume = request.headers.get("last-event-id")
         if request.method == "GET":
             query = request.query_params
             return await generate.for_get(
-                state, query.get("context"), resume or query.get("last_event_id")
+                state, query.get("context"), resume or query.get("last_event_id"), owner
             )
-        return await generate.for_post(state, request, resume)
+        return await generate.for_post(state, request, resume, owner)
     except ApiError as error:
         return refusal(error, of_generate=True)

@@ -3,6 +3,7 @@ with the task's event stream (stream.py)."""
 
 from __future__ import annotations
 
+import hmac
 import logging
 import uuid
 
@@ -12,6 +13,7 @@ from starlette.requests import Request
 from llm_batcher import contract
 from llm_batcher.api.errors import ApiError
 from llm_batcher.api.headers import SECURITY_HEADERS
+from llm_batcher.api.hub import Subscription
 from llm_batcher.api.outage import redis_call
 from llm_batcher.api.sse import SseResponse
 from llm_batcher.api.state import AppState
@@ -64,17 +66,28 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def for_get(state: AppState, context: str | None, resume_after: str | None) -> SseResponse:
+def owner_of(state: AppState, request: Request) -> str:
+    """The owner hash of the request's API key ("" when keys are off); 401 without a valid one.
+    With keys off this reads nothing: the hot path stays as it was."""
+    keys = state.api_keys
+    return "" if keys is None else keys.require(request.headers.get("authorization"))
+
+
+async def for_get(
+    state: AppState, context: str | None, resume_after: str | None, owner: str
+) -> SseResponse:
     """GET /generate: resume after ``resume_after`` (Last-Event-ID) if given, else submit."""
     if resume_after:
-        return await resume(state, resume_after)
-    return await submit(state, context)
+        return await resume(state, resume_after, owner)
+    return await submit(state, context, owner)
 
 
-async def for_post(state: AppState, request: Request, resume_after: str | None) -> SseResponse:
+async def for_post(
+    state: AppState, request: Request, resume_after: str | None, owner: str
+) -> SseResponse:
     """POST /generate: the same, with the context in a JSON body."""
     if resume_after:  # a Last-Event-ID header: no browser sends that cross-site unasked
-        return await resume(state, resume_after)
+        return await resume(state, resume_after, owner)
     # A form or a fetch() with text/plain from another site is a "simple request" a browser sends
     # without asking: only a JSON Content-Type (which needs a CORS preflight) queues a task.
     media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
@@ -84,11 +97,12 @@ async def for_post(state: AppState, request: Request, resume_after: str | None) 
         )
     # JSON escapes can take 6 bytes per byte of context, plus the envelope.
     body = await read_body(request, state.settings.max_context_bytes * 6 + 4096)
-    return await submit(state, parse_body(body))
+    return await submit(state, parse_body(body), owner)
 
 
-async def submit(state: AppState, context: str | None) -> SseResponse:
-    """Queue a new task for ``context`` and stream its answer."""
+async def submit(state: AppState, context: str | None, owner: str = "") -> SseResponse:
+    """Queue a new task for ``context`` and stream its answer; ``owner`` is the hash of the API
+    key that submitted it (only that key may resume it)."""
     settings = state.settings
     if not context:
         raise ApiError(ErrorCode.MISSING_CONTEXT, "the context parameter is missing or empty")
@@ -101,6 +115,9 @@ async def submit(state: AppState, context: str | None) -> SseResponse:
     if state.draining:
         raise ApiError(ErrorCode.SHUTTING_DOWN, "this API replica is shutting down")
     task_id = str(uuid.uuid4())
+    # Subscribed before the task is queued, so that every entry of it is announced to this
+    # stream and none has to be read back from Redis (a round trip per request saved).
+    sub = await redis_call(state, state.hub.open(task_id, settings.redis_timeout_s * 5))
     now = now_ms()
     deadline = now + int(settings.task_timeout_s * 1000)
     tasks = state.queue.tasks
@@ -108,29 +125,40 @@ async def submit(state: AppState, context: str | None) -> SseResponse:
         queued = await redis_call(
             state,
             tasks.submit(
-                task_id, context, now_ms=now, deadline_ms=deadline, max_queue=settings.max_queue
+                task_id,
+                context,
+                now_ms=now,
+                deadline_ms=deadline,
+                max_queue=settings.max_queue,
+                owner=owner,
             ),
         )
     except BaseException:
+        state.hub.close(sub)
         # The submit may have reached Redis although this request gave up on it (a slow Redis,
         # or the client hung up meanwhile): cancel it, so that no worker runs a task nobody reads.
         spawn(tasks.cancel(task_id), f"cancel of unanswered task {task_id}")
         raise
     if not queued:
+        state.hub.close(sub)
         raise ApiError(ErrorCode.QUEUE_FULL, f"{settings.max_queue} tasks are waiting; retry later")
     # One INFO line per request, when it ends (stream.py): a second one here cost 4% of the API's
     # CPU under load, for a fact the ending line and the worker's lines carry too.
     log.debug("task %s queued (%d bytes)", task_id, size, extra={"task_id": task_id})
     stream = StreamState(task_id, next_index=0, deadline_ms=deadline, created_here=True)
-    return respond(state, stream)
+    return respond(state, stream, sub)
 
 
-async def resume(state: AppState, last_event_id: str) -> SseResponse:
-    """Continue a task's stream right after the event ``last_event_id``."""
+async def resume(state: AppState, last_event_id: str, owner: str = "") -> SseResponse:
+    """Continue a task's stream right after the event ``last_event_id``. With API keys on, only
+    the key that submitted the task may: any other gets the answer of an unknown task."""
     task_id, index = parse_event_id(last_event_id)
-    deadline = await redis_call(state, state.queue.results.deadline_of(task_id))
-    if deadline is None:
+    found = await redis_call(state, state.queue.results.resumable(task_id))
+    if found is None or (
+        state.api_keys is not None and not hmac.compare_digest(found.owner, owner)
+    ):
         raise ApiError(ErrorCode.UNKNOWN_TASK, f"task {task_id} is unknown or expired")
+    deadline = found.deadline_ms
     log.info("task %s resumed after token %d", task_id, index, extra={"task_id": task_id})
     return respond(state, StreamState(task_id, next_index=index + 1, deadline_ms=deadline))
 
@@ -145,7 +173,7 @@ def parse_event_id(value: str) -> tuple[str, int]:
         ) from None
 
 
-def respond(state: AppState, stream: StreamState) -> SseResponse:
-    """The SSE response of one task's stream."""
-    events = TaskStream(state.queue, state.hub, state.settings, stream).events()
-    return SseResponse(events, headers=SSE_HEADERS)
+def respond(state: AppState, stream: StreamState, sub: Subscription | None = None) -> SseResponse:
+    """The SSE response of one task's stream (``sub``: its subscription, if already open)."""
+    task_stream = TaskStream(state.queue, state.hub, state.settings, stream, sub)
+    return SseResponse(task_stream.events(), headers=SSE_HEADERS, on_close=task_stream.close)

@@ -5,12 +5,19 @@ one pub/sub connection for the whole process, whatever the number of open stream
 subscribes to its task's channel, then reads what was written before from the result stream
 (backfill), so nothing falls between the two. Pub/sub loses what is published while the
 connection is down: after every reconnect the hub tells each stream to backfill again (RESYNC).
+
+A task can also vanish without an announcement: its hash expired, or Redis restarted without its
+data. Rather than every stream checking its own task when it has been silent for a while (with
+10,000 streams waiting, thousands of Redis calls a second that starved the connection pool), the
+hub checks every open stream's task in a few pipelines every LIVENESS_SWEEP_S, and tells the
+streams of vanished tasks (GONE), which read Redis and end with `lost`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,7 +26,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
 from llm_batcher.api.liveness import RedisLiveness
-from llm_batcher.background import keep_running
+from llm_batcher.background import keep_running, spawn
 from llm_batcher.protocol.connection import REDIS_UNAVAILABLE
 from llm_batcher.protocol.keys import Keys
 from llm_batcher.protocol.results import ResultEntry
@@ -30,8 +37,24 @@ RESYNC = "resync"
 """Queued to every subscription after a reconnect: messages may have been lost; read Redis."""
 CLOSE = "close"
 """Queued to every subscription when the server shuts down: end the stream, no terminal event."""
+GONE = "gone"
+"""Queued to the subscriptions of a task that no longer exists in Redis: read Redis."""
+
+_SUBSCRIBE = "subscribe"
+_UNSUBSCRIBE = "unsubscribe"
+
+LIVENESS_SWEEP_S = 5.0
+"""How often the hub checks that the tasks of open streams still exist."""
+SWEEP_CHUNK = 1000
+"""Tasks checked in one pipeline (one round trip) of the sweep."""
 
 Item = ResultEntry | str
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    """Mark a future's error as seen: an unsubscription's failure has no one to tell."""
+    if not future.cancelled():
+        future.exception()
 
 
 class Subscription:
@@ -74,6 +97,8 @@ class ResultHub:
     def __init__(self, redis: Redis, keys: Keys, liveness: RedisLiveness | None = None) -> None:
         self.keys = keys
         self.liveness = liveness or RedisLiveness()
+        self._redis = redis
+        self._sweeper: asyncio.Task[None] | None = None
         self._pubsub = _ReconnectAwarePubSub(redis.connection_pool, ignore_subscribe_messages=False)
         self._pubsub.hub = self
         self._subs: dict[str, set[Subscription]] = {}
@@ -90,19 +115,28 @@ class ResultHub:
         # subscriptions sent on the others are never read and the pool runs dry (32 streams
         # opened at once waited 5 s, then failed). One (un)subscribe at a time.
         self._command_lock = asyncio.Lock()
+        self._commands: list[tuple[str, str]] = []  # (un)subscriptions not sent yet, in order
+        self._commands_sent: asyncio.Future[None] | None = None  # when those will have been sent
 
     @property
     def open_streams(self) -> int:
         return sum(len(s) for s in self._subs.values())
 
     async def start(self) -> None:
+        # Connected now rather than by the first stream's subscribe: a client that hung up
+        # while that connect was under way went unnoticed (its cancellation was lost in it).
+        with contextlib.suppress(*REDIS_UNAVAILABLE):
+            async with self._command_lock:
+                await self._pubsub.connect()  # type: ignore[no-untyped-call]
         self._reader = keep_running("result-hub", self._read_loop)
+        self._sweeper = keep_running("liveness-sweep", self._sweep_loop)
 
     async def stop(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+        for task in (self._reader, self._sweeper):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self._pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def wait_idle(self, timeout_s: float) -> bool:
@@ -121,7 +155,16 @@ class ResultHub:
 
     @contextlib.asynccontextmanager
     async def subscribe(self, task_id: str, timeout_s: float) -> AsyncIterator[Subscription]:
-        """Subscribe to a task's entries; returns once Redis confirmed the subscription."""
+        """Subscribe to a task's entries for the duration of the block (see open)."""
+        sub = await self.open(task_id, timeout_s)
+        try:
+            yield sub
+        finally:
+            self.close(sub)
+
+    async def open(self, task_id: str, timeout_s: float) -> Subscription:
+        """Subscribe to a task's entries; returns once Redis confirmed the subscription, so
+        every entry added from then on reaches it. Close it with close()."""
         sub = Subscription(task_id)
         channel = self.keys.result(task_id)
         first = task_id not in self._subs
@@ -130,26 +173,63 @@ class ResultHub:
         try:
             if first:
                 confirmed = self._confirmed[channel] = asyncio.Event()
-                async with self._command_lock:
-                    await self._pubsub.subscribe(channel)
+                # shielded: the send is shared with other streams, which this one's
+                # cancellation must not fail
+                await asyncio.shield(self._queue_command(_SUBSCRIBE, channel))
                 self._wake.set()
                 async with asyncio.timeout(timeout_s):
                     await confirmed.wait()
             else:
                 await self._wait_confirmed(channel, timeout_s)
-            yield sub
-        finally:
-            subs = self._subs.get(task_id)
-            if subs is not None:
-                subs.discard(sub)
-                if not subs:
-                    del self._subs[task_id]
-                    if not self._subs:
-                        self._idle.set()
-                    self._confirmed.pop(channel, None)
-                    with contextlib.suppress(*REDIS_UNAVAILABLE):
-                        async with self._command_lock:
-                            await self._pubsub.unsubscribe(channel)
+        except BaseException:
+            self.close(sub)
+            raise
+        return sub
+
+    def close(self, sub: Subscription) -> None:
+        """End a subscription (again: nothing); the last one of a task unsubscribes."""
+        task_id = sub.task_id
+        subs = self._subs.get(task_id)
+        if subs is None or sub not in subs:
+            return
+        subs.discard(sub)
+        if not subs:
+            del self._subs[task_id]
+            if not self._subs:
+                self._idle.set()
+            channel = self.keys.result(task_id)
+            self._confirmed.pop(channel, None)
+            self._queue_command(_UNSUBSCRIBE, channel)  # failures: nothing to do
+
+    def _queue_command(self, command: str, channel: str) -> asyncio.Future[None]:
+        """Queue a (un)subscription; the commands queued in one event-loop turn are sent
+        together, in order (a run of the same command as one). The future ends when they are
+        sent, with their error if sending failed."""
+        self._commands.append((command, channel))
+        if self._commands_sent is None:
+            sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            sent.add_done_callback(_retrieve)
+            self._commands_sent = sent
+            spawn(self._send_commands(sent), "pub/sub (un)subscriptions")
+        return self._commands_sent
+
+    async def _send_commands(self, sent: asyncio.Future[None]) -> None:
+        await asyncio.sleep(0)  # the other streams of this loop turn queue theirs
+        async with self._command_lock:
+            commands, self._commands, self._commands_sent = self._commands, [], None
+            try:
+                for command, run in itertools.groupby(commands, key=lambda c: c[0]):
+                    channels = [channel for _, channel in run]
+                    if command == _SUBSCRIBE:
+                        await self._pubsub.subscribe(*channels)
+                    else:
+                        await self._pubsub.unsubscribe(*channels)
+            except BaseException as exc:  # every waiting stream gets it, cancellation included
+                sent.set_exception(exc)
+                if not isinstance(exc, Exception):
+                    raise
+                return
+        sent.set_result(None)
 
     async def _wait_confirmed(self, channel: str, timeout_s: float) -> None:
         event = self._confirmed.get(channel)
@@ -168,6 +248,33 @@ class ResultHub:
         for subs in self._subs.values():
             for sub in subs:
                 sub.items.put_nowait(item)
+
+    async def sweep(self) -> int:
+        """Check that the task of every open stream still exists, SWEEP_CHUNK tasks a round
+        trip; queue GONE to the streams of those that do not. Returns how many streams got it."""
+        task_ids = list(self._subs)
+        told = 0
+        for start in range(0, len(task_ids), SWEEP_CHUNK):
+            chunk = task_ids[start : start + SWEEP_CHUNK]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for task_id in chunk:
+                    pipe.exists(self.keys.task(task_id))
+                found = await pipe.execute()
+            self.liveness.answered()
+            for task_id, exists in zip(chunk, found, strict=True):
+                if not exists:
+                    for sub in self._subs.get(task_id, ()):
+                        sub.items.put_nowait(GONE)
+                        told += 1
+        return told
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(LIVENESS_SWEEP_S)
+            try:
+                await self.sweep()
+            except REDIS_UNAVAILABLE as exc:  # the streams notice an outage by themselves
+                log.info("liveness sweep skipped: Redis unavailable (%s)", exc)
 
     async def _read_loop(self) -> None:
         if self._reader_runs:
@@ -204,6 +311,7 @@ class ResultHub:
         elif kind == "message":
             subs = self._subs.get(self.keys.task_id_of_channel(channel))
             if subs:
-                entry = ResultEntry.from_message(message["data"].decode())
+                entries = ResultEntry.from_announcement(message["data"])
                 for sub in subs:
-                    sub.items.put_nowait(entry)
+                    for entry in entries:
+                        sub.items.put_nowait(entry)

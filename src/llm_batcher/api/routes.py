@@ -17,10 +17,10 @@ from llm_batcher.api import generate
 from llm_batcher.api.outage import redis_call
 from llm_batcher.api.sse import SseResponse
 from llm_batcher.api.state import AppState
+from llm_batcher.api.statsview import shared_report, view_for
 from llm_batcher.clock import now_ms
 from llm_batcher.metrics import API_REGISTRY, exposition
 from llm_batcher.protocol.connection import REDIS_UNAVAILABLE
-from llm_batcher.stats import collect as collect_stats
 
 router = APIRouter()
 STATIC_DIR = Path(__file__).parent / "static"
@@ -72,26 +72,21 @@ async def prometheus_metrics(request: Request) -> Response:
 @router.get("/stats", tags=["stats"])
 async def stats(request: Request) -> JSONResponse:
     """Latency quantiles, request counts and the slowest requests of the sliding window,
-    the same on every replica, plus the queue depth and live workers."""
+    the same on every replica, plus the queue depth and live workers. The slowest requests name
+    their task and context only for an admin key (`Authorization: Bearer <admin key>`)."""
     state = _state(request)
-    settings = state.settings
-    report = await redis_call(
-        state,
-        collect_stats(
-            state.queue,
-            window_s=settings.stats_window_s,
-            slowest=settings.stats_slowest,
-            lease_ms=settings.lease_ms,
-        ),
-    )
-    return JSONResponse(report, headers={"Cache-Control": "no-cache"})
+    view = view_for(state, request.headers.get("authorization"))
+    if state.stats is None:
+        state.stats = shared_report(state)
+    report = await redis_call(state, state.stats.get())
+    return JSONResponse(view(report), headers={"Cache-Control": "no-cache"})
 
 
 @router.get(
     "/generate",
     tags=["generate"],
     response_class=SseResponse,
-    responses={200: {"content": {"text/event-stream": {}}}, 413: {}, 422: {}, 503: {}},
+    responses={200: {"content": {"text/event-stream": {}}}, 401: {}, 413: {}, 422: {}, 503: {}},
 )
 async def generate_get(
     request: Request,
@@ -103,14 +98,16 @@ async def generate_get(
     last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> SseResponse:
     """Queue a task and stream its answer as Server-Sent Events (see the README's contract)."""
-    return await generate.for_get(_state(request), context, last_event_id_header or last_event_id)
+    state = _state(request)
+    resume = last_event_id_header or last_event_id
+    return await generate.for_get(state, context, resume, generate.owner_of(state, request))
 
 
 @router.post(
     "/generate",
     tags=["generate"],
     response_class=SseResponse,
-    responses={200: {"content": {"text/event-stream": {}}}, 413: {}, 422: {}, 503: {}},
+    responses={200: {"content": {"text/event-stream": {}}}, 401: {}, 413: {}, 422: {}, 503: {}},
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -125,4 +122,6 @@ async def generate_post(
     last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> SseResponse:
     """The same stream for a JSON body `{"context": "..."}`, for contexts too long for a URL."""
-    return await generate.for_post(_state(request), request, last_event_id_header)
+    state = _state(request)
+    owner = generate.owner_of(state, request)
+    return await generate.for_post(state, request, last_event_id_header, owner)

@@ -16,19 +16,18 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from llm_batcher import contract, metrics
-from llm_batcher.api.hub import CLOSE, RESYNC, ResultHub
+from llm_batcher.api.hub import CLOSE, GONE, RESYNC, ResultHub, Subscription
 from llm_batcher.background import spawn
 from llm_batcher.clock import now_ms
 from llm_batcher.protocol.connection import REDIS_UNAVAILABLE
 from llm_batcher.protocol.keys import TERMINAL_ENTRY_ID
 from llm_batcher.protocol.outcomes import ErrorCode
 from llm_batcher.protocol.queue import TaskQueue
-from llm_batcher.protocol.results import ResultEntry
+from llm_batcher.protocol.results import RESULT_PAGE_ENTRIES, ResultEntry
 from llm_batcher.settings import ApiSettings
 
 log = logging.getLogger(__name__)
 
-_LIVENESS_CHECK_S = 5.0  # silence after which the stream checks that its task still exists
 _OUTAGE_LIMIT_S = 10.0  # Redis unreachable for this long ends the stream with an error
 PING = b": ping\r\n\r\n"
 """An SSE comment, sent on an idle stream every ping_s so that proxies keep it open."""
@@ -51,44 +50,62 @@ class TaskStream:
     """Produces the SSE events of one task for one client."""
 
     def __init__(
-        self, queue: TaskQueue, hub: ResultHub, settings: ApiSettings, state: StreamState
+        self,
+        queue: TaskQueue,
+        hub: ResultHub,
+        settings: ApiSettings,
+        state: StreamState,
+        sub: Subscription | None = None,
     ) -> None:
+        """``sub``: a subscription opened before the task was queued, so that every entry of
+        the task reaches it and nothing needs reading from Redis at the start; without one,
+        the stream subscribes, then reads what was written before."""
         self.queue = queue
         self.hub = hub
         self.settings = settings
         self.state = state
+        self.sub = sub
+        self._started = False  # events() has begun (and its own cleanup will run)
         self._outage_since: float | None = None
-        self._check_at = 0.0  # when silence calls for a liveness check (time.monotonic)
+        self._more = False  # the last backfill filled a page: read on before waiting
 
     async def events(self) -> AsyncGenerator[bytes, None]:
         """The whole stream, as SSE frames; events that are ready together leave in one write.
         On a client disconnect before any token, cancel the task this request queued."""
         state = self.state
         outcome = "disconnected"
+        self._started = True
         metrics.OPEN_STREAMS.inc()
         try:
             yield _wire(
                 [contract.task_event(state.task_id, state.next_index - 1, self.settings.retry_ms)]
             )
-            async with self.hub.subscribe(state.task_id, self.settings.redis_timeout_s * 5) as sub:
+            sub = self.sub
+            if sub is None:
+                sub = self.sub = await self.hub.open(
+                    state.task_id, self.settings.redis_timeout_s * 5
+                )
                 # A task this request has just queued cannot have expired: no existence check.
                 events = self._emit(await self._backfill(known_to_exist=state.created_here))
-                self._check_at = time.monotonic() + _LIVENESS_CHECK_S
-                while not state.terminal_sent:
-                    if events:
-                        yield _wire(events)
-                    # Everything announced meanwhile is taken at once; nothing waits for company.
-                    events = []
-                    items = await sub.get_ready(self._wait_s())
-                    if items == [None] and not self._check_due():
-                        yield PING  # a silence shorter than a liveness check
-                        continue
-                    self._check_at = time.monotonic() + _LIVENESS_CHECK_S
-                    for item in items:
-                        events += self._emit(await self._next(item))
-                        if state.terminal_sent:
-                            break
-                yield _wire(events)
+            else:
+                events = []  # subscribed before the task was queued: all will be announced
+            while not state.terminal_sent:
+                if events:
+                    yield _wire(events)
+                # Everything announced meanwhile is taken at once; nothing waits for company.
+                events = []
+                if self._more:  # a long answer is read page by page, each sent on its own
+                    events = self._emit(await self._backfill())
+                    continue
+                items = await sub.get_ready(self._wait_s())
+                if items == [None] and not self._deadline_passed():
+                    yield PING  # a silence; the hub checks that the task still exists
+                    continue
+                for item in items:
+                    events += self._emit(await self._next(item))
+                    if state.terminal_sent:
+                        break
+            yield _wire(events)
         except _Closed:
             outcome = "closed"
             log.info(
@@ -99,6 +116,7 @@ class TaskStream:
         except REDIS_UNAVAILABLE as exc:
             yield _wire([self._error(ErrorCode.REDIS_UNAVAILABLE, f"Redis is unreachable: {exc}")])
         finally:
+            self.close()
             metrics.OPEN_STREAMS.dec()
             gone_before_start = state.created_here and state.next_index == 0
             if gone_before_start and not state.terminal_sent and not self.hub.closing:
@@ -106,6 +124,15 @@ class TaskStream:
                 self._cancel_in_background()
             if not state.terminal_sent:
                 metrics.REQUESTS.labels(outcome, "").inc()
+
+    def close(self) -> None:
+        """End the subscription (again: nothing). For a response that ended before its events
+        began, also cancel the task this request queued: nobody will read it."""
+        if self.sub is not None:
+            self.hub.close(self.sub)
+        if not self._started and self.state.created_here and not self.hub.closing:
+            self._started = True  # once
+            self._cancel_in_background()
 
     def _cancel_in_background(self) -> None:
         """Cancel the task in the background: the client has gone, this coroutine is ending."""
@@ -118,11 +145,10 @@ class TaskStream:
         """Turn what the subscription gave into entries to emit (reading Redis when needed)."""
         if item == CLOSE:
             raise _Closed
-        if item is None:  # silence: enforce the deadline, check the task still exists
-            if now_ms() >= self.state.deadline_ms:
-                await self.queue.tasks.expire(self.state.task_id, "the task did not finish in time")
+        if item is None:  # the deadline has passed: end the task unless it has ended
+            await self.queue.tasks.expire(self.state.task_id, "the task did not finish in time")
             return await self._backfill()
-        if item == RESYNC or not isinstance(item, ResultEntry):
+        if item in (RESYNC, GONE) or not isinstance(item, ResultEntry):
             return await self._backfill()
         if item.is_terminal or item.index == self.state.next_index:
             if not item.is_terminal or self._complete(item):
@@ -147,6 +173,7 @@ class TaskStream:
                     return [_lost_entry()]
                 self.hub.liveness.answered()
                 self._outage_since = None
+                self._more = len(entries) == RESULT_PAGE_ENTRIES
                 return entries
             except REDIS_UNAVAILABLE:
                 now = time.monotonic()
@@ -198,15 +225,12 @@ class TaskStream:
         return contract.error_event(code, message)
 
     def _wait_s(self) -> float:
-        """Until the next ping, liveness check or deadline, whichever comes first."""
+        """Until the next ping or the deadline, whichever comes first."""
         to_deadline = (self.state.deadline_ms - now_ms()) / 1000
-        to_check = self._check_at - time.monotonic()
-        return max(0.0, min(self.settings.ping_s, to_check, to_deadline))
+        return max(0.0, min(self.settings.ping_s, to_deadline))
 
-    def _check_due(self) -> bool:
-        """Whether the silence calls for a liveness check (or the deadline has come)."""
-        early = 0.001  # a timer may fire this much before its time
-        return time.monotonic() >= self._check_at - early or now_ms() >= self.state.deadline_ms
+    def _deadline_passed(self) -> bool:
+        return now_ms() + 1 >= self.state.deadline_ms  # a timer may fire up to 1 ms early
 
 
 def _wire(events: list[contract.Event]) -> bytes:

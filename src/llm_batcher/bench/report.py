@@ -87,15 +87,26 @@ def percentile(values: Sequence[float], q: float) -> float | None:
 
 
 def steady_throughput(end_times_s: Sequence[float]) -> float | None:
-    """Requests a second between the 10th and the 90th percentile of completion times: leaves
-    out the ramp-up (first window, first batch) and the tail (clients running out of work)."""
+    """Requests a second in the steady part of a run: the least-squares slope of completions
+    against time, over the 10th to the 90th percentile of completion times (which leaves out the
+    ramp-up and the tail when clients run out of work).
+
+    A slope and not (completions between two percentiles) ÷ (their span): batches complete in
+    bursts of their size, and a span that starts at the end of one burst and stops at the start
+    of another miscounts by up to a burst per worker, which in a short run is several percent
+    either way."""
     ends = sorted(end_times_s)
     if len(ends) < 2:
         return None
     first = math.floor(0.1 * (len(ends) - 1))
     last = math.ceil(0.9 * (len(ends) - 1))
-    span = ends[last] - ends[first]
-    return (last - first) / span if span > 0 else None
+    times = ends[first : last + 1]
+    mean_t = sum(times) / len(times)
+    mean_n = (first + last) / 2
+    spread = sum((t - mean_t) ** 2 for t in times)
+    if spread <= 0:
+        return None
+    return sum((t - mean_t) * (n - mean_n) for n, t in enumerate(times, first)) / spread
 
 
 def peak_open(intervals: Sequence[tuple[float, float]]) -> int:

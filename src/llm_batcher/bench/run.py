@@ -43,6 +43,8 @@ from llm_batcher.bench.targets import add_checks
 GENERATOR_GRACE_S = 30.0  # beyond the generator's own deadline, before it is killed
 HOLD_GRACE_S = 30.0  # beyond the opening time, before workers start even if streams are missing
 WARMUP_MODEL = Model(ttft_ms=0, itl_ms=0, words=3)
+LEAD_IN_MAX_CLIENTS = 64  # clients of a closed-loop scenario's unmeasured lead-in, at most
+LEAD_IN_MIN_REQUESTS = 3  # requests of the lead-in, at least
 
 
 def options(args: argparse.Namespace) -> Options:
@@ -104,6 +106,8 @@ class Bench:
                 await warm_up(stack, self.out)
             for index, scenario in enumerate(group.scenarios):
                 hold = group.hold and index == 0
+                if scenario.kind == SATURATION:
+                    await lead_in(stack, scenario, self.out)
                 row, sample = await run_scenario(stack, scenario, self.out, hold)
                 self.rows.append(row)
                 self.samples.append(sample)
@@ -167,6 +171,17 @@ async def warm_up(stack: Stack, out: Path) -> None:
     slots = stack.config.workers * stack.config.max_batch
     scenario = Scenario("warm-up", "warm-up", "closed", slots, 2 * slots, WARMUP_MODEL)
     await generate(make_job(stack, scenario, "warm-up", WARMUP_MODEL), out, Follower(scenario))
+
+
+async def lead_in(stack: Stack, scenario: Scenario, out: Path) -> None:
+    """Unmeasured requests at the scenario's own load before it is measured, so that it
+    measures the steady state and not the change from the previous scenario's load (the
+    adaptive window judges from recent arrivals, worker/window.py)."""
+    clients = min(scenario.concurrency, LEAD_IN_MAX_CLIENTS)
+    requests = max(LEAD_IN_MIN_REQUESTS, clients)
+    name = f"{scenario.name} lead-in"
+    run = Scenario(name, "lead-in", "closed", clients, requests, scenario.model)
+    await generate(make_job(stack, run, name, scenario.model), out, Follower(run))
 
 
 async def run_scenario(

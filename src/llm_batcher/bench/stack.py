@@ -89,6 +89,8 @@ class LocalStack:
         port = free_port()
         self.env = dict(os.environ, LLMB_REDIS_URL=self.redis.url, PYTHONUNBUFFERED="1")
         self.env.update({"LLMB_MAX_BATCH": str(config.max_batch), "LLMB_LOG_LEVEL": "INFO"})
+        # Every bench context carries a `@mock` line (its timing and the stamp it measures).
+        self.env["LLMB_MOCK_DIRECTIVES"] = "true"
         if config.window_ms is not None:
             self.env["LLMB_WINDOW_MS"] = str(config.window_ms)
         self.env.update(config.env)

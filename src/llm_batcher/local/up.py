@@ -53,6 +53,8 @@ def _child_env(
     env = dict(os.environ, LLMB_REDIS_URL=redis_url, PYTHONUNBUFFERED="1")
     if redis_password is not None:
         env["LLMB_REDIS_PASSWORD"] = redis_password
+    # A local stack: the test page's samples steer the mock with `@mock` lines.
+    env.setdefault("LLMB_MOCK_DIRECTIVES", "true")
     flags = {
         "LLMB_MAX_BATCH": args.max_batch,
         "LLMB_WINDOW_MS": args.window_ms,

@@ -42,17 +42,21 @@ HANG_POLL_S = 0.5
 DEFAULT_TTFT_MS = "200-600"
 DEFAULT_ITL_MS = "20-60"
 DEFAULT_EXTRA_TOKENS = "0"
-# Flags that take a value; each of the first three falls back to LLMB_MOCK_<NAME>.
-VALUE_FLAGS = ("--ttft-ms", "--itl-ms", "--extra-tokens", "--seed")
+DEFAULT_DIRECTIVES = "on"
+# Flags that take a value; each but --seed falls back to LLMB_MOCK_<NAME>.
+VALUE_FLAGS = ("--ttft-ms", "--itl-ms", "--extra-tokens", "--directives", "--seed")
+SWITCH_VALUES = {"on": True, "1": True, "true": True, "off": False, "0": False, "false": False}
 FILES_FROM_STDIN = "--files-from-stdin"
 USAGE = (
     "usage: llm-mock [--ttft-ms MIN-MAX] [--itl-ms MIN-MAX] [--extra-tokens N] [--seed N]\n"
+    "                [--directives on|off]\n"
     "                (FILE... | --files-from-stdin)\n"
     "Mock LLM: echo each base64 context file as tokens (docs/protocol.md, part 2).\n"
     f"  --ttft-ms MIN-MAX   time to first token, ms (default {DEFAULT_TTFT_MS})\n"
     f"  --itl-ms MIN-MAX    delay between tokens, ms (default {DEFAULT_ITL_MS})\n"
     "  --extra-tokens N    filler tokens after the echo\n"
     "  --seed N            seed for reproducible random delays\n"
+    f"  --directives on|off honour a first line `{DIRECTIVE_WORD} key=value ...` (default on)\n"
     f"  {FILES_FROM_STDIN}  read the FILE paths from stdin, one a line, ending with an empty\n"
     "                      line or end of file; with none at all, exit 0 at once\n"
 )
@@ -69,12 +73,13 @@ class HelpRequested(Exception):
 class MockConfig(Record):
     """The command-line and environment settings; ranges are inclusive (min, max) pairs."""
 
-    __slots__ = ("extra_tokens", "files_from_stdin", "itl_ms", "seed", "ttft_ms")
+    __slots__ = ("directives", "extra_tokens", "files_from_stdin", "itl_ms", "seed", "ttft_ms")
     ttft_ms: tuple[int, int]
     itl_ms: tuple[int, int]
     extra_tokens: int
     seed: int | None
     files_from_stdin: bool
+    directives: bool
 
     def __init__(
         self,
@@ -83,6 +88,7 @@ class MockConfig(Record):
         extra_tokens: int,
         seed: int | None = None,
         files_from_stdin: bool = False,
+        directives: bool = True,
     ) -> None:
         self._set(
             ttft_ms=ttft_ms,
@@ -90,6 +96,7 @@ class MockConfig(Record):
             extra_tokens=extra_tokens,
             seed=seed,
             files_from_stdin=files_from_stdin,
+            directives=directives,
         )
 
 
@@ -117,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             paths = read_paths(sys.stdin.buffer)
             if not paths:  # a spare child that was never given a batch
                 return EXIT_OK
-        contexts = [load_context(path) for path in paths]
+        contexts = [load_context(path, config.directives) for path in paths]
     except HelpRequested:
         sys.stdout.write(USAGE)
         return EXIT_OK
@@ -165,6 +172,9 @@ def parse_args(argv: Sequence[str]) -> tuple[list[str], MockConfig]:
             ),
             seed=seed,
             files_from_stdin=from_stdin,
+            directives=parse_switch(
+                *_setting(values.get("--directives"), "--directives", DEFAULT_DIRECTIVES)
+            ),
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -227,8 +237,17 @@ def parse_range(name: str, raw: str) -> tuple[int, int]:
     return low, high
 
 
-def load_context(path: str) -> Context:
-    """Read and decode one context file and its directive; UsageError names the file."""
+def parse_switch(name: str, raw: str) -> bool:
+    """Parse `on` / `off` (or 1/0, true/false)."""
+    try:
+        return SWITCH_VALUES[raw.lower()]
+    except KeyError:
+        raise ValueError(f"{name}={raw!r} is not on or off") from None
+
+
+def load_context(path: str, directives: bool = True) -> Context:
+    """Read and decode one context file and its directive (none when ``directives`` is off: a
+    `@mock` line is then text like any other); UsageError names the file."""
     try:
         with open(path, "rb") as file:
             data = file.read()
@@ -238,6 +257,8 @@ def load_context(path: str) -> Context:
         text = decode_context_file(data)
     except ValueError as exc:
         raise UsageError(f"{path}: not a base64-encoded UTF-8 context: {exc}") from None
+    if not directives:
+        return Context(text, None, text)
     try:
         directive, body = split_context(text)
     except ValueError as exc:

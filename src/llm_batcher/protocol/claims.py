@@ -4,16 +4,24 @@ Delivery is at-least-once through a Redis stream consumer group. A worker holds 
 claimed through the group's pending list, and keeps its hold by resetting their idle time every
 lease/3 (RENEW). An entry idle for longer than the lease belongs to a dead worker, and any worker
 takes it over with XAUTOCLAIM. Idle workers take turns at reading new tasks (keys.Keys.reader).
+
+A read that waits for new tasks ends at its deadline to the millisecond. Redis checks the
+timeouts of blocked commands only `hz` times a second (every 100 ms by default), so with a BLOCK
+timeout alone a 50 ms batch window lasted 100 ms. The read blocks on a connection of its own, and
+at the deadline another connection ends it with CLIENT UNBLOCK ... TIMEOUT, which makes it return
+as a timeout does: with no entries, so nothing is delivered that nobody reads.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from llm_batcher.protocol.connection import reply_text
 from llm_batcher.protocol.keys import WORKER_GROUP, Keys
@@ -46,6 +54,14 @@ class Claims:
         self._depth = scripts[Script.DEPTH]
         self._end_turn = scripts[Script.END_TURN]
         self._ahead_turn = scripts[Script.AHEAD_TURN]
+        self._reader: Redis | None = None  # one connection of the pool, for blocking reads
+        self._reader_id: int | None = None  # its CLIENT ID; None until asked, and on reconnect
+
+    async def close(self) -> None:
+        """Give back the connection that blocking reads use."""
+        if self._reader is not None:
+            await self._reader.aclose()
+            self._reader = self._reader_id = None
 
     async def ensure_group(self) -> None:
         """Create the stream and its consumer group if missing (after a Redis restart too)."""
@@ -69,9 +85,12 @@ class Claims:
     async def read_new(self, consumer: str, count: int, block_ms: int | None) -> list[Claim]:
         """Claim up to ``count`` never-delivered tasks, waiting up to block_ms (None: no wait)."""
         try:
-            reply: Any = await self._redis.xreadgroup(
-                WORKER_GROUP, consumer, {self._keys.tasks: ">"}, count=count, block=block_ms
-            )
+            if block_ms is None:
+                reply: Any = await self._redis.xreadgroup(
+                    WORKER_GROUP, consumer, {self._keys.tasks: ">"}, count=count
+                )
+            else:
+                reply = await self._read_blocking(consumer, count, block_ms)
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
@@ -79,9 +98,43 @@ class Claims:
             return []
         return [
             Claim(reply_text(eid), reply_text(f[b"task_id"]))
-            for _, entries in reply
+            for _, entries in reply or []
             for eid, f in entries
         ]
+
+    async def _read_blocking(self, consumer: str, count: int, block_ms: int) -> Any:
+        """XREADGROUP BLOCK on the reader connection, unblocked at ``block_ms`` (module doc)."""
+        if self._reader is None:
+            self._reader = Redis(
+                connection_pool=self._redis.connection_pool, single_connection_client=True
+            )
+        reader = self._reader
+        client_id = self._reader_id
+        if client_id is None:
+            client_id = self._reader_id = await reader.client_id()
+            if reader.connection is not None:
+                reader.connection.register_connect_callback(self._reader_reconnected)  # type: ignore[no-untyped-call]
+        read = asyncio.ensure_future(
+            reader.xreadgroup(
+                WORKER_GROUP, consumer, {self._keys.tasks: ">"}, count=count, block=max(1, block_ms)
+            )
+        )
+        try:
+            done, _ = await asyncio.wait({read}, timeout=block_ms / 1000)
+            if not done:
+                # Not allowed (an ACL without CLIENT) or failed: Redis ends it a little later.
+                with contextlib.suppress(RedisError):
+                    await self._redis.client_unblock(client_id, error=False)
+            return await read
+        finally:
+            read.cancel()  # a no-op once done; else (cancelled ourselves) the read goes too
+
+    def _reader_reconnected(self, _connection: object) -> None:
+        self._reader_id = None  # a new connection has a new id
+
+    async def recent_arrivals(self) -> list[int]:
+        """The newest tasks' arrival times (keys.arrivals), in ms of Redis's clock."""
+        return [int(t) for t in await self._redis.lrange(self._keys.arrivals, 0, -1)]
 
     async def reclaim_expired(self, consumer: str, count: int, lease_ms: int) -> list[Claim]:
         """Take over up to ``count`` tasks whose holder has not renewed them for a lease."""

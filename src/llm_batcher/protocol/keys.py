@@ -24,6 +24,13 @@ STATS_MAX_RECORDS = 50_000
 DEAD_LETTER_MAXLEN = 1000
 """About how many entries the dead-letter stream keeps."""
 
+UNANSWERED_TTL_MS = 60_000
+"""How long a task that ended in error before its first token stays in Redis (at most; the
+result TTL when shorter): a cancelled task has no reader, and a refused one nothing to resume."""
+
+ARRIVALS_KEPT = 64
+"""How many of the newest arrival times the arrivals list keeps."""
+
 
 def token_entry_id(index: int) -> str:
     """Result-stream id of token ``index`` (0-based): ids are positions, so resuming is a range."""
@@ -68,6 +75,12 @@ class Keys:
         """Sorted set: worker id -> ms when it was last seen idle (waiting for tasks). A busy
         worker reads its next batch ahead only while no other worker is idle."""
         return f"{self.prefix}:idle"
+
+    @property
+    def arrivals(self) -> str:
+        """List of the newest task arrivals' times (ms, Redis's clock, newest first), at most
+        ARRIVALS_KEPT: what the adaptive window judges from (worker/window.py)."""
+        return f"{self.prefix}:arrivals"
 
     @property
     def stats(self) -> str:

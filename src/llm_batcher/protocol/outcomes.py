@@ -23,6 +23,7 @@ class ErrorCode(StrEnum):
     MISSING_CONTEXT = "missing_context"
     INVALID_BODY = "invalid_body"
     INVALID_LAST_EVENT_ID = "invalid_last_event_id"
+    UNAUTHORIZED = "unauthorized"
     UNKNOWN_TASK = "unknown_task"
     CONTEXT_TOO_LARGE = "context_too_large"
     QUEUE_FULL = "queue_full"

@@ -55,6 +55,8 @@ def _constants() -> str:
         "TOKEN_ENTRY_PREFIX": keys.TOKEN_ENTRY_PREFIX,
         "STATS_MAX_RECORDS": keys.STATS_MAX_RECORDS,
         "DEAD_LETTER_MAXLEN": keys.DEAD_LETTER_MAXLEN,
+        "UNANSWERED_TTL_MS": keys.UNANSWERED_TTL_MS,
+        "ARRIVALS_KEPT": keys.ARRIVALS_KEPT,
     }
     prefixes: list[tuple[str, type[Enum]]] = [
         ("STATE", TaskState),

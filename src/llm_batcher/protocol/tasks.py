@@ -82,13 +82,21 @@ class Tasks:
     # --- API side ---------------------------------------------------------------------------
 
     async def submit(
-        self, task_id: str, context: str, *, now_ms: int, deadline_ms: int, max_queue: int
+        self,
+        task_id: str,
+        context: str,
+        *,
+        now_ms: int,
+        deadline_ms: int,
+        max_queue: int,
+        owner: str = "",
     ) -> bool:
-        """Queue a task; False (and nothing queued) when max_queue tasks are queued or running."""
+        """Queue a task; False (and nothing queued) when max_queue tasks are queued or running.
+        ``owner``: the hash of the API key that submitted it, if keys are on."""
         preview = context_preview(context)
         args: list[str | int] = [task_id, context, now_ms, deadline_ms, max_queue, self.ttl_ms]
-        args.append(preview)
-        keys = [self._keys.tasks, self._keys.task(task_id)]
+        args += [preview, owner]
+        keys = [self._keys.tasks, self._keys.task(task_id), self._keys.arrivals]
         return bool(await self._scripts[Script.SUBMIT](keys=keys, args=args))
 
     async def cancel(self, task_id: str) -> bool:

@@ -38,7 +38,8 @@ class TaskRun:
     task: StartedTask
     parts: list[str] = field(default_factory=list)  # every token of this attempt
     pending: list[str] = field(default_factory=list)  # tokens not yet in Redis
-    finished: bool = False  # the child said this context is complete
+    finished: bool = False  # the child said this context is complete, or it reached the cap
+    capped: bool = False  # it reached max_tokens: the child's further output for it is dropped
     closed: bool = False  # nothing more to do: terminal written, or no longer ours
     first_token_ms: int | None = None
     in_redis: int = 0  # tokens of this task in its result stream, as last reported by Redis
@@ -93,7 +94,7 @@ class BatchRunner:
                 timeout_s=self.settings.batch_timeout_s,
             ) as child:
                 async for lines in child.chunks():
-                    _apply(runs, lines)
+                    _apply(runs, lines, self.settings.max_tokens)
                     if tail is not None and any(r.finished for r in runs):
                         tail.set()
                     await self._flush(runs, batch_id)
@@ -173,6 +174,7 @@ class BatchRunner:
             "attempt": task.attempt,
             "worker": self.settings.worker_id,
             "batch_id": batch_id,
+            "finish_reason": "length" if run.capped else "stop",
         }
         await _retrying(lambda: self.queue.tasks.complete(task, data), task.task_id)
         run.closed = True
@@ -220,10 +222,14 @@ class BatchRunner:
         return retry
 
 
-def _apply(runs: list[TaskRun], lines: list[ChildLine]) -> None:
-    """Apply decoded output lines to the runs; a token after `finish` breaks the protocol."""
+def _apply(runs: list[TaskRun], lines: list[ChildLine], max_tokens: int) -> None:
+    """Apply decoded output lines to the runs; a token after `finish` breaks the protocol. A
+    task that reaches ``max_tokens`` is finished there, and what the child writes for it after
+    is dropped: the child runs on for the other contexts of its batch."""
     for line in lines:
         run = runs[line.index]
+        if run.capped:
+            continue
         if run.finished:
             raise ChildFailure(
                 FailureCause.BAD_OUTPUT, f"output for context {line.index} after its finish"
@@ -231,6 +237,8 @@ def _apply(runs: list[TaskRun], lines: list[ChildLine]) -> None:
         if isinstance(line, TokenLine):
             run.parts.append(line.token)
             run.pending.append(line.token)
+            if len(run.parts) >= max_tokens:
+                run.finished = run.capped = True
         else:
             run.finished = True
 

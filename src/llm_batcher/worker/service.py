@@ -26,7 +26,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from llm_batcher import metrics
-from llm_batcher.background import keep_running
+from llm_batcher.background import keep_running, spawn
 from llm_batcher.clock import now_ms
 from llm_batcher.health import HealthServer
 from llm_batcher.metrics import WORKER_REGISTRY
@@ -40,7 +40,7 @@ from llm_batcher.settings import WorkerSettings
 from llm_batcher.worker.ahead import ReadAhead
 from llm_batcher.worker.batch import BatchRunner
 from llm_batcher.worker.child import remove_stale_batch_dirs
-from llm_batcher.worker.window import ArrivalHistory, arrival_ms, should_wait
+from llm_batcher.worker.window import arrival_ms, wait_ms
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +61,10 @@ class Worker:
             stats_window_s=settings.stats_window_s,
         )
         self.runner = BatchRunner(self.queue, settings)
-        self.arrivals = ArrivalHistory()
         self._idle_noted_at = 0.0
         self.held: dict[str, str] = {}  # entry id -> task id, for lease renewal and hand-back
         self.idle_block_ms = min(1000, settings.lease_ms // 3)
-        self.ahead = ReadAhead(self.queue.claims, settings, self._turn_ms(), self._took_ahead)
+        self.ahead = ReadAhead(self.queue.claims, settings, self._turn_ms(), self._hold)
         self.redis_ok_at = 0.0  # monotonic time of the last successful Redis call
         self.stopping = False
         # With a metrics port, /metrics leaves the health port (SECURITY.md: metrics reach only
@@ -115,6 +114,7 @@ class Worker:
             await self._hand_back()
             with contextlib.suppress(*REDIS_UNAVAILABLE):
                 await self.queue.claims.leave(self.id)
+            await self.queue.claims.close()
             await self.health.close()
             if self.metrics_server is not None:
                 await self.metrics_server.close()
@@ -158,10 +158,19 @@ class Worker:
                 await asyncio.wait_for(stop.wait(), _TURN_POLL_S)
             return []
         try:
-            return await self._gather_in_turn(stop, ahead)
-        finally:
-            with contextlib.suppress(RedisError, OSError):
-                await self.queue.claims.end_read_turn(self.id)
+            claims = await self._gather_in_turn(stop, ahead)
+        except BaseException:
+            await self._end_read_turn()
+            raise
+        if claims:  # the batch starts while the turn ends: it need not wait for that round trip
+            spawn(self._end_read_turn(), "end the read turn")
+        else:  # the next read follows at once, and must find the turn free
+            await self._end_read_turn()
+        return claims
+
+    async def _end_read_turn(self) -> None:
+        with contextlib.suppress(RedisError, OSError):
+            await self.queue.claims.end_read_turn(self.id)
 
     async def _gather_in_turn(self, stop: asyncio.Event, ahead: list[Claim]) -> list[Claim]:
         """Tasks read ahead, else taken-over ones, else new ones: the first, then more within
@@ -169,14 +178,14 @@ class Worker:
         size = self.settings.max_batch
         claims = ahead or await self._first_claims(size)
         window_start = time.monotonic()
-        window_end = window_start + (self._window_s(claims) if claims else 0.0)
+        window_s = await self._window_s(claims) if 0 < len(claims) < size else 0.0
+        window_end = window_start + window_s
         try:
             while claims and len(claims) < size and not stop.is_set():
                 remaining_ms = int((window_end - time.monotonic()) * 1000)
                 if remaining_ms <= 0:
                     break
                 more = await self.queue.claims.read_new(self.id, size - len(claims), remaining_ms)
-                self._note_arrivals(more)
                 self._hold(more)
                 claims += more
         except (RedisError, OSError):
@@ -195,25 +204,21 @@ class Worker:
             log.info("took over %d task(s) from a silent worker", len(claims))
         else:
             claims = await self.queue.claims.read_new(self.id, size, self.idle_block_ms)
-            self._note_arrivals(claims)
         self._hold(claims)
         return claims
 
-    def _note_arrivals(self, claims: list[Claim]) -> None:
-        """Feed the window policy (window.ArrivalHistory) with when these tasks arrived."""
-        self.arrivals.add(arrival_ms(c.entry_id) for c in claims)
-
-    def _window_s(self, claims: list[Claim]) -> float:
+    async def _window_s(self, claims: list[Claim]) -> float:
         """How long the batch forming now waits for more tasks (worker/window.py), in seconds."""
-        window_ms, formed_ms = self.settings.window_ms, now_ms()
-        paid = self.arrivals.paid(window_ms)
-        self.arrivals.formed(formed_ms)
-        waited_ms = formed_ms - min(arrival_ms(c.entry_id) for c in claims)
-        if self.settings.window_policy == "adaptive" and not should_wait(
-            paid, waited_ms, window_ms
-        ):
-            return 0.0
-        return window_ms / 1000
+        window_ms = self.settings.window_ms
+        if self.settings.window_policy == "fixed":
+            return window_ms / 1000
+        first_ms = min(arrival_ms(c.entry_id) for c in claims)
+        waited_ms = now_ms() - first_ms
+        if waited_ms >= window_ms:  # it waits whatever the arrivals say: no need to read them
+            return window_ms / 1000
+        arrivals = await self.queue.claims.recent_arrivals()
+        batch_ms = None if self.ahead.batch_s is None else self.ahead.batch_s * 1000
+        return wait_ms(arrivals, first_ms, waited_ms, window_ms, batch_ms) / 1000
 
     def _hold(self, claims: list[Claim]) -> None:
         self.held.update((c.entry_id, c.task_id) for c in claims)
@@ -228,8 +233,7 @@ class Worker:
         """Run a batch, reading the next one ahead near its end; returns the claims read ahead.
 
         Once stopping, the batch gets drain_s, then is cancelled (tasks are handed back)."""
-        with contextlib.suppress(RedisError, OSError):
-            await self.queue.claims.note_busy(self.id)
+        spawn(self._note_busy(), "note busy")  # concurrently with the batch's start
         self._idle_noted_at = 0.0
         tail = asyncio.Event()
         batch = asyncio.create_task(self._process(claims, tail), name="batch")
@@ -279,9 +283,9 @@ class Worker:
             log.exception("unexpected Redis error during a batch")
         self._forget(claims)
 
-    def _took_ahead(self, claims: list[Claim]) -> None:
-        self._note_arrivals(claims)
-        self._hold(claims)
+    async def _note_busy(self) -> None:
+        with contextlib.suppress(RedisError, OSError):
+            await self.queue.claims.note_busy(self.id)
 
     async def _note_idle(self) -> None:
         """Mark this worker idle in Redis (keys.idle), at most every _IDLE_NOTE_S."""

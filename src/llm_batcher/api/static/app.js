@@ -22,6 +22,18 @@ const SAMPLES = [
 
 const $ = (id) => document.getElementById(id);
 let cardSeq = 0;
+// With API keys on, the server answers 401 and the page asks for a key. An EventSource cannot
+// send headers, so from then on every stream goes through fetch() with Authorization.
+let apiKey = "";
+
+function authHeaders() {
+  return apiKey ? { Authorization: `Bearer ${apiKey}` } : {};
+}
+
+function askForKey() {
+  $("key-field").hidden = false;
+  $("api-key").focus();
+}
 const live = new Set(); // cards whose stream is still open
 
 // ---------- DOM helpers ----------
@@ -305,7 +317,7 @@ async function streamWithFetch(card) {
   card.es = null;
   for (let attempt = 0; !card.finished; attempt++) {
     let progressed = false;
-    const headers = { "Content-Type": "application/json", Accept: "text/event-stream" };
+    const headers = { "Content-Type": "application/json", Accept: "text/event-stream", ...authHeaders() };
     if (card.lastId) headers["Last-Event-ID"] = card.lastId; // resume after the last token we hold
     const parser = new SseParser((type, data, id) => {
       progressed = true;
@@ -317,6 +329,7 @@ async function streamWithFetch(card) {
       const res = await fetch("/generate", {
         method: "POST", headers, body: JSON.stringify({ context: card.context }), signal: card.abort.signal,
       });
+      if (res.status === 401) askForKey();
       if (!res.ok) return fail(card, `HTTP ${res.status}`, await httpError(res));
       if (card.state === "reconnecting") setState(card, card.count ? "streaming" : "queued");
       const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
@@ -343,7 +356,7 @@ function send(context) {
   const card = createCard(context);
   live.add(card);
   const url = `/generate?context=${encodeURIComponent(context)}`;
-  if (url.length > MAX_URL_CHARS) streamWithFetch(card);
+  if (url.length > MAX_URL_CHARS || apiKey) streamWithFetch(card);
   else streamWithEventSource(card, url);
   updateSummary();
 }
@@ -403,21 +416,26 @@ function renderStats(s) {
   const general = [["queue depth", s.queue_depth], ["in flight", s.in_flight], ["workers", s.workers],
     ["requests", req.total], ["done", req.done], ["errors", req.error],
     ...Object.entries(obj(req.by_code)).map(([code, n]) => [`· ${code}`, n])];
-  const slowest = (Array.isArray(s.slowest) ? s.slowest : []).slice(0, 10).map((r) => {
-    const x = obj(r);
-    return [x.task_id, x.context_preview, x.code || x.outcome, x.batch_size, x.queue_ms, x.ttft_ms, x.total_ms, x.worker, when(x.at)];
-  });
+  const rows = (Array.isArray(s.slowest) ? s.slowest : []).slice(0, 10).map(obj);
+  // The public view names no task and shows no context; an admin's view does.
+  const named = rows.some((x) => "task_id" in x);
+  const slowest = rows.map((x) => [
+    ...(named ? [x.task_id, x.context_preview] : []),
+    x.code || x.outcome, x.batch_size, x.queue_ms, x.ttft_ms, x.total_ms, x.worker, when(x.at),
+  ]);
   const parts = [statsTable("latency", ["", "p50", "p90", "p99", "max"], lat), statsTable("system", ["", "value"], general)];
   if (slowest.length) {
-    parts.push(statsTable("slowest", ["task", "context", "outcome", "batch", "queue", "ttft", "total", "worker", "at"], slowest));
+    const head = ["outcome", "batch", "queue", "ttft", "total", "worker", "at"];
+    parts.push(statsTable("slowest", named ? ["task", "context", ...head] : head, slowest));
   }
   $("stats-body").replaceChildren(...parts);
 }
 
 async function pollStats() {
   try {
-    const res = await fetch("/stats", { headers: { Accept: "application/json" }, cache: "no-store" });
+    const res = await fetch("/stats", { headers: { Accept: "application/json", ...authHeaders() }, cache: "no-store" });
     if (res.status === 404) { $("stats").hidden = true; return; } // endpoint not there: stop polling
+    if (res.status === 401) $("stats").hidden = true; // closed to the public: shown once a key is given
     if (res.ok) {
       const s = await res.json();
       if (s && typeof s === "object") { renderStats(s); $("stats").hidden = false; }
@@ -444,6 +462,7 @@ function init() {
   });
   $("count").addEventListener("change", readCount);
   $("clear").addEventListener("click", clearAll);
+  $("api-key").addEventListener("input", () => { apiKey = $("api-key").value.trim(); });
   $("context").addEventListener("keydown", (e) => {
     if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); send($("context").value); }
   });

@@ -9,8 +9,7 @@ local STATS_WINDOW_MS = tonumber(ARGV[#ARGV])
 local function record(task, task_id, state, code, data)
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  local f = redis.call('HMGET', task, 'created_ms', 'started_ms', 'first_token_ms', 'worker',
-    'preview')
+  local f = redis.call('HMGET', task, 'created_ms', 'started_ms', 'first_token_ms', 'worker')
   local rec
   if state == STATE_DONE then
     local d = cjson.decode(data)
@@ -26,16 +25,22 @@ local function record(task, task_id, state, code, data)
   rec.at_ms = now
   rec.outcome = state
   rec.code = code
-  rec.preview = f[5] or ''
   redis.call('ZADD', STATS_KEY, now, cjson.encode(rec))
   redis.call('ZREMRANGEBYSCORE', STATS_KEY, '-inf', now - STATS_WINDOW_MS)
   redis.call('ZREMRANGEBYRANK', STATS_KEY, 0, -STATS_MAX_RECORDS - 1)
 end
 
 -- End a task: record it, write and announce its one terminal entry, and remove its queue entry.
+-- Its context is dropped (up to LLMB_MAX_CONTEXT_BYTES that nothing reads again; the preview
+-- stays for /stats), and a task that ended in error before its first token (cancelled, expired
+-- or dead-lettered before it ran, failed at once) is kept for UNANSWERED_TTL_MS at most.
 local function finish(task, task_id, result, tasks, state, code, data, ttl)
   record(task, task_id, state, code, data)
+  redis.call('HDEL', task, 'context')
   redis.call('HSET', task, 'state', state, 'code', code)
+  if state == STATE_ERROR and tonumber(redis.call('HGET', task, 'tokens') or '0') == 0 then
+    ttl = math.min(tonumber(ttl), UNANSWERED_TTL_MS)
+  end
   redis.call('XADD', result, TERMINAL_ENTRY_ID, 'kind', state, 'data', data)
   redis.call('PEXPIRE', result, ttl)
   redis.call('PEXPIRE', task, ttl)

@@ -1,0 +1,72 @@
+"""The SSE response (api/sse.py) driven directly through ASGI: a client that takes no data
+fails the response after the send timeout, a client that hangs up ends it cleanly, and the
+frames iterator is closed either way."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import pytest
+
+from llm_batcher.api.sse import SseResponse
+
+
+class Frames:
+    """An endless frame source that records whether it was closed."""
+
+    def __init__(self) -> None:
+        self.closed = asyncio.Event()
+        self.sent = 0
+
+    async def frames(self) -> AsyncGenerator[bytes, None]:
+        try:
+            while True:
+                self.sent += 1
+                yield b"event: token\r\ndata: {}\r\n\r\n"
+                await asyncio.sleep(0)
+        finally:
+            self.closed.set()
+
+
+async def never_disconnects() -> dict[str, Any]:
+    await asyncio.Event().wait()
+    raise AssertionError("unreachable")
+
+
+async def test_a_client_that_takes_no_data_fails_the_response_after_the_send_timeout() -> None:
+    source = Frames()
+    stuck = asyncio.Event()
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body" and source.sent >= 3:
+            stuck.set()
+            await asyncio.Event().wait()  # the socket buffer is full, the client reads nothing
+
+    response = SseResponse(source.frames(), send_timeout_s=0.2)
+    with pytest.raises(TimeoutError, match="took no data"):
+        await asyncio.wait_for(response({}, never_disconnects, send), 10)
+    assert stuck.is_set()
+    assert source.closed.is_set()
+
+
+async def test_a_client_that_hangs_up_ends_the_response_without_an_error() -> None:
+    source = Frames()
+    hang_up = asyncio.Event()
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        await hang_up.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+        if len(sent) == 5:
+            hang_up.set()
+        await asyncio.sleep(0)
+
+    response = SseResponse(source.frames(), send_timeout_s=30)
+    await asyncio.wait_for(response({}, receive, send), 10)  # returns normally
+    assert sent[0]["type"] == "http.response.start"
+    assert source.closed.is_set()

@@ -118,8 +118,8 @@ class ApiSettings(CommonSettings):
     max_streams_per_client: int = Field(
         256,
         ge=0,
-        description="Open /generate streams of one client (its API key if it sends a Bearer "
-        "token, else its address); more get 429. 0: no limit.",
+        description="Open /generate streams of one client (its API key when API keys are on, "
+        "else its address); more get 429. 0: no limit.",
     )
     stream_limit_exempt: str = Field(
         "127.0.0.0/8,::1",

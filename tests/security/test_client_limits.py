@@ -59,16 +59,32 @@ async def test_one_client_cannot_hold_more_than_its_streams(
     # No worker: every stream stays open, waiting for its answer.
     api = await stack.api(max_streams_per_client=2, stream_limit_exempt="")
     url = f"{api.url}/generate"
-    alice = {"Authorization": "Bearer alice-key"}
     async with open_streams(client, url, 2):
-        # The attacker's third stream from the same address is refused, and queues nothing.
+        # The attacker's third stream from the same address is refused, and so is a fourth with
+        # a made-up Bearer token (without API keys a token names nobody).
         third = await read_sse(client, "GET", url, params={"context": "one too many"})
         assert_refused(third, 429, "too_many_streams", "2")
-        # A client with an API key is counted on its own key, not on the shared address.
-        async with open_streams(client, url, 2, headers=alice):
-            refused = await read_sse(client, "GET", url, params={"context": "x"}, headers=alice)
-            assert_refused(refused, 429, "too_many_streams", "2")
+        made_up = {"Authorization": "Bearer made-up-token"}
+        fourth = await read_sse(client, "GET", url, params={"context": "x"}, headers=made_up)
+        assert_refused(fourth, 429, "too_many_streams", "2")
     await slots_given_back(client, url)
+
+
+async def test_with_api_keys_each_key_has_its_own_streams(
+    stack: Stack, client: httpx.AsyncClient
+) -> None:
+    api = await stack.api(
+        max_streams_per_client=2, stream_limit_exempt="", api_keys="alice-key,bob-key"
+    )
+    url = f"{api.url}/generate"
+    alice = {"Authorization": "Bearer alice-key"}
+    bob = {"Authorization": "Bearer bob-key"}
+    async with open_streams(client, url, 2, headers=alice):
+        refused = await read_sse(client, "GET", url, params={"context": "x"}, headers=alice)
+        assert_refused(refused, 429, "too_many_streams", "2")
+        # Another key from the same address is another client.
+        async with open_streams(client, url, 2, headers=bob):
+            pass
 
 
 async def test_the_process_limit_holds_for_every_client(

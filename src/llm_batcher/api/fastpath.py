@@ -47,7 +47,10 @@ async def _serve_generate(
     state: AppState, streams: StreamLimits, scope: Scope, receive: Receive, send: Send
 ) -> None:
     request = Request(scope, receive)
-    client = streams.client_of(scope, request.headers.get("authorization"))
+    # A Bearer token names the client only when API keys are on: otherwise a made-up token per
+    # request would escape the limit of its address.
+    bearer = request.headers.get("authorization") if state.api_keys is not None else None
+    client = streams.client_of(scope, bearer)
     try:
         streams.acquire(client)
     except ApiError as error:

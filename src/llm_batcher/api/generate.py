@@ -13,6 +13,7 @@ from starlette.requests import Request
 
 from llm_batcher import contract
 from llm_batcher.api.errors import ApiError
+from llm_batcher.api.headers import SECURITY_HEADERS
 from llm_batcher.api.outage import redis_call
 from llm_batcher.api.sse import SseResponse
 from llm_batcher.api.state import AppState
@@ -23,7 +24,11 @@ from llm_batcher.protocol.outcomes import ErrorCode
 
 log = logging.getLogger(__name__)
 
-SSE_HEADERS = {"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"}
+SSE_HEADERS = {
+    "Cache-Control": "no-cache, no-transform",
+    "X-Accel-Buffering": "no",
+    **SECURITY_HEADERS,
+}
 
 
 class GenerateRequest(BaseModel):
@@ -81,8 +86,15 @@ async def for_post(
     state: AppState, request: Request, resume_after: str | None, owner: str
 ) -> SseResponse:
     """POST /generate: the same, with the context in a JSON body."""
-    if resume_after:
+    if resume_after:  # a Last-Event-ID header: no browser sends that cross-site unasked
         return await resume(state, resume_after, owner)
+    # A form or a fetch() with text/plain from another site is a "simple request" a browser sends
+    # without asking: only a JSON Content-Type (which needs a CORS preflight) queues a task.
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type != "application/json":
+        raise ApiError(
+            ErrorCode.UNSUPPORTED_MEDIA_TYPE, "POST /generate needs Content-Type: application/json"
+        )
     # JSON escapes can take 6 bytes per byte of context, plus the envelope.
     body = await read_body(request, state.settings.max_context_bytes * 6 + 4096)
     return await submit(state, parse_body(body), owner)

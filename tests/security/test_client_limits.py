@@ -70,6 +70,32 @@ async def test_one_client_cannot_hold_more_than_its_streams(
     await slots_given_back(client, url)
 
 
+async def test_openai_streams_count_toward_the_same_limit(
+    stack: Stack, client: httpx.AsyncClient
+) -> None:
+    api = await stack.api(max_streams_per_client=2, stream_limit_exempt="")
+    chat = {
+        "model": "llm-batcher-mock",
+        "messages": [{"role": "user", "content": "waiting"}],
+        "stream": True,
+    }
+    async with (
+        open_streams(client, f"{api.url}/generate", 1),
+        client.stream("POST", f"{api.url}/v1/chat/completions", json=chat) as held,
+    ):
+        assert held.status_code == 200
+        chunks = held.aiter_raw()
+        assert (await anext(chunks)).startswith(b"data: ")  # open and counted (read timeout: 30 s)
+        # two streams open (one of each kind): a third, of either kind, is refused
+        refused = await client.post(f"{api.url}/v1/chat/completions", json=chat)
+        assert refused.status_code == 429, refused.text
+        assert refused.json()["error"]["code"] == "too_many_streams"
+        assert refused.headers["retry-after"] == "2"
+        third = await read_sse(client, "GET", f"{api.url}/generate", params={"context": "x"})
+        assert_refused(third, 429, "too_many_streams", "2")
+    await slots_given_back(client, f"{api.url}/generate")
+
+
 async def test_with_api_keys_each_key_has_its_own_streams(
     stack: Stack, client: httpx.AsyncClient
 ) -> None:

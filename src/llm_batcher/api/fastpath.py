@@ -18,12 +18,15 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from llm_batcher.api import generate
-from llm_batcher.api.errors import ApiError, refusal
+from llm_batcher.api.errors import ENDPOINTS, ApiError, refusal
 from llm_batcher.api.guard import Guard, StreamLimits, untrusted_host
 from llm_batcher.api.headers import with_security_headers
 from llm_batcher.api.state import AppState
 
 log = logging.getLogger(__name__)
+
+_OPENAI_STREAMS = {path: label for path, label in ENDPOINTS.items() if path.startswith("/v1/")}
+"""The OpenAI-compatible paths that hold a stream (or a wait) per request, by endpoint label."""
 
 
 class Api(FastAPI):
@@ -39,8 +42,29 @@ class Api(FastAPI):
             await refusal(untrusted_host(), None)(scope, receive, send)
         elif scope["path"] == "/generate" and scope["method"] in ("GET", "POST"):
             await _serve_generate(self.state.llmb, self.guard.streams, scope, receive, send)
+        elif scope["path"] in _OPENAI_STREAMS and scope["method"] == "POST":
+            await self._serve_limited(scope, receive, send)
         else:
             await super().__call__(scope, receive, with_security_headers(send, scope["path"]))
+
+    async def _serve_limited(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """An OpenAI-compatible request, through FastAPI, holding a slot of the stream limits
+        while it is answered, as a /generate stream does."""
+        streams = self.guard.streams
+        authorization = None
+        if self.state.llmb.api_keys is not None:
+            authorization = Request(scope).headers.get("authorization")
+        client = streams.client_of(scope, authorization)
+        try:
+            streams.acquire(client)
+        except ApiError as error:
+            endpoint = _OPENAI_STREAMS[scope["path"]]
+            await refusal(error, endpoint, openai=True)(scope, receive, send)
+            return
+        try:
+            await super().__call__(scope, receive, with_security_headers(send, scope["path"]))
+        finally:
+            streams.release(client)
 
 
 async def _serve_generate(

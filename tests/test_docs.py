@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 from llm_batcher.api.errors import HTTP_STATUS, OPENAI_STATUS
+from llm_batcher.protocol.acl import user_rules
 from llm_batcher.protocol.outcomes import ErrorCode
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -44,3 +45,10 @@ def test_the_readme_gives_each_refusal_its_status() -> None:
     for code, (status, stream) in rows.items():
         assert status or stream, f"{code} is neither a refusal nor a stream error"
         assert re.fullmatch(r"(yes)?", stream), code
+
+
+def test_security_md_shows_the_acl_rules_of_the_code() -> None:
+    text = (README.parent / "SECURITY.md").read_text()
+    for user, password in (("llmb-api", "API_PASSWORD"), ("llmb-worker", "WORKER_PASSWORD")):
+        line = f"ACL SETUSER {user} {' '.join(user_rules('llmb', password))}"
+        assert line in text, line

@@ -6,13 +6,15 @@ environment at import time. Validation failures stop the process with one clear 
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import shlex
 import shutil
 import socket
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -20,6 +22,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 MOCK_PROGRAM = "llm-mock"
 MOCK_STDIN_FLAG = "--files-from-stdin"
 MOCK_DIRECTIVES_FLAG = "--directives"
+
+
+def _metrics_port(usual: str) -> Any:
+    """LLMB_METRICS_PORT of the API and the worker."""
+    return Field(
+        0, ge=0, le=65535, description=f"Serve /metrics only on this port (0: on the {usual} port)."
+    )
 
 
 class CommonSettings(BaseSettings):
@@ -102,6 +111,54 @@ class ApiSettings(CommonSettings):
     redis_timeout_s: float = Field(
         1.0, gt=0, description="Timeout of one Redis call; past it /generate answers 503."
     )
+    # --- security: limits on clients, browsers, exposure (SECURITY.md) ---
+    max_streams: int = Field(
+        20000, ge=1, description="Open /generate streams of one API process; more get 503."
+    )
+    max_streams_per_client: int = Field(
+        256,
+        ge=0,
+        description="Open /generate streams of one client (its API key when API keys are on, "
+        "else its address); more get 429. 0: no limit.",
+    )
+    stream_limit_exempt: str = Field(
+        "127.0.0.0/8,::1",
+        description="Comma-separated networks whose clients the per-client limit leaves alone "
+        "(loopback by default: `up`, the tests and the benchmark open thousands of streams).",
+    )
+    request_read_timeout_s: float = Field(
+        10,
+        gt=0,
+        description="A request's headers and body must arrive within this long of its first "
+        "byte (or of the connection's opening); else the connection is closed.",
+    )
+    trusted_hosts: str = Field(
+        "*",
+        description="Comma-separated Host names the API answers (`*.example.com` matches "
+        "subdomains, `*` any); others get 421. Guards a local API against DNS rebinding.",
+    )
+    forwarded_allow_ips: str = Field(
+        "127.0.0.1",
+        description="Proxies whose X-Forwarded-For names the client (uvicorn's "
+        "forwarded_allow_ips; `*` trusts any: only where nothing else can reach the API).",
+    )
+    docs: bool = Field(True, description="Serve /docs and /openapi.json.")
+    metrics_port: int = _metrics_port("API")
+
+    @field_validator("stream_limit_exempt")
+    @classmethod
+    def _check_networks(cls, value: str) -> str:
+        for name in comma_list(value):
+            try:
+                ipaddress.ip_network(name, strict=False)
+            except ValueError:
+                raise ValueError(f"{name!r} is not an IP network") from None
+        return value
+
+    @property
+    def trusted_host_names(self) -> list[str]:
+        """The names of LLMB_TRUSTED_HOSTS, lower case."""
+        return [name.lower() for name in comma_list(self.trusted_hosts)]
 
     # --- access: API keys, admin keys, /stats -------------------------------------------------
     api_keys: SecretStr = Field(
@@ -204,6 +261,13 @@ class WorkerSettings(CommonSettings):
         8001, ge=0, le=65535, description="Port of /healthz, /readyz, /metrics (0: any free)."
     )
     worker_id: str = Field("", description="Name of this worker in Redis (default: host-pid).")
+    # --- security: what the LLM child sees, and metrics off the health port (SECURITY.md) ---
+    llm_env: str = Field(
+        "",
+        description="Comma-separated names of environment variables passed to the LLM child on "
+        "top of the allowlist (PATH, HOME, LANG, LC_*, TMPDIR, TZ, PYTHON*, LLMB_MOCK_*).",
+    )
+    metrics_port: int = _metrics_port("health")
 
     # --- what one request may cost ----------------------------------------------------------
     max_tokens: int = Field(
@@ -224,6 +288,19 @@ class WorkerSettings(CommonSettings):
         if not shlex.split(value):
             raise ValueError("must name a program")
         return value
+
+    @field_validator("llm_env")
+    @classmethod
+    def _check_llm_env(cls, value: str) -> str:
+        for name in comma_list(value):
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ValueError(f"{name!r} is not an environment variable name")
+        return value
+
+    @property
+    def llm_env_names(self) -> list[str]:
+        """The variable names LLMB_LLM_ENV lists."""
+        return comma_list(self.llm_env)
 
     @model_validator(mode="after")
     def _default_worker_id(self) -> WorkerSettings:
@@ -262,3 +339,8 @@ class WorkerSettings(CommonSettings):
         if self.runs_mock and self.llm_files_on_stdin and MOCK_STDIN_FLAG not in argv:
             argv.append(MOCK_STDIN_FLAG)
         return argv
+
+
+def comma_list(value: str) -> list[str]:
+    """The items of a comma-separated list, blanks dropped."""
+    return [name.strip() for name in value.split(",") if name.strip()]

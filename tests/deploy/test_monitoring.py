@@ -34,7 +34,7 @@ def test_service_monitor_scrapes_api_and_workers_only() -> None:
     monitor = rendered.get("ServiceMonitor", "llm-batcher")
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     assert monitor["spec"]["endpoints"] == [
-        {"port": "http", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}
+        {"port": "metrics", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}
     ]
     selector = monitor["spec"]["selector"]
     scraped = set()
@@ -45,7 +45,7 @@ def test_service_monitor_scrapes_api_and_workers_only() -> None:
         )
         if matches:
             scraped.add(service["metadata"]["name"])
-            assert "http" in [p["name"] for p in service["spec"]["ports"]]
+            assert "metrics" in [p["name"] for p in service["spec"]["ports"]]
     assert scraped == {"llm-batcher-api", "llm-batcher-worker"}
     worker = rendered.get("Service", "llm-batcher-worker")
     assert worker["spec"]["clusterIP"] == "None"  # only for discovery: no traffic to workers

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import select
 import sys
 from pathlib import Path
@@ -34,7 +35,7 @@ async def test_cancel_arriving_with_output_stops_the_batch(tmp_path: Path) -> No
 
     async def consume() -> None:
         async with LlmChild.run(
-            ArgvLauncher([sys.executable, str(script)]),
+            ArgvLauncher([sys.executable, str(script)], dict(os.environ)),
             ["ctx"],
             tmp_root=str(tmp_path),
             timeout_s=30,

@@ -52,15 +52,17 @@ async def test_exit_after_two_tokens_errors_after_exactly_two(
 ) -> None:
     body = "alpha beta gamma delta epsilon"
     queue = make_queue(redis, key_prefix)
-    async with running_worker(redis_url, key_prefix, tmp_path, window_ms=0):
+    async with running_worker(redis_url, key_prefix, tmp_path, window_ms=0) as (worker, _):
         task_id = await submit(queue, f"@mock ttft_ms=0 itl_ms=50 fail=exit fail_after=2\n{body}")
         entries = await wait_result(queue, task_id)
+        # the tail of the LLM's stderr, which names the cause, is in the worker's log
+        await eventually(lambda: "fail=exit" in worker.log(), 5, "the stderr tail in the log")
     error = assert_error(entries, "llm_crashed")
     assert [e.entry_id for e in entries[:-1]] == [token_entry_id(0), token_entry_id(1)]
     assert answer(entries) == "alpha beta "
     message = str(error["message"])
     assert "exited with status 3" in message
-    assert "fail=exit" in message  # the tail of the LLM's stderr names the cause
+    assert "see the worker log of batch " in message
     assert message.endswith("(after 2 tokens)")
 
 

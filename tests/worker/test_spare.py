@@ -4,6 +4,7 @@ that dies while waiting is replaced and runs nothing; shutdown leaves no LLM pro
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 from pathlib import Path
@@ -155,7 +156,7 @@ async def test_launcher_hands_paths_to_a_spare_and_close_leaves_nothing(tmp_path
         path = tmp_path / f"context-{i}.b64"
         path.write_bytes(encode_context_file(text))
         files.append(str(path))
-    launcher = SpareLauncher([sys.executable, str(script)])
+    launcher = SpareLauncher([sys.executable, str(script)], dict(os.environ))
     launcher.open()
     try:
         await eventually(lambda: launcher.spare is not None, 10, "a spare")

@@ -53,9 +53,14 @@ app.kubernetes.io/part-of: llm-batcher
 {{- end }}
 {{- end }}
 
-{{/* Image reference: (dict "ctx" $ "image" .Values.api.image); the tag defaults to appVersion. */}}
+{{/* Image reference: (dict "ctx" $ "image" .Values.api.image); the tag defaults to appVersion; a
+digest, where the image values have one, pins the image instead of the tag. */}}
 {{- define "llm-batcher.image" -}}
+{{- if .image.digest }}
+{{- printf "%s@%s" .image.repository .image.digest }}
+{{- else }}
 {{- printf "%s:%s" .image.repository (.image.tag | default .ctx.Chart.AppVersion) }}
+{{- end }}
 {{- end }}
 
 {{/* Redis: the URL (never with a password) and the Secret holding the password, if any. */}}
@@ -126,18 +131,36 @@ Helm holds numbers as floats, which print as 1e+06 from a million up. */}}
 {{- end }}
 {{- end }}
 
-{{/* Environment every llm-batcher container shares: Redis, then the common settings. */}}
+{{/* Environment every llm-batcher container shares: Redis, then the common settings.
+(dict "ctx" $ "component" "api"|"worker"). */}}
 {{- define "llm-batcher.commonEnv" -}}
+{{- $ctx := .ctx }}
+{{- if include "llm-batcher.redisAcl" $ctx }}
+{{- /* The component's own ACL user (redis.acl): its name in the URL, its password in the Secret. */}}
 - name: LLMB_REDIS_URL
-  value: {{ include "llm-batcher.redisUrl" . | quote }}
-{{- with include "llm-batcher.redisSecretName" . }}
+  value: {{ printf "redis://llmb-%s@%s-redis:%d/0" .component (include "llm-batcher.fullname" $ctx) (int $ctx.Values.redis.port) | quote }}
+- name: LLMB_REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "llm-batcher.redisSecretName" $ctx }}
+      key: {{ .component }}-password
+{{- else }}
+- name: LLMB_REDIS_URL
+  value: {{ include "llm-batcher.redisUrl" $ctx | quote }}
+{{- with include "llm-batcher.redisSecretName" $ctx }}
 - name: LLMB_REDIS_PASSWORD
   valueFrom:
     secretKeyRef:
       name: {{ . }}
-      key: {{ include "llm-batcher.redisSecretKey" $ }}
+      key: {{ include "llm-batcher.redisSecretKey" $ctx }}
 {{- end }}
-{{ include "llm-batcher.settingsEnv" (dict "settings" .Values.config "prefix" "LLMB_") | trim }}
+{{- end }}
+{{ include "llm-batcher.settingsEnv" (dict "settings" $ctx.Values.config "prefix" "LLMB_") | trim }}
+{{- end }}
+
+{{/* Non-empty when the chart's Redis gives the API and the workers ACL users of their own. */}}
+{{- define "llm-batcher.redisAcl" -}}
+{{- if and .Values.redis.enabled .Values.redis.auth.enabled .Values.redis.acl.enabled }}true{{ end }}
 {{- end }}
 
 {{/* Pod spec fields the API, worker and test pods share. No service links: Kubernetes would
@@ -180,4 +203,43 @@ topologySpreadConstraints:
 {{/* Does the worker run the mock LLM? Then the LLMB_MOCK_* settings apply. */}}
 {{- define "llm-batcher.runsMock" -}}
 {{- if eq (first (splitList " " (trim .Values.worker.config.llmCommand)) | base) "llm-mock" }}true{{ end }}
+{{- end }}
+
+{{/* Name of the container port that serves /metrics: (dict "port" .Values.api.config.metricsPort). */}}
+{{- define "llm-batcher.metricsPortName" -}}
+{{- if .port }}metrics{{ else }}http{{ end }}
+{{- end }}
+
+{{/* Egress of the API and worker pods: Redis and DNS, plus networkPolicy.egress.extraRules. */}}
+{{- define "llm-batcher.egressRules" -}}
+- ports:
+    - port: 53
+      protocol: UDP
+    - port: 53
+      protocol: TCP
+  {{- with .Values.networkPolicy.egress.dnsTo }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- if .Values.redis.enabled }}
+- ports:
+    - port: {{ .Values.redis.port }}
+      protocol: TCP
+  to:
+    - podSelector:
+        matchLabels:
+          {{- include "llm-batcher.selectorLabels" (dict "ctx" $ "component" "redis") | nindent 10 }}
+{{- else }}
+{{- $host := (urlParse .Values.externalRedis.url).host }}
+- ports:
+    - port: {{ ternary (last (splitList ":" $host)) "6379" (contains ":" $host) | int }}
+      protocol: TCP
+  {{- with .Values.networkPolicy.egress.externalRedisTo }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end }}
+{{- with .Values.networkPolicy.egress.extraRules }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}

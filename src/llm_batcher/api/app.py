@@ -14,6 +14,7 @@ from llm_batcher import __version__, metrics
 from llm_batcher.api.auth import KeyRing
 from llm_batcher.api.errors import install_error_handlers
 from llm_batcher.api.fastpath import Api
+from llm_batcher.api.guard import Guard
 from llm_batcher.api.hub import ResultHub
 from llm_batcher.api.liveness import RedisLiveness
 from llm_batcher.api.openai_routes import router as openai_router
@@ -22,6 +23,8 @@ from llm_batcher.api.routes import STATIC_DIR, router
 from llm_batcher.api.state import AppState
 from llm_batcher.background import keep_running
 from llm_batcher.clock import now_ms
+from llm_batcher.health import HealthServer
+from llm_batcher.metrics import API_REGISTRY
 from llm_batcher.protocol.connection import REDIS_UNAVAILABLE, make_redis
 from llm_batcher.protocol.keys import Keys
 from llm_batcher.protocol.queue import TaskQueue
@@ -66,9 +69,16 @@ def create_app(settings: ApiSettings) -> FastAPI:
             log.warning("Redis unreachable at start-up (%s); /readyz fails until it is back", exc)
         await hub.start()
         refresher = keep_running("queue-metrics", lambda: _refresh_queue_metrics(queue, settings))
+        # With a metrics port, /metrics leaves the public port (routes.py answers 404 there).
+        metrics_server = None
+        if settings.metrics_port:
+            metrics_server = HealthServer(settings.host, settings.metrics_port, None, API_REGISTRY)
+            await metrics_server.start()
         try:
             yield
         finally:
+            if metrics_server is not None:
+                await metrics_server.close()
             refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await refresher
@@ -80,7 +90,11 @@ def create_app(settings: ApiSettings) -> FastAPI:
         version=__version__,
         description="Batches LLM requests through Redis and streams the answers as SSE.",
         lifespan=lifespan,
+        docs_url="/docs" if settings.docs else None,
+        redoc_url="/redoc" if settings.docs else None,
+        openapi_url="/openapi.json" if settings.docs else None,
     )
+    app.guard = Guard(settings)
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(openai_router)

@@ -7,6 +7,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from llm_batcher import metrics
+from llm_batcher.api.headers import SECURITY_HEADERS
 from llm_batcher.protocol.outcomes import ErrorCode
 
 HTTP_STATUS: dict[ErrorCode, int] = {
@@ -21,6 +22,10 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.QUEUE_FULL: 503,
     ErrorCode.REDIS_UNAVAILABLE: 503,
     ErrorCode.SHUTTING_DOWN: 503,
+    ErrorCode.TOO_MANY_STREAMS: 429,
+    ErrorCode.SERVER_BUSY: 503,
+    ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,
+    ErrorCode.UNTRUSTED_HOST: 421,
 }
 """The status of every refusal; a code missing here is never a refusal."""
 
@@ -28,6 +33,8 @@ RETRY_AFTER_S: dict[ErrorCode, int] = {
     ErrorCode.QUEUE_FULL: 5,
     ErrorCode.REDIS_UNAVAILABLE: 2,
     ErrorCode.SHUTTING_DOWN: 1,
+    ErrorCode.TOO_MANY_STREAMS: 2,
+    ErrorCode.SERVER_BUSY: 2,
 }
 """The Retry-After header of refusals that are worth retrying."""
 
@@ -52,6 +59,19 @@ ENDPOINTS = {
     "/v1/chat/completions": "chat",
 }
 """The `endpoint` label of llm_batcher_requests_total, by path."""
+
+
+def _refusal_headers(code: ErrorCode) -> dict[str, str]:
+    retry_after = RETRY_AFTER_S.get(code)
+    headers = dict(SECURITY_HEADERS)
+    if retry_after:
+        headers["Retry-After"] = str(retry_after)
+    if code is ErrorCode.UNAUTHORIZED:
+        headers["WWW-Authenticate"] = 'Bearer realm="llm-batcher"'
+    return headers
+
+
+_REFUSAL_HEADERS = {code: _refusal_headers(code) for code in HTTP_STATUS}
 
 
 class ApiError(Exception):
@@ -81,10 +101,7 @@ def refusal(error: ApiError, endpoint: str | None, *, openai: bool = False) -> J
     that queues tasks; in OpenAI's error shape (and statuses) with ``openai``."""
     if endpoint is not None:
         metrics.REQUESTS.labels("rejected", error.code.value, endpoint).inc()
-    retry_after = RETRY_AFTER_S.get(error.code)
-    headers = {"Retry-After": str(retry_after)} if retry_after else None
-    if error.code is ErrorCode.UNAUTHORIZED:
-        headers = {"WWW-Authenticate": 'Bearer realm="llm-batcher"'}
+    headers = _REFUSAL_HEADERS[error.code]
     if openai:
         status = OPENAI_STATUS.get(error.code, error.status)
         body = openai_error(error.code, error.message, status, error.param)
@@ -92,7 +109,7 @@ def refusal(error: ApiError, endpoint: str | None, *, openai: bool = False) -> J
     return JSONResponse(
         {"detail": error.message, "code": error.code.value},
         status_code=error.status,
-        headers=headers,
+        headers=_REFUSAL_HEADERS[error.code],
     )
 
 

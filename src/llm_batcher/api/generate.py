@@ -13,6 +13,7 @@ from starlette.requests import Request
 
 from llm_batcher import contract
 from llm_batcher.api.errors import ApiError
+from llm_batcher.api.headers import SECURITY_HEADERS
 from llm_batcher.api.outage import redis_call
 from llm_batcher.api.sse import SseResponse
 from llm_batcher.api.state import AppState
@@ -23,7 +24,11 @@ from llm_batcher.protocol.outcomes import ErrorCode
 
 log = logging.getLogger(__name__)
 
-SSE_HEADERS = {"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"}
+SSE_HEADERS = {
+    "Cache-Control": "no-cache, no-transform",
+    "X-Accel-Buffering": "no",
+    **SECURITY_HEADERS,
+}
 
 
 class GenerateRequest(BaseModel):
@@ -81,8 +86,15 @@ async def for_post(
     state: AppState, request: Request, resume_after: str | None, owner: str
 ) -> SseResponse:
     """POST /generate: the same, with the context in a JSON body."""
-    if resume_after:
+    if resume_after:  # a Last-Event-ID header: no browser sends that cross-site unasked
         return await resume(state, resume_after, owner)
+    # A form or a fetch() with text/plain from another site is a "simple request" a browser sends
+    # without asking: only a JSON Content-Type (which needs a CORS preflight) queues a task.
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type != "application/json":
+        raise ApiError(
+            ErrorCode.UNSUPPORTED_MEDIA_TYPE, "POST /generate needs Content-Type: application/json"
+        )
     # JSON escapes can take 6 bytes per byte of context, plus the envelope.
     body = await read_body(request, state.settings.max_context_bytes * 6 + 4096)
     return await submit(state, parse_body(body), owner)
@@ -115,9 +127,9 @@ async def queue_task(
     if state.draining:
         raise ApiError(ErrorCode.SHUTTING_DOWN, "this API replica is shutting down")
     task_id = str(uuid.uuid4())
-    # Subscribed before the task is queued, so that every entry of it is announced to this
-    # stream and none has to be read back from Redis (a round trip per request saved).
-    sub = await redis_call(state, state.hub.open(task_id, settings.redis_timeout_s * 5))
+    # Queued before its stream subscribes (stream.py reads back what came before): subscribing
+    # first saved a round trip per request, but with 10,000 streams opening at 1,000 a second
+    # the waits for subscription confirmations made 29% of them fail with redis_unavailable.
     now = now_ms()
     deadline = now + int(settings.task_timeout_s * 1000)
     tasks = state.queue.tasks
@@ -136,18 +148,16 @@ async def queue_task(
             ),
         )
     except BaseException:
-        state.hub.close(sub)
         # The submit may have reached Redis although this request gave up on it (a slow Redis,
         # or the client hung up meanwhile): cancel it, so that no worker runs a task nobody reads.
         spawn(tasks.cancel(task_id), f"cancel of unanswered task {task_id}")
         raise
     if not queued:
-        state.hub.close(sub)
         raise ApiError(ErrorCode.QUEUE_FULL, f"{settings.max_queue} tasks are waiting; retry later")
     # One INFO line per request, when it ends (stream.py): a second one here cost 4% of the API's
     # CPU under load, for a fact the ending line and the worker's lines carry too.
     log.debug("task %s queued (%d bytes)", task_id, size, extra={"task_id": task_id})
-    return StreamState(task_id, next_index=0, deadline_ms=deadline, created_here=True, sub=sub)
+    return StreamState(task_id, next_index=0, deadline_ms=deadline, created_here=True)
 
 
 async def resume(state: AppState, last_event_id: str, owner: str = "") -> SseResponse:

@@ -61,8 +61,11 @@ async def readyz(request: Request) -> JSONResponse:
 
 
 @router.get("/metrics", tags=["health"], response_class=Response)
-async def prometheus_metrics() -> Response:
-    """Prometheus metrics of this API process, queue depth included."""
+async def prometheus_metrics(request: Request) -> Response:
+    """Prometheus metrics of this API process, queue depth included (on LLMB_METRICS_PORT
+    instead, when it is set)."""
+    if _state(request).settings.metrics_port:
+        return Response("served on the metrics port\n", status_code=404, media_type="text/plain")
     return Response(exposition(API_REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -22,12 +22,25 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from llm_batcher.api.app import create_app
+from llm_batcher.api.headers import RAW_SECURITY_HEADERS
 from llm_batcher.api.state import AppState
 from llm_batcher.settings import ApiSettings
 
 log = logging.getLogger(__name__)
 _LINGER_S = 2.0
 _PARSE_URL_MAX = 65535  # the longest URL httptools.parse_url takes
+_SPARE_CONNECTIONS = 1024
+_TIMEOUT_BODY = b"the request did not arrive in time\n"
+_REQUEST_TIMEOUT = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    + b"".join(b"%s: %s\r\n" % pair for pair in RAW_SECURITY_HEADERS)
+    + b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(_TIMEOUT_BODY), _TIMEOUT_BODY)
+)
+_BAD_REQUEST_HEAD = (
+    b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    + b"".join(b"%s: %s\r\n" % pair for pair in RAW_SECURITY_HEADERS)
+    + b"connection: close\r\n"
+)
 
 
 class CoalescingTransport(asyncio.Transport):
@@ -112,7 +125,7 @@ class CoalescingTransport(asyncio.Transport):
 
 class ApiHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol (a C parser: h11's pure-Python one cost the API about a
-    quarter of its CPU per request), with three changes:
+    quarter of its CPU per request), with four changes:
 
     - writes of one loop turn leave in one send (CoalescingTransport);
     - a request head (URL and headers) larger than ``head_limit`` bytes is refused with 400:
@@ -120,22 +133,45 @@ class ApiHttpProtocol(HttpToolsProtocol):
     - a refused request's 400 reaches the client. uvicorn answers a request it cannot parse
       with 400 and closes the socket at once; closing with unread input sends a TCP reset, and
       the client sees "connection reset" instead of the 400. Here the answer is followed by a
-      FIN, and what the client is still sending is read and dropped for up to _LINGER_S.
+      FIN, and what the client is still sending is read and dropped for up to _LINGER_S;
+    - a request must arrive in time. uvicorn times out only idle keep-alive connections: a
+      client that opens a connection and sends nothing, or half a request, holds it forever.
+      Here a request's head and body must all arrive within ``read_timeout_s`` of the
+      connection's opening or of the request's first byte; else the connection is closed, with
+      a 408 when its head had not arrived.
     """
 
     _lingering = False
     _head_bytes = 0
+    _in_head = True  # the current request's head has not all arrived
+    _reading = True  # the current request has not all arrived
+    _read_timer: asyncio.TimerHandle | None = None
 
-    def __init__(self, *args: Any, head_limit: int, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, head_limit: int, read_timeout_s: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.head_limit = head_limit
+        self.read_timeout_s = read_timeout_s
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(CoalescingTransport(transport))
+        self._arm_read_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_read_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            return
+        if not self._reading:  # the first byte of a request on a kept-alive connection
+            self._reading = self._in_head = True
+            self._arm_read_timer()
+        super().data_received(data)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._head_bytes = 0
+        self._reading = self._in_head = True
 
     def on_url(self, url: bytes) -> None:
         self._count_head(len(url))
@@ -146,6 +182,7 @@ class ApiHttpProtocol(HttpToolsProtocol):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         # httptools.parse_url refuses URLs over 64 KiB, and a GET context may be longer: the
         # query is split off here, and put into the scope before the request's task runs.
         if len(self.url) <= _PARSE_URL_MAX:
@@ -156,27 +193,47 @@ class ApiHttpProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         self.scope["query_string"] = query
 
+    def on_message_complete(self) -> None:
+        self._reading = False
+        self._disarm_read_timer()  # the whole request is in
+        super().on_message_complete()
+
     def _count_head(self, size: int) -> None:
         self._head_bytes += size
         if self._head_bytes > self.head_limit:
             # raised through the parser as its callback error: uvicorn answers 400
             raise ValueError(f"the request head is larger than {self.head_limit} bytes")
 
+    def _arm_read_timer(self) -> None:
+        if self._read_timer is None:
+            self._read_timer = self.loop.call_later(self.read_timeout_s, self._read_timed_out)
+
+    def _disarm_read_timer(self) -> None:
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
+
+    def _read_timed_out(self) -> None:
+        self._read_timer = None
+        if self.transport.is_closing():
+            return
+        log.info(
+            "closing a connection whose request did not arrive within %.0f s", self.read_timeout_s
+        )
+        if self._in_head:
+            self.transport.write(_REQUEST_TIMEOUT)  # nothing answered yet: say why
+        self.transport.close()
+
     def send_400_response(self, msg: str) -> None:
         body = msg.encode("ascii")
         self.transport.write(
-            b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n"
-            b"content-length: " + str(len(body)).encode("ascii") + b"\r\n"
-            b"connection: close\r\n\r\n" + body
+            _BAD_REQUEST_HEAD + b"content-length: %d\r\n\r\n%s" % (len(body), body)
         )
         self._lingering = True
+        self._disarm_read_timer()
         if self.transport.can_write_eof():
             self.transport.write_eof()
         asyncio.get_running_loop().call_later(_LINGER_S, self.transport.close)
-
-    def data_received(self, data: bytes) -> None:
-        if not self._lingering:
-            super().data_received(data)
 
 
 class DrainingServer(uvicorn.Server):
@@ -218,6 +275,9 @@ def serve(settings: ApiSettings) -> int:
     """Serve the API until a signal; returns the exit status."""
     # a percent-encoded context fits, with room for the other parameters and the headers
     head_limit = settings.max_context_bytes * 3 + 16384
+    protocol = functools.partial(
+        ApiHttpProtocol, head_limit=head_limit, read_timeout_s=settings.request_read_timeout_s
+    )
     config = uvicorn.Config(
         create_app(settings),
         host=settings.host,
@@ -225,9 +285,11 @@ def serve(settings: ApiSettings) -> int:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=5,
-        http=cast(
-            type[asyncio.Protocol], functools.partial(ApiHttpProtocol, head_limit=head_limit)
-        ),
+        http=cast(type[asyncio.Protocol], protocol),
+        # Room for every allowed stream plus idle keep-alive connections; past it uvicorn
+        # answers 503 before the app (the app refuses streams past max_streams itself).
+        limit_concurrency=settings.max_streams + _SPARE_CONNECTIONS,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
     )
     server = DrainingServer(config, settings.shutdown_grace_s)
     server.run()

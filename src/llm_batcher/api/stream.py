@@ -45,7 +45,6 @@ class StreamState:
     deadline_ms: int
     terminal_sent: bool = False
     created_here: bool = False  # this request submitted the task (so may cancel it)
-    sub: Subscription | None = None  # opened before the task was queued (TaskStream)
 
 
 def _wire(events: list[contract.Event]) -> bytes:
@@ -87,14 +86,11 @@ class TaskStream:
         encoder: Encoder = GENERATE,
         endpoint: str = "generate",
     ) -> None:
-        """``state.sub``: a subscription opened before the task was queued, so that every
-        entry of the task reaches it and nothing needs reading from Redis at the start; without
-        one, the stream subscribes, then reads what was written before."""
         self.queue = queue
         self.hub = hub
         self.settings = settings
         self.state = state
-        self.sub = state.sub
+        self.sub: Subscription | None = None
         self._started = False  # events() has begun (and its own cleanup will run)
         self.encoder = encoder
         self.endpoint = endpoint
@@ -113,15 +109,9 @@ class TaskStream:
             yield encode(
                 [contract.task_event(state.task_id, state.next_index - 1, self.settings.retry_ms)]
             )
-            sub = self.sub
-            if sub is None:
-                sub = self.sub = await self.hub.open(
-                    state.task_id, self.settings.redis_timeout_s * 5
-                )
-                # A task this request has just queued cannot have expired: no existence check.
-                events = self._emit(await self._backfill(known_to_exist=state.created_here))
-            else:
-                events = []  # subscribed before the task was queued: all will be announced
+            sub = self.sub = await self.hub.open(state.task_id, self.settings.redis_timeout_s * 5)
+            # A task this request has just queued cannot have expired: no existence check.
+            events = self._emit(await self._backfill(known_to_exist=state.created_here))
             while not state.terminal_sent:
                 if events:
                     yield encode(events)

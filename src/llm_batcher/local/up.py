@@ -12,12 +12,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import secrets
 import signal
 import sys
 from pathlib import Path
 
 from llm_batcher.local.embedded_redis import EmbeddedRedis, free_port
 from llm_batcher.local.supervisor import ChildSpec, Supervised
+
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,8 +47,12 @@ def _say(line: str) -> None:
     sys.stdout.flush()
 
 
-def _child_env(args: argparse.Namespace, redis_url: str) -> dict[str, str]:
+def _child_env(
+    args: argparse.Namespace, redis_url: str, redis_password: str | None
+) -> dict[str, str]:
     env = dict(os.environ, LLMB_REDIS_URL=redis_url, PYTHONUNBUFFERED="1")
+    if redis_password is not None:
+        env["LLMB_REDIS_PASSWORD"] = redis_password
     # A local stack: the test page's samples steer the mock with `@mock` lines.
     env.setdefault("LLMB_MOCK_DIRECTIVES", "true")
     flags = {
@@ -58,10 +65,14 @@ def _child_env(args: argparse.Namespace, redis_url: str) -> dict[str, str]:
     return env
 
 
-def _specs(args: argparse.Namespace, redis_url: str) -> list[ChildSpec]:
+def _specs(args: argparse.Namespace, redis_url: str, redis_password: str | None) -> list[ChildSpec]:
     cli = [sys.executable, "-m", "llm_batcher.cli"]
-    env = _child_env(args, redis_url)
+    env = _child_env(args, redis_url, redis_password)
     api_env = dict(env, LLMB_HOST=args.host, LLMB_PORT=str(args.port))
+    if args.host in _LOOPBACK and "LLMB_TRUSTED_HOSTS" not in os.environ:
+        # Only these names reach a loopback API legitimately: a page on another site that
+        # rebinds its own name to 127.0.0.1 sends its own name as Host and is refused.
+        api_env["LLMB_TRUSTED_HOSTS"] = "localhost,127.0.0.1,[::1]"
     probe_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     specs = [ChildSpec("api", [*cli, "api"], api_env, f"http://{probe_host}:{args.port}/healthz")]
     for i in range(1, args.workers + 1):
@@ -72,12 +83,12 @@ def _specs(args: argparse.Namespace, redis_url: str) -> list[ChildSpec]:
     return specs
 
 
-async def _run(args: argparse.Namespace, redis_url: str) -> int:
+async def _run(args: argparse.Namespace, redis_url: str, redis_password: str | None) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    children = [Supervised(spec, _say) for spec in _specs(args, redis_url)]
+    children = [Supervised(spec, _say) for spec in _specs(args, redis_url, redis_password)]
     runners = [asyncio.create_task(c.run()) for c in children]
     announce = asyncio.create_task(_announce(children, args))
     await stop.wait()
@@ -115,17 +126,33 @@ def main(args: argparse.Namespace) -> int:
     if args.workers < 0:
         raise SystemExit("llm-batcher up: --workers must be 0 or more")
     server = None
-    redis_url = args.redis_url
+    redis_url, redis_password = args.redis_url, None
     if not redis_url:
-        server = EmbeddedRedis(Path(args.data_dir).resolve() / "redis")
+        # A fresh password per run, given to the API and workers as LLMB_REDIS_PASSWORD and
+        # never printed: another local user or a browser page cannot talk to this server.
+        redis_password = secrets.token_urlsafe(24)
+        server = EmbeddedRedis(Path(args.data_dir).resolve() / "redis", password=redis_password)
         server.start()
         redis_url = server.url
-        _say(f"embedded Redis-compatible server (Valkey) at {redis_url}, data in {server.data_dir}")
+        _say(
+            f"embedded Redis-compatible server (Valkey) at {redis_url}, data in "
+            f"{server.data_dir}; its password for this run is in {server.config_path}"
+        )
     else:
-        _say(f"using Redis at {redis_url}")
+        _say(f"using Redis at {_without_password(redis_url)}")
     try:
-        return asyncio.run(_run(args, redis_url))
+        return asyncio.run(_run(args, redis_url, redis_password))
     finally:
         if server is not None:
             server.stop()
             _say("embedded Redis stopped")
+
+
+def _without_password(url: str) -> str:
+    """``url`` with any password in it masked, for printing."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:***@{host}"

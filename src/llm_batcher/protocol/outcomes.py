@@ -30,6 +30,11 @@ class ErrorCode(StrEnum):
     CONTEXT_TOO_LARGE = "context_too_large"
     QUEUE_FULL = "queue_full"
     SHUTTING_DOWN = "shutting_down"
+    # Refusals that protect the API from its clients (api/guard.py, SECURITY.md).
+    TOO_MANY_STREAMS = "too_many_streams"
+    SERVER_BUSY = "server_busy"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    UNTRUSTED_HOST = "untrusted_host"
     # Both a refusal and a terminal error of a stream that had started.
     REDIS_UNAVAILABLE = "redis_unavailable"
     # Terminal errors of a task.

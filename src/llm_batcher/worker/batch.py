@@ -248,12 +248,20 @@ class BatchRunner:
         self, runs: list[TaskRun], failure: ChildFailure, batch_id: str
     ) -> list[StartedTask]:
         code = failure.cause.error_code
+        # What the child wrote stays in this log: clients get the batch id to quote.
+        log.warning(
+            "batch %s: the LLM failed (%s): %s%s",
+            batch_id, failure.cause, failure.message, failure.detail, extra={"batch_id": batch_id},
+        )  # fmt: skip
         retry: list[StartedTask] = []
         for run in (r for r in runs if not r.closed):
             if len(runs) > 1 and run.visible_tokens == 0:
                 retry.append(run.task)
                 continue
-            message = f"{failure.message} (after {run.visible_tokens} tokens)"
+            message = (
+                f"{failure.message}; see the worker log of batch {batch_id} "
+                f"(after {run.visible_tokens} tokens)"
+            )
             await _retrying(
                 partial(self.queue.tasks.fail, run.task, code, message), run.task.task_id
             )

@@ -58,12 +58,17 @@ _ERROR_CODES = {
 
 
 class ChildFailure(Exception):
-    """The LLM child failed the batch."""
+    """The LLM child failed the batch.
 
-    def __init__(self, cause: FailureCause, message: str) -> None:
-        super().__init__(message)
+    ``message`` may reach clients, so it never holds what the child wrote: its stderr or a
+    malformed line could carry anything it can read. Those go in ``detail``, which is only logged.
+    """
+
+    def __init__(self, cause: FailureCause, message: str, detail: str = "") -> None:
+        super().__init__(f"{message}{detail}")
         self.cause = cause
         self.message = message
+        self.detail = detail
 
 
 class Launcher(Protocol):
@@ -83,18 +88,22 @@ class ChildProcess:
         self._stderr_reader = asyncio.create_task(self._read_stderr())
 
     @classmethod
-    async def spawn(cls, argv: list[str], *, stdin: int) -> ChildProcess:
-        """Start ``argv`` (stdin: asyncio.subprocess.PIPE or DEVNULL); ChildFailure if it can't."""
+    async def spawn(cls, argv: list[str], *, stdin: int, env: dict[str, str]) -> ChildProcess:
+        """Start ``argv`` (stdin: asyncio.subprocess.PIPE or DEVNULL) with exactly ``env``;
+        ChildFailure if it can't."""
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
                 stdin=stdin,
+                env=env,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,
             )
         except OSError as exc:
-            raise ChildFailure(FailureCause.SPAWN, f"cannot start {argv[0]!r}: {exc}") from exc
+            raise ChildFailure(
+                FailureCause.SPAWN, "cannot start the LLM command", f": {argv[0]!r}: {exc}"
+            ) from exc
         return cls(proc)
 
     def stderr_tail(self) -> str:
@@ -166,17 +175,24 @@ class LlmChild:
             *lines, buffer = buffer.split(b"\n")
             if len(buffer) > MAX_LINE_BYTES:
                 raise ChildFailure(
-                    FailureCause.BAD_OUTPUT, f"a line longer than {MAX_LINE_BYTES} bytes"
+                    FailureCause.BAD_OUTPUT,
+                    f"a line longer than {MAX_LINE_BYTES} bytes",
+                    self.process.stderr_tail(),
                 )
             if lines:
                 yield [self._decode(line) for line in lines]
         if buffer:
-            raise ChildFailure(FailureCause.BAD_OUTPUT, "output ended in the middle of a line")
+            raise ChildFailure(
+                FailureCause.BAD_OUTPUT,
+                "output ended in the middle of a line",
+                self.process.stderr_tail(),
+            )
         code = await self._before_deadline(self.proc.wait())
         if code != 0:
             raise ChildFailure(
                 FailureCause.CRASHED,
-                f"the LLM exited with status {code}{self.process.stderr_tail()}",
+                f"the LLM exited with status {code}",
+                self.process.stderr_tail(),
             )
 
     def _decode(self, line: bytes) -> ChildLine:
@@ -184,7 +200,9 @@ class LlmChild:
             return decode_line(line, self.batch_size)
         except ProtocolError as exc:
             raise ChildFailure(
-                FailureCause.BAD_OUTPUT, f"malformed output: {exc}{self.process.stderr_tail()}"
+                FailureCause.BAD_OUTPUT,
+                "malformed output",
+                f": {exc}{self.process.stderr_tail()}",
             ) from exc
 
     async def _before_deadline(self, awaitable: Awaitable[T]) -> T:
@@ -197,7 +215,8 @@ class LlmChild:
         except TimeoutError:
             raise ChildFailure(
                 FailureCause.HUNG,
-                f"the LLM did not finish within the batch deadline{self.process.stderr_tail()}",
+                "the LLM did not finish within the batch deadline",
+                self.process.stderr_tail(),
             ) from None
 
 

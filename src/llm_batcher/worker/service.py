@@ -28,6 +28,8 @@ from redis.exceptions import RedisError
 from llm_batcher import metrics
 from llm_batcher.background import keep_running, spawn
 from llm_batcher.clock import now_ms
+from llm_batcher.health import HealthServer
+from llm_batcher.metrics import WORKER_REGISTRY
 from llm_batcher.protocol.claims import Claim
 from llm_batcher.protocol.connection import REDIS_UNAVAILABLE
 from llm_batcher.protocol.keys import Keys
@@ -38,7 +40,6 @@ from llm_batcher.settings import WorkerSettings
 from llm_batcher.worker.ahead import ReadAhead
 from llm_batcher.worker.batch import BatchRunner
 from llm_batcher.worker.child import remove_stale_batch_dirs
-from llm_batcher.worker.health import HealthServer
 from llm_batcher.worker.window import arrival_ms, wait_ms
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,20 @@ class Worker:
         self.ahead = ReadAhead(self.queue.claims, settings, self._turn_ms(), self._hold)
         self.redis_ok_at = 0.0  # monotonic time of the last successful Redis call
         self.stopping = False
-        self.health = HealthServer(settings.health_host, settings.health_port, self._readiness)
+        # With a metrics port, /metrics leaves the health port (SECURITY.md: metrics reach only
+        # the monitoring namespace, probes the kubelet).
+        separate = settings.metrics_port != 0
+        self.health = HealthServer(
+            settings.health_host,
+            settings.health_port,
+            self._readiness,
+            None if separate else WORKER_REGISTRY,
+        )
+        self.metrics_server = (
+            HealthServer(settings.health_host, settings.metrics_port, None, WORKER_REGISTRY)
+            if separate
+            else None
+        )
         self.heartbeat_at = time.monotonic()
         metrics.IN_FLIGHT.set_function(lambda: len(self.held))
         metrics.HEARTBEAT_AGE.set_function(lambda: time.monotonic() - self.heartbeat_at)
@@ -78,6 +92,8 @@ class Worker:
         if removed:
             log.info("removed %d batch folder(s) left by dead workers", removed)
         port = await self.health.start()
+        if self.metrics_server is not None:
+            await self.metrics_server.start()
         log.info(
             "worker %s ready: health on %s:%d, batches of up to %d, window %d ms (%s)",
             self.id, self.settings.health_host, port, self.settings.max_batch,
@@ -100,6 +116,8 @@ class Worker:
                 await self.queue.claims.leave(self.id)
             await self.queue.claims.close()
             await self.health.close()
+            if self.metrics_server is not None:
+                await self.metrics_server.close()
             log.info("worker %s stopped", self.id)
 
     # --- claiming -------------------------------------------------------------------------

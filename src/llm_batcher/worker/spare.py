@@ -21,6 +21,7 @@ import os
 
 from llm_batcher.settings import WorkerSettings
 from llm_batcher.worker.child import ChildFailure, ChildProcess, FailureCause, Launcher
+from llm_batcher.worker.environment import child_environment
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +32,14 @@ _RESPAWN_MAX_S = 5.0
 class ArgvLauncher:
     """Starts the child at batch time, with the context files appended to its command line."""
 
-    def __init__(self, argv: list[str]) -> None:
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
         self.argv = argv
+        self.env = env
 
     async def start(self, paths: list[str]) -> ChildProcess:
-        return await ChildProcess.spawn([*self.argv, *paths], stdin=asyncio.subprocess.DEVNULL)
+        return await ChildProcess.spawn(
+            [*self.argv, *paths], stdin=asyncio.subprocess.DEVNULL, env=self.env
+        )
 
     def open(self) -> None:
         """Nothing to start ahead of time."""
@@ -47,8 +51,9 @@ class ArgvLauncher:
 class SpareLauncher:
     """Keeps one child started ahead of its batch, waiting for the batch's paths on stdin."""
 
-    def __init__(self, argv: list[str]) -> None:
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
         self.argv = argv
+        self.env = env
         self.spare: ChildProcess | None = None
         self._taken = asyncio.Event()
         self._keeper: asyncio.Task[None] | None = None
@@ -105,7 +110,7 @@ class SpareLauncher:
             self.spare = None
 
     async def _spawn(self) -> ChildProcess:
-        return await ChildProcess.spawn(self.argv, stdin=asyncio.subprocess.PIPE)
+        return await ChildProcess.spawn(self.argv, stdin=asyncio.subprocess.PIPE, env=self.env)
 
     async def _keep(self) -> None:
         """Start a spare; when it is taken, start the next; when it dies, replace it."""
@@ -164,9 +169,10 @@ def _log_crash(task: asyncio.Task[None]) -> None:
 
 def make_launcher(settings: WorkerSettings) -> ArgvLauncher | SpareLauncher:
     """The launcher the settings ask for (LLMB_LLM_FILES)."""
+    env = child_environment(os.environ, settings.llm_env_names)
     if settings.llm_files_on_stdin:
-        return SpareLauncher(settings.llm_argv)
-    return ArgvLauncher(settings.llm_argv)
+        return SpareLauncher(settings.llm_argv, env)
+    return ArgvLauncher(settings.llm_argv, env)
 
 
 __all__ = ["ArgvLauncher", "Launcher", "SpareLauncher", "make_launcher"]

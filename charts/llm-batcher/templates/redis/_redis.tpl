@@ -16,6 +16,24 @@
 - --requirepass
 - $(REDIS_PASSWORD)
 {{- end }}
+{{- if include "llm-batcher.redisAcl" . }}
+{{- $prefix := .Values.config.keyPrefix }}
+{{- range $component := list "api" "worker" }}
+# The ACL user of the {{ $component }} pods (SECURITY.md; the rules of protocol/acl.py).
+- --user
+- llmb-{{ $component }}
+- "on"
+- resetpass
+- ">$(REDIS_{{ upper $component }}_PASSWORD)"
+- resetkeys
+- {{ printf "~%s:*" $prefix | quote }}
+- resetchannels
+- {{ printf "&%s:result:*" $prefix | quote }}
+{{- range $rule := list "-@all" "+@connection" "+@read" "+@write" "+@stream" "+@pubsub" "+eval" "+evalsha" "+script|load" "+script|exists" "+time" "-@dangerous" }}
+- {{ $rule | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- with .Values.redis.extraArgs }}
 {{ toYaml . }}
 {{- end }}

@@ -2,7 +2,7 @@
 and the user's extraEnv. */}}
 {{- define "llm-batcher.worker.env" -}}
 {{- $worker := .Values.worker }}
-{{- include "llm-batcher.commonEnv" . }}
+{{- include "llm-batcher.commonEnv" (dict "ctx" . "component" "worker") }}
 {{ include "llm-batcher.settingsEnv" (dict "settings" $worker.config "prefix" "LLMB_") | trim }}
 - name: LLMB_TMP_DIR
   value: {{ $worker.tmpDir.path | quote }}

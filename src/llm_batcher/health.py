@@ -1,7 +1,9 @@
-"""The worker's small HTTP server: /healthz, /readyz and /metrics.
+"""A small HTTP server for probes and Prometheus: /healthz, /readyz and /metrics.
 
-The worker has no web framework: three GET endpoints do not need one, and keeping the worker a
-plain asyncio program keeps its signal handling and shutdown order in one place.
+The worker's health port, and the separate metrics port of the API or the worker
+(LLMB_METRICS_PORT, which keeps /metrics off a public port). The worker has no web framework:
+three GET endpoints do not need one, and keeping the worker a plain asyncio program keeps its
+signal handling and shutdown order in one place.
 """
 
 from __future__ import annotations
@@ -12,24 +14,33 @@ import json
 import logging
 from collections.abc import Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 
-from llm_batcher.metrics import WORKER_REGISTRY, exposition
+from llm_batcher.metrics import exposition
 
 log = logging.getLogger(__name__)
 
 _REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
 
 
+Readiness = Callable[[], tuple[bool, dict[str, object]]]
+
+
 class HealthServer:
-    """Serves the worker's state to probes and Prometheus."""
+    """Serves a process's state to probes (``readiness``; None: no probes) and its
+    ``registry`` to Prometheus (None: no /metrics)."""
 
     def __init__(
-        self, host: str, port: int, readiness: Callable[[], tuple[bool, dict[str, object]]]
+        self,
+        host: str,
+        port: int,
+        readiness: Readiness | None,
+        registry: CollectorRegistry | None,
     ) -> None:
         self.host = host
         self.port = port
         self.readiness = readiness
+        self.registry = registry
         self._server: asyncio.Server | None = None
 
     async def start(self) -> int:
@@ -65,12 +76,12 @@ class HealthServer:
     def _route(self, method: str, path: str) -> tuple[int, str, bytes]:
         if method != "GET":
             return 405, "text/plain", b"GET only\n"
-        if path == "/healthz":
+        if path == "/healthz" and self.readiness is not None:
             return 200, "application/json", b'{"status":"ok"}\n'
-        if path == "/readyz":
+        if path == "/readyz" and self.readiness is not None:
             ready, detail = self.readiness()
             body = json.dumps({"ready": ready, **detail}).encode() + b"\n"
             return (200 if ready else 503), "application/json", body
-        if path == "/metrics":
-            return 200, CONTENT_TYPE_LATEST, exposition(WORKER_REGISTRY)
+        if path == "/metrics" and self.registry is not None:
+            return 200, CONTENT_TYPE_LATEST, exposition(self.registry)
         return 404, "text/plain", b"not found\n"

@@ -101,7 +101,10 @@ def error_event(code: str, message: str) -> Event:
 
 def encode_data(event: Event) -> str:
     """The event's data field: compact JSON, non-ASCII kept as is (one line, always)."""
-    return json.dumps(event.data, ensure_ascii=False)
+    data = event.data
+    if event.kind is EventKind.TOKEN and len(data) == 1:  # {"text": ...}: the most frequent
+        return '{"text": ' + _dumps_str(data["text"]) + "}"
+    return json.dumps(data, ensure_ascii=False)
 
 
 def encode(event: Event) -> str:
@@ -114,6 +117,9 @@ def encode(event: Event) -> str:
     if event.retry is not None:
         lines.append(f"retry: {event.retry}")
     return "\r\n".join(lines) + "\r\n\r\n"
+
+
+_dumps_str = json.JSONEncoder(ensure_ascii=False).encode
 
 
 # --- parsing ------------------------------------------------------------------------------------

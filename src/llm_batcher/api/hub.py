@@ -66,6 +66,8 @@ class Subscription:
 
     async def get(self, timeout_s: float) -> Item | None:
         """The next announced entry or marker; None after timeout_s of silence."""
+        if not self.items.empty():  # no timer for what is already here
+            return self.items.get_nowait()
         try:
             async with asyncio.timeout(timeout_s):
                 return await self.items.get()

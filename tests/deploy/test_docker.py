@@ -277,6 +277,8 @@ def stack(images: None) -> Stack:
         *env,
         "-e",
         "LLMB_WORKER_ID=imgtest-worker",
+        "-e",
+        "LLMB_MOCK_DIRECTIVES=true",  # the tests steer the mock (off by default, as in the chart)
         image("worker"),
     )
     docker(

@@ -180,7 +180,11 @@ class LlmChild:
                     self.process.stderr_tail(),
                 )
             if lines:
-                yield [self._decode(line) for line in lines]
+                decoded, bad = self._decode_all(lines)
+                if decoded:  # the lines before a malformed one still count: they are relayed
+                    yield decoded
+                if bad is not None:
+                    raise bad
         if buffer:
             raise ChildFailure(
                 FailureCause.BAD_OUTPUT,
@@ -195,15 +199,21 @@ class LlmChild:
                 self.process.stderr_tail(),
             )
 
-    def _decode(self, line: bytes) -> ChildLine:
-        try:
-            return decode_line(line, self.batch_size)
-        except ProtocolError as exc:
-            raise ChildFailure(
-                FailureCause.BAD_OUTPUT,
-                "malformed output",
-                f": {exc}{self.process.stderr_tail()}",
-            ) from exc
+    def _decode_all(self, lines: list[bytes]) -> tuple[list[ChildLine], ChildFailure | None]:
+        """The lines decoded up to the first malformed one, and the failure it is, if any."""
+        decoded = []
+        for line in lines:
+            try:
+                decoded.append(decode_line(line, self.batch_size))
+            except ProtocolError as exc:
+                failure = ChildFailure(
+                    FailureCause.BAD_OUTPUT,
+                    "malformed output",
+                    f": {exc}{self.process.stderr_tail()}",
+                )
+                failure.__cause__ = exc
+                return decoded, failure
+        return decoded, None
 
     async def _before_deadline(self, awaitable: Awaitable[T]) -> T:
         # asyncio.timeout_at, not wait_for: on Python 3.11, wait_for swallows a cancellation that

@@ -2,9 +2,16 @@
 
 Phases: run the child → apply each chunk of output to the per-task state → flush new tokens and
 finished tasks to Redis → on a child failure, decide per task between a retry on its own and an
-error. A task whose first token has not reached Redis yet is retried alone, so one poison
-context fails by itself and its batch-mates complete; a task cut mid-stream ends with an error
-naming the cause, never with a silently truncated answer.
+error.
+
+When a batch of several fails, every task it had not finished is retried alone, so that one
+poison context fails by itself and its batch-mates complete. That holds for a task cut
+mid-stream too: its retry takes the path of a takeover. The model answers a context the same
+way every time, so the solo run regenerates the tokens already written, APPEND skips them (it
+writes from `tokens` on), and only the new ones reach the client: no duplicate, no gap. The
+retry is a new attempt (START), fenced like any other, so retries are bounded by max_attempts:
+a task already at its last attempt is not retried but ends with the error. A task that fails
+on its own ends with an error naming the cause, never with a silently truncated answer.
 """
 
 from __future__ import annotations
@@ -254,9 +261,11 @@ class BatchRunner:
             batch_id, failure.cause, failure.message, failure.detail, extra={"batch_id": batch_id},
         )  # fmt: skip
         retry: list[StartedTask] = []
+        cut = 0  # of them, tasks cut mid-stream
         for run in (r for r in runs if not r.closed):
-            if len(runs) > 1 and run.visible_tokens == 0:
-                retry.append(run.task)
+            if len(runs) > 1 and run.task.attempt < self.settings.max_attempts:
+                retry.append(run.task)  # cut mid-stream or not: the solo run resumes it
+                cut += run.visible_tokens > 0
                 continue
             message = (
                 f"{failure.message}; see the worker log of batch {batch_id} "
@@ -275,8 +284,9 @@ class BatchRunner:
         if retry:
             metrics.TASKS_RETRIED.inc(len(retry))
             log.warning(
-                "batch %s failed (%s); retrying %d task(s) that had no token yet, each alone",
-                batch_id, failure.cause, len(retry), extra={"batch_id": batch_id},
+                "batch %s failed (%s); retrying %d task(s) each alone (%d cut mid-stream)",
+                batch_id, failure.cause, len(retry), cut,
+                extra={"batch_id": batch_id},
             )  # fmt: skip
         return retry
 

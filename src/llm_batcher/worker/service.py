@@ -272,6 +272,14 @@ class Worker:
             retry = await self.runner.run(started, batch_id, tail) if started else []
             self.ahead.batch_ended(time.monotonic() - began)
             for task in retry:
+                if task.entry_id not in self.held:
+                    # Its lease lapsed (the heartbeat said so) and another worker may run it:
+                    # START here would fence that worker out.
+                    log.info(
+                        "task %s not retried: no longer held by this worker",
+                        task.task_id, extra={"task_id": task.task_id},
+                    )  # fmt: skip
+                    continue
                 again = await self._start_all([Claim(task.entry_id, task.task_id)])
                 if again:
                     await self.runner.run(again, f"{batch_id}-solo-{task.task_id[:8]}")

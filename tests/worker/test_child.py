@@ -1,4 +1,5 @@
-"""LlmChild, in process: a cancelled batch stops, even when output arrives at the same moment."""
+"""LlmChild, in process: a cancelled batch stops, even when output arrives at the same moment;
+lines before a malformed one are kept."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from llm_batcher.worker.child import LlmChild
+from llm_batcher.codec import ChildLine, TokenLine
+from llm_batcher.worker.child import ChildFailure, FailureCause, LlmChild
 from llm_batcher.worker.spare import ArgvLauncher
 from tests.support.waiting import eventually
 
@@ -64,3 +66,26 @@ async def test_cancel_arriving_with_output_stops_the_batch(tmp_path: Path) -> No
         with pytest.raises(asyncio.CancelledError):
             await batch
     assert children[0].proc.returncode is not None  # the child was stopped and reaped
+
+
+async def test_lines_before_a_malformed_one_in_the_same_read_are_kept(tmp_path: Path) -> None:
+    """Two tokens and a malformed line in one write: the tokens come out, then the failure, so
+    that what the client sees and the error's "after N tokens" match what the LLM wrote."""
+    script = tmp_path / "garbled.py"
+    script.write_text(
+        "import sys\n"
+        'sys.stdout.write(\'{"index": 0, "token": "a "}\\n{"index": 0, "token": "b "}\\n%%\\n\')\n'
+    )
+    chunks: list[list[ChildLine]] = []
+    with pytest.raises(ChildFailure) as failed:
+        async with LlmChild.run(
+            ArgvLauncher([sys.executable, str(script)], dict(os.environ)),
+            ["ctx"],
+            tmp_root=str(tmp_path),
+            timeout_s=30,
+        ) as child:
+            async for lines in child.chunks():
+                chunks.append(lines)
+    assert failed.value.cause is FailureCause.BAD_OUTPUT
+    tokens = [line for chunk in chunks for line in chunk]
+    assert [line.token for line in tokens if isinstance(line, TokenLine)] == ["a ", "b "]

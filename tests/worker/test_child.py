@@ -7,6 +7,7 @@ import asyncio
 import os
 import select
 import sys
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,12 @@ for i in range(1000):
 """
 
 
+def run_script(script: Path, tmp_path: Path) -> AbstractAsyncContextManager[LlmChild]:
+    """A batch of one context run by a Python script as its LLM."""
+    launcher = ArgvLauncher([sys.executable, str(script)], dict(os.environ))
+    return LlmChild.run(launcher, ["ctx"], tmp_root=str(tmp_path), timeout_s=30)
+
+
 async def test_cancel_arriving_with_output_stops_the_batch(tmp_path: Path) -> None:
     """The drain deadline cancels a batch at an arbitrary moment, possibly in the same event
     loop turn in which the child's next line arrives. The cancellation must still win (asyncio
@@ -36,12 +43,7 @@ async def test_cancel_arriving_with_output_stops_the_batch(tmp_path: Path) -> No
     children: list[LlmChild] = []
 
     async def consume() -> None:
-        async with LlmChild.run(
-            ArgvLauncher([sys.executable, str(script)], dict(os.environ)),
-            ["ctx"],
-            tmp_root=str(tmp_path),
-            timeout_s=30,
-        ) as child:
+        async with run_script(script, tmp_path) as child:
             children.append(child)
             async for lines in child.chunks():
                 chunks.append(lines)
@@ -78,12 +80,7 @@ async def test_lines_before_a_malformed_one_in_the_same_read_are_kept(tmp_path: 
     )
     chunks: list[list[ChildLine]] = []
     with pytest.raises(ChildFailure) as failed:
-        async with LlmChild.run(
-            ArgvLauncher([sys.executable, str(script)], dict(os.environ)),
-            ["ctx"],
-            tmp_root=str(tmp_path),
-            timeout_s=30,
-        ) as child:
+        async with run_script(script, tmp_path) as child:
             async for lines in child.chunks():
                 chunks.append(lines)
     assert failed.value.cause is FailureCause.BAD_OUTPUT

@@ -19,6 +19,8 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 SEND_TIMEOUT_S = 30.0
+_CANCELS = 10  # cancellations of a response whose client hung up, at most
+_CANCEL_AGAIN_S = 0.5  # between them
 
 
 class SseResponse(Response):
@@ -76,7 +78,8 @@ class SseResponse(Response):
                 ) from None
             if not self._hung_up:
                 raise
-            task.uncancel()  # the cancel was this response's own, for a client that has gone
+            while task.cancelling():  # the cancels were this response's own, for a client gone
+                task.uncancel()
         finally:
             self._streaming = False
             if timer is not None:
@@ -111,9 +114,15 @@ class SseResponse(Response):
             message = await receive()
             if message["type"] == "http.disconnect":
                 break
-        if self._streaming:
+        # A cancellation can be lost in a library's await on the way (seen once in a few
+        # hundred runs: a hang-up right as the stream subscribed went unnoticed, and its queued
+        # task was never cancelled): until the response ends, cancel it again.
+        for _ in range(_CANCELS):
+            if not self._streaming:
+                return
             self._hung_up = True
             task.cancel()
+            await asyncio.sleep(_CANCEL_AGAIN_S)
 
 
 class CollectedResponse(SseResponse):

@@ -20,6 +20,7 @@ import jsonschema
 import kubernetes_validate
 import referencing
 import yaml
+from helm_python import _native
 
 REPO = Path(__file__).resolve().parents[2]
 CHART_DIR = REPO / "charts" / "llm-batcher"
@@ -99,12 +100,31 @@ class Rendered:
         return spec["containers"][0]
 
 
-def render(values: dict[str, Any] | None = None, *, validate: bool = True) -> Rendered:
-    """Render the chart as `helm install` would (schema checked first, as Helm does)."""
+# The API groups of a cluster with everything the chart can use: prometheus-adapter (or KEDA)
+# serving the external metrics API, the Prometheus Operator, KEDA and the Gateway API. Scenarios
+# render against it; BARE_CLUSTER is a fresh kind cluster, with only the built-in groups.
+FULL_CLUSTER = (
+    "external.metrics.k8s.io/v1beta1",
+    "monitoring.coreos.com/v1",
+    "keda.sh/v1alpha1",
+    "gateway.networking.k8s.io/v1",
+)
+BARE_CLUSTER: tuple[str, ...] = ()
+
+
+def render(
+    values: dict[str, Any] | None = None,
+    *,
+    validate: bool = True,
+    api_versions: tuple[str, ...] = FULL_CLUSTER,
+    kube_version: str | None = None,
+) -> Rendered:
+    """Render the chart as `helm install` would (schema checked first, as Helm does), against a
+    cluster that serves `api_versions` (.Capabilities.APIVersions) on top of the built-in ones."""
     values = values or {}
     if validate:
         chart().validate_schema(values)
-    sources = chart().render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    sources = _render(chart(), values, api_versions, kube_version)
     objects: list[dict[str, Any]] = []
     for path, text in sorted(sources.items()):
         if path.endswith("NOTES.txt"):
@@ -112,6 +132,25 @@ def render(values: dict[str, Any] | None = None, *, validate: bool = True) -> Re
         objects.extend(doc for doc in yaml.safe_load_all(text) if doc)
     notes = next((t for p, t in sources.items() if p.endswith("NOTES.txt")), "")
     return Rendered(chart().merge_values(values), objects, notes, sources)
+
+
+def _render(
+    loaded: helm_python.Chart,
+    values: dict[str, Any],
+    api_versions: tuple[str, ...],
+    kube_version: str | None,
+) -> dict[str, str]:
+    """Chart.render, plus the capabilities its Go side takes (`api_versions`, `kube_version`,
+    as `helm template --api-versions --kube-version`) but its Python signature does not pass."""
+    options: dict[str, Any] = {"name": RELEASE, "namespace": NAMESPACE, "is_install": True}
+    options["api_versions"] = list(api_versions)
+    if kube_version is not None:
+        options["kube_version"] = kube_version
+    rendered = _native.call_string(
+        "helm_render", loaded._raw(), json.dumps(values), json.dumps(options)
+    )
+    manifests: dict[str, str] = json.loads(rendered)
+    return manifests
 
 
 @functools.cache

@@ -168,6 +168,7 @@ def test_selectors_select_the_pods(scenario: str) -> None:
             "api": {"config": {"shutdownGraceS": 12.5}, "preStopSleepS": 3},
             "worker": {"config": {"drainS": 90}, "shutdownMarginS": 20},
         },
+        {"worker": {"config": {"batchTimeoutS": 600}}},
     ],
 )
 def test_termination_grace_covers_the_drain_times(values: dict[str, Any]) -> None:
@@ -184,8 +185,12 @@ def test_termination_grace_covers_the_drain_times(values: dict[str, Any]) -> Non
     pre_stop = api["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
     assert pre_stop == ["sleep", str(api_values["preStopSleepS"])]
     worker = rendered.get("Deployment", "llm-batcher-worker")["spec"]["template"]["spec"]
+    # The drain defaults to the batch timeout: a scale-down lets the longest batch finish.
+    config = worker_values["config"]
+    drain_s = config.get("drainS", config["batchTimeoutS"])
+    assert env_of(worker["containers"][0])["LLMB_DRAIN_S"]["value"] == str(drain_s)
     assert worker["terminationGracePeriodSeconds"] == (
-        math.ceil(worker_values["config"]["drainS"]) + worker_values["shutdownMarginS"]
+        math.ceil(drain_s) + worker_values["shutdownMarginS"]
     )
     assert "lifecycle" not in worker["containers"][0]  # workers take no traffic: no preStop
 

@@ -73,7 +73,7 @@ def test_values_and_schema_describe_the_same_tree() -> None:
             node, shared = schema["definitions"][node["$ref"].rsplit("/", 1)[1]], True
         if not isinstance(value, dict) or node.get("additionalProperties") is not False:
             return
-        known = set(node["properties"]) - {"global"}
+        known = set(node["properties"])
         assert set(value) <= known, f"{path}: not in the schema: {set(value) - known}"
         assert shared or known <= set(value), f"{path}: no default for {known - set(value)}"
         for key, child in value.items():

@@ -53,13 +53,20 @@ app.kubernetes.io/part-of: llm-batcher
 {{- end }}
 {{- end }}
 
-{{/* Image reference: (dict "ctx" $ "image" .Values.api.image); the tag defaults to appVersion; a
-digest, where the image values have one, pins the image instead of the tag. */}}
+{{/* Image reference: (dict "ctx" $ "image" .Values.api.image), as Bitnami-style charts build it:
+[registry/]repository, then @digest when one is set, else :tag (default: appVersion).
+global.imageRegistry, set here or by a parent chart, replaces every image's registry. */}}
 {{- define "llm-batcher.image" -}}
+{{- $registry := .image.registry | default "" }}
+{{- with .ctx.Values.global }}{{ with .imageRegistry }}{{ $registry = . }}{{ end }}{{ end }}
+{{- $repository := .image.repository }}
+{{- if $registry }}
+{{- $repository = printf "%s/%s" (trimSuffix "/" $registry) $repository }}
+{{- end }}
 {{- if .image.digest }}
-{{- printf "%s@%s" .image.repository .image.digest }}
+{{- printf "%s@%s" $repository .image.digest }}
 {{- else }}
-{{- printf "%s:%s" .image.repository (.image.tag | default .ctx.Chart.AppVersion) }}
+{{- printf "%s:%s" $repository (.image.tag | default .ctx.Chart.AppVersion) }}
 {{- end }}
 {{- end }}
 
@@ -177,10 +184,15 @@ imagePullSecrets:
 {{- end }}
 {{- end }}
 
-{{/* Scheduling fields of a component's values: (dict "values" .Values.api). */}}
+{{/* Scheduling fields of a component's values: (dict "values" .Values.api "spread" <labels>).
+With no topologySpreadConstraints of the user's, `spread` (selector labels), when given, spreads
+the pods over nodes softly: one per node where it can, all on one node where it must. */}}
 {{- define "llm-batcher.scheduling" -}}
 {{- with .values.priorityClassName }}
 priorityClassName: {{ . }}
+{{- end }}
+{{- with .values.runtimeClassName }}
+runtimeClassName: {{ . }}
 {{- end }}
 {{- with .values.nodeSelector }}
 nodeSelector:
@@ -197,6 +209,35 @@ affinity:
 {{- with .values.topologySpreadConstraints }}
 topologySpreadConstraints:
   {{- toYaml . | nindent 2 }}
+{{- else }}
+{{- with .spread }}
+topologySpreadConstraints:
+  - maxSkew: 1
+    topologyKey: kubernetes.io/hostname
+    whenUnsatisfiable: ScheduleAnyway
+    labelSelector:
+      matchLabels:
+        {{- . | nindent 8 }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The user's extra pod parts (dict "values" .Values.worker "part" "..."): "init" gives the
+initContainers field, "sidecars" the containers after ours, "volumes" the volumes after ours,
+"mounts" the volume mounts after ours (each at the indentation of the list it extends). */}}
+{{- define "llm-batcher.podExtras" -}}
+{{- $v := .values }}
+{{- if eq .part "init" }}
+{{- with $v.initContainers }}
+initContainers:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- else if eq .part "sidecars" }}
+{{- with $v.extraContainers }}{{ toYaml . }}{{ end }}
+{{- else if eq .part "volumes" }}
+{{- with $v.extraVolumes }}{{ toYaml . }}{{ end }}
+{{- else if eq .part "mounts" }}
+{{- with $v.extraVolumeMounts }}{{ toYaml . }}{{ end }}
 {{- end }}
 {{- end }}
 
@@ -241,5 +282,34 @@ topologySpreadConstraints:
 {{- end }}
 {{- with .Values.networkPolicy.egress.extraRules }}
 {{ toYaml . }}
+{{- end }}
+{{- end }}
+
+
+{{/* Checksum of the Secrets the chart generates that a component reads: (dict "ctx" $ "component"
+"api"). A pod annotation with it rolls the pods when a password or key changes. Secrets of the
+user's (existingSecret) are not the chart's to read: roll the pods after changing one. */}}
+{{- define "llm-batcher.secretsChecksum" -}}
+{{- $ctx := .ctx }}
+{{- $text := include (print $ctx.Template.BasePath "/redis/secret.yaml") $ctx }}
+{{- if eq .component "api" }}
+{{- $text = print $text (include (print $ctx.Template.BasePath "/api/secret.yaml") $ctx) }}
+{{- end }}
+{{- $text | sha256sum }}
+{{- end }}
+
+{{/* The worker's autoscaler: "keda", "hpa", or empty for none. The HPA reads an External
+metric, so it is rendered only where the cluster serves the external metrics API
+(prometheus-adapter or KEDA installed): on a bare cluster it would report
+FailedGetExternalMetric forever, and the workers stay at replicaCount instead. */}}
+{{- define "llm-batcher.workerAutoscaler" -}}
+{{- $as := .Values.worker.autoscaling }}
+{{- if $as.enabled }}
+{{- if not (has $as.mode (list "hpa" "keda")) }}
+{{- fail "worker.autoscaling.mode must be hpa or keda" }}
+{{- end }}
+{{- if eq $as.mode "keda" }}keda
+{{- else if .Capabilities.APIVersions.Has "external.metrics.k8s.io/v1beta1" }}hpa
+{{- end }}
 {{- end }}
 {{- end }}

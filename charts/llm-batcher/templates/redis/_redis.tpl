@@ -34,8 +34,36 @@
 {{- end }}
 {{- end }}
 {{- end }}
+{{- with include "llm-batcher.redis.maxmemory" . }}
+# A backlog fills memory: past this Redis refuses writes (the API answers 503 redis_full) instead
+# of being OOM-killed; noeviction, since evicting a queue key would lose tasks.
+- --maxmemory
+- {{ . | quote }}
+- --maxmemory-policy
+- noeviction
+{{- end }}
 {{- with .Values.redis.extraArgs }}
 {{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* redis.maxmemory, or 80% of the memory limit in bytes (the rest for the append-only file's
+rewrite buffers, the client buffers and the allocator's own); empty without either. */}}
+{{- define "llm-batcher.redis.maxmemory" -}}
+{{- $redis := .Values.redis }}
+{{- if $redis.maxmemory }}
+{{- $redis.maxmemory }}
+{{- else }}
+{{- $limit := toString (dig "limits" "memory" "" ($redis.resources | default dict)) }}
+{{- if $limit }}
+{{- $units := dict "" 1 "k" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000 "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 }}
+{{- $number := regexFind "^[0-9]+" $limit }}
+{{- $unit := trimPrefix $number $limit }}
+{{- if or (not $number) (not (hasKey $units $unit)) }}
+{{- fail (printf "redis.resources.limits.memory %q: set redis.maxmemory (a memory limit in bytes or with k, M, G, Ki, Mi or Gi is read on its own)" $limit) }}
+{{- end }}
+{{- div (mul (int64 $number) (int64 (get $units $unit)) 8) 10 }}
+{{- end }}
 {{- end }}
 {{- end }}
 

@@ -3,7 +3,7 @@ and the user's extraEnv. */}}
 {{- define "llm-batcher.worker.env" -}}
 {{- $worker := .Values.worker }}
 {{- include "llm-batcher.commonEnv" (dict "ctx" . "component" "worker") }}
-{{ include "llm-batcher.settingsEnv" (dict "settings" $worker.config "prefix" "LLMB_") | trim }}
+{{ include "llm-batcher.settingsEnv" (dict "settings" (include "llm-batcher.worker.config" . | fromJson) "prefix" "LLMB_") | trim }}
 - name: LLMB_TMP_DIR
   value: {{ $worker.tmpDir.path | quote }}
 # The pod name: unique among live workers, and what `done` events and logs name.
@@ -17,4 +17,12 @@ and the user's extraEnv. */}}
 {{- with $worker.extraEnv }}
 {{ toYaml . }}
 {{- end }}
+{{- end }}
+
+
+{{/* The worker's settings, with drainS defaulting to batchTimeoutS (Helm drops a null value), so
+that a scale-down lets the longest batch finish. A JSON object: include ... | fromJson. */}}
+{{- define "llm-batcher.worker.config" -}}
+{{- $config := .Values.worker.config }}
+{{- merge (deepCopy $config) (dict "drainS" $config.batchTimeoutS) | toJson }}
 {{- end }}

@@ -3,11 +3,14 @@
 What the chart's `helm test` hook runs in the API image. One line out, `OK: ...` or
 `FAIL: ...`; exit status 0 or 1 (1 too when the API cannot be reached). With API keys on, it
 sends the first key of LLMB_API_KEYS (or LLMB_API_KEYS_FILE), the variables the API reads.
+With --metrics-url it also checks that the API's Prometheus endpoint exports the metrics the
+autoscaler needs (llm_batcher_queue_depth by default).
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import time
 import uuid
 
@@ -16,6 +19,9 @@ import httpx
 from llm_batcher.contract import Event, SseParser, check
 from llm_batcher.mock.cli import Context, MockConfig, plan_context
 from llm_batcher.mock.directives import split_context
+
+# What the workers' autoscaler (HPA or KEDA) reads: the API exports it.
+AUTOSCALING_METRIC = "llm_batcher_queue_depth"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +34,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--expect-mock",
         action="store_true",
         help="the worker runs llm-mock: the answer must be the mock's for the context",
+    )
+    parser.add_argument(
+        "--metrics-url",
+        help="also check that this Prometheus endpoint (the API's /metrics) exports the metrics",
+    )
+    parser.add_argument(
+        "--expect-metric",
+        action="append",
+        metavar="NAME",
+        help=f"a metric --metrics-url must export (repeatable; default {AUTOSCALING_METRIC})",
     )
 
 
@@ -51,8 +67,39 @@ def main(args: argparse.Namespace) -> int:
         print(f"FAIL: GET {url}: {str(exc) or type(exc).__name__}")
         return 1
     verdict = check(events, expected_text=expected)
-    print(f"{verdict} [{(time.monotonic() - started) * 1000:.0f} ms]")
+    line = f"{verdict} [{(time.monotonic() - started) * 1000:.0f} ms]"
+    if verdict.ok and args.metrics_url:
+        names = args.expect_metric or [AUTOSCALING_METRIC]
+        try:
+            missing = missing_metrics(args.metrics_url, names, headers, args.timeout_s)
+        except httpx.HTTPError as exc:
+            print(f"FAIL: GET {args.metrics_url}: {str(exc) or type(exc).__name__}")
+            return 1
+        if missing:
+            print(f"FAIL: {args.metrics_url} exports no {', '.join(missing)} (after {line})")
+            return 1
+        line += f"; {args.metrics_url} exports {', '.join(names)}"
+    print(line)
     return 0 if verdict.ok else 1
+
+
+def missing_metrics(
+    url: str, names: list[str], headers: dict[str, str], timeout_s: float
+) -> list[str]:
+    """The names among ``names`` with no sample in the Prometheus text at ``url``.
+
+    Raises httpx.HTTPError when the endpoint cannot be read (an error status included)."""
+    response = httpx.get(url, headers=headers, timeout=min(timeout_s, 10.0))
+    if response.status_code != 200:
+        raise httpx.HTTPStatusError(
+            f"answered {response.status_code}", request=response.request, response=response
+        )
+    return [name for name in names if not exports(response.text, name)]
+
+
+def exports(exposition: str, name: str) -> bool:
+    """Does this Prometheus text exposition hold a sample of the metric ``name``?"""
+    return re.search(rf"^{re.escape(name)}(?:{{[^\n]*}})? ", exposition, re.MULTILINE) is not None
 
 
 def mock_answer(context: str) -> str:

@@ -71,3 +71,19 @@ async def test_check_sends_the_first_api_key_of_the_api_variables(stack: Stack) 
     assert refused.returncode == 1 and "answered 401" in refused.stdout, refused.stdout
     ok = await check(api.url, "--expect-mock", env={"LLMB_API_KEYS": "first-key,other"})
     assert ok.returncode == 0 and ok.stdout.startswith("OK: "), ok.stdout + ok.stderr
+
+
+async def test_check_checks_the_metrics_the_autoscaler_needs(stack: Stack) -> None:
+    api, _ = await start_together(stack.api(), stack.worker())
+    await stack.wait_ready(api)
+    metrics = f"{api.url}/metrics"
+    ok = await check(api.url, "--metrics-url", metrics)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert ok.stdout.rstrip().endswith(f"{metrics} exports llm_batcher_queue_depth"), ok.stdout
+
+    absent = await check(api.url, "--metrics-url", metrics, "--expect-metric", "no_such_metric")
+    assert absent.returncode == 1, absent.stdout
+    assert absent.stdout.startswith(f"FAIL: {metrics} exports no no_such_metric"), absent.stdout
+
+    gone = await check(api.url, "--metrics-url", f"{api.url}/no-metrics-here")
+    assert gone.returncode == 1 and gone.stdout.startswith("FAIL: GET "), gone.stdout

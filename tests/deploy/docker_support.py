@@ -20,13 +20,13 @@ from typing import Any
 import httpx
 
 from llm_batcher.contract import Event, EventKind, check, parse
-from tests.deploy.images_support import DOCKERFILE, IMAGES, REPO
+from tests.deploy.images_support import APP_VERSION, DOCKERFILE, IMAGES, REPO
 
 DOCKER = os.environ.get("LLMB_DOCKER", "/usr/bin/docker")
 COMPOSE = os.environ.get("LLMB_COMPOSE", "docker-compose")
 LOCAL_BASE = "llmb-local-python:bookworm"  # what images/setup-docker.sh makes
 BASE = os.environ.get("LLMB_BASE_IMAGE", LOCAL_BASE)
-TAG = os.environ.get("LLMB_IMAGE_TAG", "dev")
+TAG = os.environ.get("LLMB_IMAGE_TAG") or APP_VERSION  # as images/build.sh tags them
 NO_CACHE = os.environ.get("LLMB_BUILD_NO_CACHE") == "1"
 BUILD_NETWORK = os.environ.get("LLMB_BUILD_NETWORK", "host")
 CA_BUNDLE = os.environ.get("LLMB_BUILD_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")

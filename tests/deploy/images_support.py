@@ -8,10 +8,15 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from llm_batcher.settings import ApiSettings, WorkerSettings
-from tests.deploy.support import MOCK_ENV, REPO
+from tests.deploy.support import CHART_DIR, MOCK_ENV, REPO
 
 IMAGES = REPO / "images"
+BUILD_SCRIPT = IMAGES / "build.sh"
+# The one tag of every image: the chart's appVersion (images/build.sh, the chart, compose.yaml).
+APP_VERSION = str(yaml.safe_load((CHART_DIR / "Chart.yaml").read_text())["appVersion"])
 COMPOSE_FILE = REPO / "compose.yaml"
 IMAGES_README = IMAGES / "README.md"
 DOCKERFILE = IMAGES / "Dockerfile"

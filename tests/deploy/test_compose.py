@@ -16,6 +16,8 @@ import yaml
 
 from llm_batcher.settings import ApiSettings, WorkerSettings
 from tests.deploy.images_support import (
+    APP_VERSION,
+    BUILD_SCRIPT,
     COMPOSE_FILE,
     DOCKERFILE,
     IMAGES_README,
@@ -123,7 +125,7 @@ def test_images_and_builds(compose: dict[str, Any]) -> None:
     assert dockerfile_base
     for name, image in APP_SERVICES.items():
         service = compose["services"][name]
-        assert service["image"] == image + ":${LLMB_IMAGE_TAG:-dev}"
+        assert service["image"] == image + ":${LLMB_IMAGE_TAG:-" + APP_VERSION + "}"
         build = service["build"]
         assert build["context"] == "."
         assert (REPO / build["dockerfile"]).resolve() == DOCKERFILE.resolve()
@@ -240,7 +242,7 @@ def test_grafana_provisions_the_dashboard_and_its_data_source(compose: dict[str,
 
 # === the shell scripts =========================================================================
 
-SCRIPTS = [SETUP_SCRIPT, REPO / "requirements" / "refresh.sh"]
+SCRIPTS = [SETUP_SCRIPT, BUILD_SCRIPT, REPO / "requirements" / "refresh.sh"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=[s.name for s in SCRIPTS])

@@ -13,9 +13,10 @@ import yaml
 
 from llm_batcher.cli import build_parser
 from tests.deploy.images_support import DOCKERFILE, target
-from tests.deploy.support import CHART_DIR, REPO, chart, render, render_scenario
+from tests.deploy.support import CHART_DIR, REPO, Rendered, chart, render, render_scenario
 
-SKAFFOLD = yaml.safe_load((REPO / "skaffold.yaml").read_text())
+SKAFFOLD_TEXT = (REPO / "skaffold.yaml").read_text()
+SKAFFOLD = yaml.safe_load(SKAFFOLD_TEXT)
 IMAGES = {  # image -> (target of images/Dockerfile, chart values holding its repository and tag)
     "llm-batcher-api": ("api", "api.image"),
     "llm-batcher-worker": ("worker", "worker.image"),
@@ -63,7 +64,14 @@ def test_skaffold_builds_the_three_images_from_their_targets() -> None:
     assert SKAFFOLD["kind"] == "Config"
     version = int(re.fullmatch(r"skaffold/v4beta(\d+)", SKAFFOLD["apiVersion"]).group(1))
     assert version >= 13
+    assert "Skaffold 2.15.0 or later" in SKAFFOLD_TEXT  # the first to read v4beta13
     artifacts = {a["image"]: a for a in SKAFFOLD["build"]["artifacts"]}
+    # The dev loop builds what the chart runs; the mock's own image only in its profile.
+    assert set(artifacts) == {"llm-batcher-api", "llm-batcher-worker"}
+    (mock_profile,) = [p for p in SKAFFOLD["profiles"] if p["name"] == "llm-mock-image"]
+    (patch,) = mock_profile["patches"]
+    assert patch["op"] == "add" and patch["path"] == "/build/artifacts/-"
+    artifacts[patch["value"]["image"]] = patch["value"]
     assert set(artifacts) == set(IMAGES)
     for image, (target_name, _) in IMAGES.items():
         assert artifacts[image]["context"] == "."
@@ -111,7 +119,36 @@ def test_skaffold_forwards_the_api_port_and_has_a_kind_profile() -> None:
     assert forward["localPort"] == 8000
     (kind,) = [p for p in SKAFFOLD["profiles"] if p["name"] == "kind"]
     assert kind["activation"] == [{"kubeContext": "kind-.*"}]
-    assert {"op": "add", "path": "/build/local/push", "value": False} in kind["patches"]
+    assert kind["patches"] == [{"op": "add", "path": "/build/local/push", "value": False}]
+
+
+def _immutable_fields(rendered: Rendered) -> dict[str, Any]:
+    """What an upgrade cannot change: selectors, and the StatefulSet's service and claims."""
+    fields: dict[str, Any] = {}
+    for obj in rendered.of_kind("Deployment") + rendered.of_kind("StatefulSet"):
+        spec, key = obj["spec"], f"{obj['kind']}/{obj['metadata']['name']}"
+        fields[key] = [spec["selector"], spec.get("serviceName"), spec.get("volumeClaimTemplates")]
+    return fields
+
+
+def test_skaffold_dev_upgrades_the_readme_install_in_place() -> None:
+    """`helm install` as the chart README does, then `skaffold dev` (any profile) on the same
+    release and namespace: no field Kubernetes refuses to change may differ."""
+    (release,) = SKAFFOLD["deploy"]["helm"]["releases"]
+    readme = (CHART_DIR / "README.md").read_text()
+    assert (
+        f"helm install {release['name']} charts/llm-batcher --namespace {release['namespace']}"
+        in readme
+    )
+    installed = render({})
+    set_values = {k: yaml.safe_load(str(v)) for k, v in release.get("setValues", {}).items()}
+    for profile in SKAFFOLD["profiles"]:
+        for patch in profile["patches"]:
+            if patch["path"].startswith("/deploy/helm/releases/0/setValues/"):
+                set_values[patch["path"].rsplit("/", 1)[1]] = yaml.safe_load(str(patch["value"]))
+    images = {"api.image.tag": "abc123", "worker.image.tag": "abc123"}
+    developed = render(_nested(set_values | images))
+    assert _immutable_fields(developed) == _immutable_fields(installed)
 
 
 @pytest.mark.parametrize(

@@ -27,8 +27,9 @@ CHART_DIR = REPO / "charts" / "llm-batcher"
 CRD_SCHEMAS = Path(__file__).resolve().parent / "crd-schemas"
 RELEASE = "llm-batcher"
 NAMESPACE = "llmb"
-# Kubernetes versions the chart supports (Chart.yaml kubeVersion), each validated against.
-KUBE_VERSIONS = ("1.29", "1.30", "1.31", "1.32")
+# Kubernetes versions every object is validated against: the oldest schema kubernetes-validate
+# has (the chart supports 1.23 and later, Chart.yaml kubeVersion) to a recent one.
+KUBE_VERSIONS = ("1.25", "1.28", "1.31", "1.34")
 
 # ci/<name>-values.yaml, plus the chart's defaults.
 SCENARIOS: dict[str, dict[str, Any]] = {"default": {}} | {

@@ -36,9 +36,9 @@ def test_every_container_is_sized(scenario: str) -> None:
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_every_long_running_container_has_probes(scenario: str) -> None:
     rendered = render_scenario(scenario)
-    for owner, _, container in rendered.containers():
-        if _is_hook(owner, rendered):
-            continue  # the `helm test` pod runs once and exits: nothing to probe
+    for owner, spec, container in rendered.containers():
+        if _is_hook(owner, rendered) or container in spec.get("initContainers", []):
+            continue  # the `helm test` pod and init containers run once: nothing to probe
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
             assert probe in container, f"{owner}: no {probe}"
 

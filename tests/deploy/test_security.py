@@ -77,7 +77,26 @@ def test_api_policy_admits_the_public_port_and_metrics_from_monitoring_only() ->
     public, metrics = spec["ingress"]
     assert _ports(public) == {"http"} and "from" not in public  # anyone: it is the API
     assert _ports(metrics) == {"metrics"}
-    assert metrics["from"] == [{"namespaceSelector": MONITORING}]
+    # ... and the `helm test` pod, which checks the autoscaling metric is exported.
+    hook = {"podSelector": {"matchLabels": _selector("test")}}
+    assert metrics["from"] == [{"namespaceSelector": MONITORING}, hook]
+    without_hook = _policy(render({"helmTest": {"enabled": False}}), "api")["ingress"][1]
+    assert without_hook["from"] == [{"namespaceSelector": MONITORING}]
+
+
+def test_api_policy_admits_the_hook_pod_beside_the_ingress_controller() -> None:
+    controller = {"namespaceSelector": {"matchLabels": {"name": "ingress-nginx"}}}
+    spec = _policy(render({"api": {"networkPolicy": {"from": [controller]}}}), "api")
+    public = spec["ingress"][0]
+    assert public["from"] == [controller, {"podSelector": {"matchLabels": _selector("test")}}]
+
+
+def _selector(component: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "llm-batcher",
+        "app.kubernetes.io/instance": "llm-batcher",
+        "app.kubernetes.io/component": component,
+    }
 
 
 def test_worker_policy_admits_only_metrics_from_monitoring() -> None:

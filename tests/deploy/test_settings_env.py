@@ -85,7 +85,7 @@ def test_worker_env_is_exactly_the_worker_and_mock_settings(scenario: str) -> No
     runs_mock = rendered.values["worker"]["config"]["llmCommand"].split()[0].endswith("llm-mock")
     expected = _env_names(WorkerSettings) - _unset(rendered) | (MOCK_ENV if runs_mock else set())
     assert _chart_set(worker, rendered.values["worker"]["extraEnv"]) == expected
-    assert runs_mock == (scenario != "custom-llm")
+    assert runs_mock == (scenario not in {"custom-llm", "gpu-worker"})
 
 
 def test_the_mock_reads_its_variables(monkeypatch: pytest.MonkeyPatch) -> None:

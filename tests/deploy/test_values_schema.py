@@ -10,6 +10,7 @@ import helm_python
 import pytest
 import yaml
 
+from tests.deploy import values_table
 from tests.deploy.support import CHART_DIR, SCENARIOS, chart
 
 
@@ -130,8 +131,15 @@ def _documented_paths(lines: list[str]) -> list[str]:
 
 
 def test_the_readme_documents_every_value() -> None:
+    """The README's values table is the one values.yaml makes (`python -m
+    tests.deploy.values_table` rewrites it): every documented key, its default, its comment."""
     readme = (CHART_DIR / "README.md").read_text()
-    paths = _documented_paths((CHART_DIR / "values.yaml").read_text().splitlines())
+    values_text = (CHART_DIR / "values.yaml").read_text()
+    paths = _documented_paths(values_text.splitlines())
     assert len(paths) > 100
     missing = [p for p in paths if f"| `{p}` |" not in readme]
     assert not missing, f"not in the README's values table: {missing}"
+    start, end = values_table.readme_table(readme)
+    assert readme[start:end] == values_table.table(values_text), (
+        "the README's values table is out of date: python -m tests.deploy.values_table"
+    )

@@ -113,29 +113,12 @@ def test_every_value_has_a_comment() -> None:
     assert not undocumented, undocumented
 
 
-def _documented_paths(lines: list[str]) -> list[str]:
-    """Dotted paths of the values.yaml keys that carry their own `# --` comment."""
-    paths, ancestors = [], []  # ancestors: (indent, key) of the enclosing keys
-    for i, line in enumerate(lines):
-        stripped = line.strip()
-        if not stripped or stripped.startswith(("#", "- ")):
-            continue
-        indent = len(line) - len(line.lstrip())
-        while ancestors and ancestors[-1][0] >= indent:
-            ancestors.pop()
-        key = stripped.split(":", 1)[0]
-        if _doc_comment_before(lines, i):
-            paths.append(".".join([k for _, k in ancestors] + [key]))
-        ancestors.append((indent, key))
-    return paths
-
-
 def test_the_readme_documents_every_value() -> None:
     """The README's values table is the one values.yaml makes (`python -m
     tests.deploy.values_table` rewrites it): every documented key, its default, its comment."""
     readme = (CHART_DIR / "README.md").read_text()
     values_text = (CHART_DIR / "values.yaml").read_text()
-    paths = _documented_paths(values_text.splitlines())
+    paths = [".".join(path) for path, _ in values_table.documented(values_text)]
     assert len(paths) > 100
     missing = [p for p in paths if f"| `{p}` |" not in readme]
     assert not missing, f"not in the README's values table: {missing}"

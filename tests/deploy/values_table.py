@@ -17,8 +17,16 @@ HEADER = "| key | default | description |\n| --- | --- | --- |\n"
 
 def rows(values_text: str) -> list[str]:
     """The table rows, in the order of values.yaml."""
-    lines = values_text.splitlines()
     data = yaml.safe_load(values_text)
+    return [
+        f"| `{'.'.join(path)}` | {_default(data, path)} | {doc} |"
+        for path, doc in documented(values_text)
+    ]
+
+
+def documented(values_text: str) -> list[tuple[list[str], str]]:
+    """(path, comment) of every key of values.yaml that carries its own `# --` comment."""
+    lines = values_text.splitlines()
     found, ancestors = [], []  # ancestors: (indent, key) of the enclosing keys
     for i, line in enumerate(lines):
         stripped = line.strip()
@@ -32,7 +40,7 @@ def rows(values_text: str) -> list[str]:
         ancestors.append((indent, key))
         doc = _doc_comment(lines, i)
         if doc is not None:
-            found.append(f"| `{'.'.join(path)}` | {_default(data, path)} | {doc} |")
+            found.append((path, doc))
     return found
 
 

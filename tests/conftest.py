@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from llm_batcher.local.embedded_redis import EmbeddedRedis
 from tests.support.processes import Stack
 from tests.support.sse import STREAM_TIMEOUT_S
+from tests.support.tools import check_tools
 from tests.support.up import Up, up_env
 
 
@@ -26,6 +27,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if docker:
         config.hook.pytest_deselected(items=docker)
         items[:] = [item for item in items if not item.get_closest_marker("docker")]
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Tests marked requires_tool: skipped without the program, failed under CI's
+    LLMB_REQUIRE_TOOLS=1 (tests/support/tools.py)."""
+    check_tools(item)
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import shutil
 from collections.abc import AsyncIterator
 
 import pytest
@@ -14,9 +13,10 @@ from redis.asyncio import Redis
 
 from tests.support.processes import Stack
 from tests.support.results import task_ids
+from tests.support.tools import find_tool
 from tests.support.waiting import eventually
 
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = find_tool("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -37,10 +37,7 @@ HOSTILE = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2
 pytestmark = [
     pytest.mark.system,
     pytest.mark.browser,
-    pytest.mark.skipif(
-        shutil.which(CHROMIUM) is None,
-        reason=f"no Chromium at {CHROMIUM} (Playwright's own browser download is not available)",
-    ),
+    pytest.mark.requires_tool("chromium"),
 ]
 
 

@@ -3,8 +3,6 @@ reader."""
 
 from __future__ import annotations
 
-import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,12 +38,6 @@ def setting_names() -> set[str]:
         for field in kind.model_fields
     }
     return names | MOCK_ENV
-
-
-def find_tool(name: str) -> str | None:
-    """A program beside this Python (the venv's bin), else on PATH."""
-    beside = Path(sys.executable).parent / name
-    return str(beside) if beside.exists() else shutil.which(name)
 
 
 @dataclass(frozen=True)

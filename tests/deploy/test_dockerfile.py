@@ -20,12 +20,12 @@ from tests.deploy.images_support import (
     RUNTIME_LOCK,
     TEST_LOCK,
     env_of,
-    find_tool,
     read_dockerfile,
     setting_names,
     stages,
     target,
 )
+from tests.support.tools import find_tool
 
 DOCKERFILES = sorted(IMAGES.glob("**/Dockerfile"))
 SHARED_STAGES = ["build", "runtime"]

@@ -1,13 +1,15 @@
 """The chart's monitoring objects: the dashboard and the alerts of files/ reach Grafana and
-Prometheus as they are, and the ServiceMonitor scrapes the API and the workers."""
+Prometheus as they are, and the ServiceMonitor scrapes the API and the workers. The series of
+one release carry the same `namespace` and `release` labels, under Kubernetes and compose."""
 
 from __future__ import annotations
 
 import json
+import re
 
 import yaml
 
-from tests.deploy.support import CHART_DIR, render_scenario
+from tests.deploy.support import CHART_DIR, RELEASE, REPO, render_scenario
 
 
 def test_dashboard_configmap_carries_the_dashboard_for_the_sidecar() -> None:
@@ -33,9 +35,13 @@ def test_service_monitor_scrapes_api_and_workers_only() -> None:
     rendered = render_scenario("monitoring")
     monitor = rendered.get("ServiceMonitor", "llm-batcher")
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
-    assert monitor["spec"]["endpoints"] == [
-        {"port": "metrics", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}
-    ]
+    [endpoint] = monitor["spec"]["endpoints"]
+    assert {k: endpoint[k] for k in ("port", "path", "interval", "scrapeTimeout")} == {
+        "port": "metrics",
+        "path": "/metrics",
+        "interval": "30s",
+        "scrapeTimeout": "10s",
+    }
     selector = monitor["spec"]["selector"]
     scraped = set()
     for service in rendered.of_kind("Service"):
@@ -49,3 +55,39 @@ def test_service_monitor_scrapes_api_and_workers_only() -> None:
     assert scraped == {"llm-batcher-api", "llm-batcher-worker"}
     worker = rendered.get("Service", "llm-batcher-worker")
     assert worker["spec"]["clusterIP"] == "None"  # only for discovery: no traffic to workers
+
+
+def test_service_monitor_labels_every_series_with_its_release() -> None:
+    """The alerts and the dashboard tell releases apart by (namespace, release): the API's and
+    the workers' series get the same `release` (their `job` labels differ)."""
+    rendered = render_scenario("monitoring")
+    [endpoint] = rendered.get("ServiceMonitor", "llm-batcher")["spec"]["endpoints"]
+    [relabeling] = [r for r in endpoint["relabelings"] if r["targetLabel"] == "release"]
+    assert relabeling.get("action", "replace") == "replace"
+    [source] = relabeling["sourceLabels"]
+    # Prometheus names a Service label __meta_kubernetes_service_label_<name, sanitized>.
+    values = {
+        service["metadata"]["name"]: {
+            "__meta_kubernetes_service_label_" + re.sub(r"[^a-zA-Z0-9_]", "_", key): value
+            for key, value in service["metadata"]["labels"].items()
+        }.get(source)
+        for service in rendered.of_kind("Service")
+    }
+    assert values["llm-batcher-api"] == values["llm-batcher-worker"] == RELEASE
+
+
+def test_compose_prometheus_gives_api_and_workers_one_release() -> None:
+    """compose.yaml's Prometheus sets the labels that the ServiceMonitor sets in Kubernetes, so
+    that the same alerts and dashboard variables work there."""
+    config = yaml.safe_load((REPO / "deploy" / "compose" / "prometheus.yml").read_text())
+    labels_by_job = {}
+    for job in config["scrape_configs"]:
+        labels = {}
+        for rule in job["relabel_configs"]:
+            # A replace rule without source labels sets target_label to replacement.
+            assert rule.get("action", "replace") == "replace" and "source_labels" not in rule
+            labels[rule["target_label"]] = rule["replacement"]
+        labels_by_job[job["job_name"]] = labels
+    api, worker = labels_by_job["llm-batcher-api"], labels_by_job["llm-batcher-worker"]
+    assert api == worker
+    assert set(api) == {"namespace", "release"} and all(api.values())

@@ -5,8 +5,11 @@ expressions) must be a sample name that the code exports, as computed from the r
 llm_batcher.metrics. A renamed metric, or a histogram queried without its `_bucket` suffix,
 fails here and not on a blank panel in production.
 
-The checks that run promtool (syntax of the rules and of every dashboard expression, and unit
-tests of the alerts on synthetic series) are skipped when promtool is not on PATH.
+Both mix no releases: every dashboard query selects the release of the `namespace` and
+`release` variables, and every alert aggregates and joins by (namespace, release).
+
+The checks that run promtool (syntax of the rules and of every dashboard expression) are skipped
+when promtool is not on PATH; test_alert_cases.py unit-tests the alerts on synthetic series.
 """
 
 from __future__ import annotations
@@ -52,8 +55,12 @@ REPLICATED_GAUGES = (
     "llm_batcher_queue_in_flight",
     "llm_batcher_workers_live",
 )
-# Grafana's built-in interval variables, replaced by durations for promtool.
+# Grafana's built-in interval variables and the dashboard's own, replaced for promtool.
 GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h"}
+RELEASE_VARIABLES = {"$namespace": "llmb", "$release": "llm-batcher"}
+# The labels that tell one release from another (the chart's ServiceMonitor and compose's
+# Prometheus set them): every alert groups by them and every dashboard query selects on them.
+RELEASE_LABELS = ("namespace", "release")
 
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.requires_tool("promtool")
@@ -106,9 +113,30 @@ _TOKEN = re.compile(
 _METRIC = re.compile(r"llm_batcher_[a-zA-Z0-9_]+")
 
 
+_MATCHER = re.compile(r'(\w+)(=~|!~|!=|=)("(?:\\.|[^"\\])*")')
+
+
+def tokens(expr: str) -> list[str]:
+    """The tokens of an expression, comments left out."""
+    return [token for token in _TOKEN.findall(expr) if not token.startswith("#")]
+
+
 def metric_names(expr: str) -> set[str]:
     """The llm_batcher_ metric names an expression uses (not inside strings or comments)."""
-    return {token for token in _TOKEN.findall(expr) if _METRIC.fullmatch(token)}
+    return {token for token in tokens(expr) if _METRIC.fullmatch(token)}
+
+
+def selectors(expr: str) -> list[tuple[str, set[str]]]:
+    """(metric, its label matchers as written, e.g. `release="$release"`) of every selector."""
+    found = []
+    parts = tokens(expr)
+    for n, token in enumerate(parts):
+        if _METRIC.fullmatch(token):
+            braces = ""
+            if parts[n + 1 : n + 2] == ["{"]:
+                braces = "".join(itertools.takewhile(lambda t: t != "}", parts[n + 2 :]))
+            found.append((token, {"".join(m) for m in _MATCHER.findall(braces)}))
+    return found
 
 
 # --- the dashboard ----------------------------------------------------------------------------
@@ -151,7 +179,7 @@ def all_exprs() -> list[tuple[str, str]]:
     return dashboard_exprs(load_dashboard()) + alerts
 
 
-def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
+def run_promtool(*args: str) -> subprocess.CompletedProcess[str]:
     assert PROMTOOL is not None
     return subprocess.run(
         [PROMTOOL, *args], capture_output=True, text=True, timeout=60, check=False
@@ -168,6 +196,14 @@ def test_tokenizer_finds_metric_names_outside_strings_and_comments() -> None:
         "+ not_llm_batcher_prefixed + llm_batcher_x:recorded"
     )
     assert metric_names(expr) == {"llm_batcher_requests_total", "llm_batcher_other_total"}
+
+
+def test_selectors_list_their_matchers() -> None:
+    expr = 'sum(rate(llm_batcher_a_total{code=~"x|y", release="$release"}[5m])) / llm_batcher_b'
+    assert selectors(expr) == [
+        ("llm_batcher_a_total", {'code=~"x|y"', 'release="$release"'}),
+        ("llm_batcher_b", set()),
+    ]
 
 
 def test_exported_names_follow_the_exposition_format() -> None:
@@ -193,6 +229,23 @@ def test_dashboard_identity_and_settings() -> None:
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource"
     assert variables["datasource"]["query"] == "prometheus"
+
+
+def test_namespace_and_release_variables_list_what_prometheus_has() -> None:
+    """One namespace, then one of its releases: a single choice each, so no panel mixes two."""
+    variables = {v["name"]: v for v in load_dashboard()["templating"]["list"]}
+    assert list(variables) == ["datasource", *RELEASE_LABELS]
+    exported = exported_sample_names()
+    for label in RELEASE_LABELS:
+        variable = variables[label]
+        assert variable["type"] == "query"
+        assert variable["datasource"] == {"type": "prometheus", "uid": DATASOURCE_UID}
+        assert not variable["multi"] and not variable["includeAll"], label
+        query = re.fullmatch(r"label_values\((.+), (\w+)\)", variable["query"])
+        assert query and query[2] == label, variable["query"]
+        assert metric_names(query[1]) and metric_names(query[1]) <= exported, query[1]
+        assert variable["definition"] == variable["query"]
+    assert 'namespace="$namespace"' in variables["release"]["query"]
 
 
 def test_panel_ids_are_unique() -> None:
@@ -231,6 +284,13 @@ def test_every_panel_queries_the_datasource_variable() -> None:
         for target in panel["targets"]:
             assert target["datasource"]["uid"] == DATASOURCE_UID, where
             assert target.get("expr", "").strip(), f"{where} has an empty expression"
+
+
+def test_every_dashboard_query_selects_one_release() -> None:
+    wanted = {f'{label}="${label}"' for label in RELEASE_LABELS}
+    for where, expr in dashboard_exprs(load_dashboard()):
+        for metric, matchers in selectors(expr):
+            assert wanted <= matchers, f"{where}: {metric} does not select $namespace/$release"
 
 
 def test_every_panel_has_a_unit() -> None:
@@ -278,8 +338,10 @@ def test_replicated_queue_gauges_are_never_summed() -> None:
 def test_quantiles_come_from_bucket_rates_by_le() -> None:
     for where, expr in all_exprs():
         if "histogram_quantile" in expr:
-            assert re.search(r"by\s*\(\s*le\s*\)", expr), f"{where}: no `by (le)`"
-            assert re.search(r"rate\(\s*llm_batcher_\w+_bucket\[", expr), f"{where}: no rate"
+            assert re.search(r"by\s*\([^)]*\ble\b[^)]*\)", expr), f"{where}: no `by (le)`"
+            assert re.search(r"rate\(\s*llm_batcher_\w+_bucket(\{[^}]*\})?\[", expr), (
+                f"{where}: no rate"
+            )
 
 
 @needs_promtool
@@ -288,14 +350,14 @@ def test_dashboard_expressions_are_valid_promql(tmp_path: Path) -> None:
     for panel in data_panels(load_dashboard()):
         for target in panel["targets"]:
             expr = target["expr"]
-            for variable, duration in GRAFANA_VARIABLES.items():
-                expr = expr.replace(variable, duration)
+            for variable, value in (GRAFANA_VARIABLES | RELEASE_VARIABLES).items():
+                expr = expr.replace(variable, value)
             assert "$" not in expr, f"panel {panel['id']}: unknown variable in {expr!r}"
             record = f"dashboard:panel_{panel['id']}:{target['refId']}"
             rules.append({"record": record, "expr": expr})
     path = tmp_path / "dashboard-rules.yaml"  # JSON is YAML
     path.write_text(json.dumps({"groups": [{"name": "dashboard", "rules": rules}]}))
-    result = _promtool("check", "rules", str(path))
+    result = run_promtool("check", "rules", str(path))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -327,6 +389,33 @@ def test_every_alert_has_for_severity_and_annotations() -> None:
             assert str(annotations.get(key, "")).strip(), f"{where}: no {key}"
 
 
+_AGGREGATIONS = {"sum", "min", "max", "avg", "count", "group", "stddev", "topk", "quantile"}
+
+
+def _label_list(parts: list[str], start: int) -> set[str]:
+    """The labels of the `(a, b)` list that starts at parts[start]."""
+    assert parts[start] == "(", parts[start:]
+    return set(itertools.takewhile(lambda t: t != ")", parts[start + 1 :])) - {","}
+
+
+def test_every_alert_aggregates_and_joins_by_release() -> None:
+    """A bare `max(...)` takes one release's workers for another's (a release with none then
+    never alerts), `on ()` joins one release's queue with another's progress, and either way
+    the alert loses the labels it is routed on."""
+    for rule in load_alert_rules():
+        parts = tokens(rule["expr"])
+        for n, token in enumerate(parts):
+            where = f"{rule['alert']}: {' '.join(parts[max(0, n - 2) : n + 4])}"
+            assert token not in ("vector", "ignoring", "without"), where
+            if token in _AGGREGATIONS and parts[n + 1] in ("(", "by"):
+                assert parts[n + 1] == "by", f"{where}: aggregation without `by`"
+                assert set(RELEASE_LABELS) <= _label_list(parts, n + 2), where
+            if token in ("and", "unless"):
+                assert parts[n + 1] == "on", f"{where}: join without `on`"
+            if token == "on":
+                assert set(RELEASE_LABELS) <= _label_list(parts, n + 1), where
+
+
 def test_alert_metrics_are_exported_by_the_code() -> None:
     exported = exported_sample_names()
     unknown = [
@@ -339,202 +428,5 @@ def test_alert_metrics_are_exported_by_the_code() -> None:
 
 @needs_promtool
 def test_promtool_check_rules() -> None:
-    result = _promtool("check", "rules", str(ALERTS_PATH))
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
-# --- unit tests of the alerts on synthetic series (promtool test rules) ------------------------
-
-
-def _on_api_replicas(series: str, values: str) -> list[dict[str, str]]:
-    """The same gauge from two API replicas, as every replica exports the queue gauges."""
-    return [{"series": f'{series}{{instance="api-{n}"}}', "values": values} for n in (1, 2)]
-
-
-def _one(series: str, values: str) -> list[dict[str, str]]:
-    return [{"series": series, "values": values}]
-
-
-def _buckets(**by_le: str) -> list[dict[str, str]]:
-    name = "llm_batcher_request_duration_seconds_bucket"
-    return [
-        {"series": f'{name}{{le="{le.replace("inf", "+Inf")}"}}', "values": values}
-        for le, values in by_le.items()
-    ]
-
-
-_REQUESTS = "llm_batcher_requests_total"
-_DEPTH, _LIVE = "llm_batcher_queue_depth", "llm_batcher_workers_live"
-
-# (alert, what the case shows, input series, [(evaluation time, whether it fires)])
-ALERT_CASES: list[tuple[str, str, list[dict[str, str]], list[tuple[str, bool]]]] = [
-    (
-        "LlmBatcherQueueStuck",
-        "waiting tasks and no finished task",
-        _on_api_replicas(_DEPTH, "5+0x30") + _on_api_replicas(_LIVE, "1+0x30"),
-        [("4m", False), ("12m", True)],
-    ),
-    (
-        "LlmBatcherQueueStuck",
-        "finished tasks are progress",
-        _on_api_replicas(_DEPTH, "5+0x30")
-        + _one('llm_batcher_tasks_finished_total{state="done",code=""}', "0+10x30"),
-        [("12m", False)],
-    ),
-    (
-        "LlmBatcherQueueStuck",
-        "a draining queue is progress",
-        _on_api_replicas(_DEPTH, "60-2x30"),
-        [("12m", False)],
-    ),
-    (
-        "LlmBatcherQueueBacklog",
-        "50 waiting tasks per worker",
-        _on_api_replicas(_DEPTH, "100+0x30") + _on_api_replicas(_LIVE, "2+0x30"),
-        [("5m", False), ("15m", True)],
-    ),
-    (
-        "LlmBatcherQueueBacklog",
-        "15 per worker: depth is max() over replicas, not sum()",
-        _on_api_replicas(_DEPTH, "30+0x30") + _on_api_replicas(_LIVE, "2+0x30"),
-        [("15m", False)],
-    ),
-    (
-        "LlmBatcherHighLatencyP99",
-        "every request between 60 s and 120 s",
-        _buckets(**{"1": "0+0x30", "60": "0+0x30", "120": "0+10x30", "inf": "0+10x30"}),
-        [("5m", False), ("15m", True)],
-    ),
-    (
-        "LlmBatcherHighLatencyP99",
-        "every request under 1 s",
-        _buckets(**{"1": "0+10x30", "60": "0+10x30", "120": "0+10x30", "inf": "0+10x30"}),
-        [("15m", False)],
-    ),
-    (
-        "LlmBatcherHighErrorRate",
-        "10% errors, abandoned requests left out of the ratio",
-        _one(f'{_REQUESTS}{{outcome="done",code=""}}', "0+90x30")
-        + _one(f'{_REQUESTS}{{outcome="error",code="llm_failed"}}', "0+10x30")
-        + _one(f'{_REQUESTS}{{outcome="disconnected",code=""}}', "0+100x30")
-        + _one(f'{_REQUESTS}{{outcome="cancelled",code=""}}', "0+100x30"),
-        [("5m", False), ("15m", True)],
-    ),
-    (
-        "LlmBatcherHighErrorRate",
-        "10% refused with queue_full, and no error series at all",
-        _one(f'{_REQUESTS}{{outcome="done",code=""}}', "0+90x30")
-        + _one(f'{_REQUESTS}{{outcome="rejected",code="queue_full"}}', "0+10x30"),
-        [("15m", True)],
-    ),
-    (
-        "LlmBatcherHighErrorRate",
-        "abandoned requests and client refusals are no errors",
-        _one(f'{_REQUESTS}{{outcome="done",code=""}}', "0+96x30")
-        + _one(f'{_REQUESTS}{{outcome="error",code="llm_failed"}}', "0+4x30")
-        + _one(f'{_REQUESTS}{{outcome="disconnected",code=""}}', "0+100x30")
-        + _one(f'{_REQUESTS}{{outcome="cancelled",code=""}}', "0+100x30")
-        + _one(f'{_REQUESTS}{{outcome="rejected",code="invalid_body"}}', "0+50x30"),
-        [("15m", False)],
-    ),
-    (
-        "LlmBatcherHighErrorRate",
-        "10% errors on the OpenAI-compatible endpoints: every endpoint counts",
-        _one(f'{_REQUESTS}{{outcome="done",code="",endpoint="generate"}}', "0+60x30")
-        + _one(f'{_REQUESTS}{{outcome="done",code="",endpoint="chat"}}', "0+30x30")
-        + _one(f'{_REQUESTS}{{outcome="error",code="llm_crashed",endpoint="chat"}}', "0+5x30")
-        + _one(
-            f'{_REQUESTS}{{outcome="rejected",code="queue_full",endpoint="completions"}}',
-            "0+5x30",
-        ),
-        [("5m", False), ("15m", True)],
-    ),
-    (
-        "LlmBatcherNoLiveWorkers",
-        "no live worker",
-        _on_api_replicas(_LIVE, "0+0x30"),
-        [("1m", False), ("3m", True)],
-    ),
-    (
-        "LlmBatcherNoLiveWorkers",
-        "one live worker",
-        _on_api_replicas(_LIVE, "1+0x30"),
-        [("5m", False)],
-    ),
-    (
-        "LlmBatcherDeadLetters",
-        "one dead letter at 3m, then none",
-        _one("llm_batcher_tasks_dead_lettered_total", "0 0 0 1+0x30"),
-        [("2m", False), ("5m", True), ("25m", False)],
-    ),
-    (
-        "LlmBatcherBackgroundTaskCrashes",
-        "the pub/sub reader crashed once at 3m, then ran",
-        _one('llm_batcher_background_task_crashes_total{task="result-hub"}', "0 0 0 1+0x30"),
-        [("2m", False), ("5m", True), ("25m", False)],
-    ),
-    (
-        "LlmBatcherLlmFailures",
-        "20% of LLM runs fail",
-        _one("llm_batcher_batch_size_count", "0+10x30")
-        + _one('llm_batcher_llm_failures_total{cause="crashed"}', "0+2x30"),
-        [("5m", False), ("15m", True)],
-    ),
-    (
-        "LlmBatcherLlmFailures",
-        "every run fails, but fewer than 3 failures in 10m",
-        _one("llm_batcher_batch_size_count", "0+0.2x40")
-        + _one('llm_batcher_llm_failures_total{cause="hung"}', "0+0.2x40"),
-        [("15m", False), ("30m", False)],
-    ),
-    (
-        "LlmBatcherRedisDown",
-        "a worker lost Redis at 2m",
-        _one('llm_batcher_redis_up{instance="api-1"}', "1+0x30")
-        + _one('llm_batcher_redis_up{instance="worker-1"}', "1 1 0+0x28"),
-        [("1m", False), ("4m", True)],
-    ),
-    (
-        "LlmBatcherRedisDown",
-        "every process reaches Redis",
-        _on_api_replicas("llm_batcher_redis_up", "1+0x30"),
-        [("5m", False)],
-    ),
-]
-
-
-def test_alert_cases_cover_every_alert() -> None:
-    firing = {alert for alert, _, _, checks in ALERT_CASES if any(f for _, f in checks)}
-    quiet = {alert for alert, _, _, checks in ALERT_CASES if not all(f for _, f in checks)}
-    assert firing == ALERT_NAMES, "every alert needs a case where it fires"
-    assert quiet == ALERT_NAMES, "every alert needs a case where it stays quiet"
-
-
-@needs_promtool
-def test_alerts_fire_on_synthetic_series(tmp_path: Path) -> None:
-    # promtool compares annotations too: test a copy of the rules without them.
-    rules = {r["alert"]: r for r in load_alert_rules()}
-    stripped = [{k: r[k] for k in ("alert", "expr", "for", "labels")} for r in rules.values()]
-    rules_path = tmp_path / "rules.yaml"  # JSON is YAML
-    rules_path.write_text(json.dumps({"groups": [{"name": "llm-batcher", "rules": stripped}]}))
-    tests = [
-        {
-            "interval": "1m",
-            "input_series": series,
-            "alert_rule_test": [
-                {
-                    "eval_time": at,
-                    "alertname": alert,
-                    "exp_alerts": [{"exp_labels": rules[alert]["labels"]}] if fires else [],
-                }
-                for at, fires in checks
-            ],
-        }
-        for alert, _, series, checks in ALERT_CASES
-    ]
-    tests_path = tmp_path / "tests.yaml"
-    tests_path.write_text(
-        json.dumps({"rule_files": [str(rules_path)], "evaluation_interval": "1m", "tests": tests})
-    )
-    result = _promtool("test", "rules", str(tests_path))
+    result = run_promtool("check", "rules", str(ALERTS_PATH))
     assert result.returncode == 0, result.stdout + result.stderr

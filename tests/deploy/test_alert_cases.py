@@ -301,7 +301,7 @@ def _healthy() -> Series:
 
 @needs_promtool
 def test_alerts_fire_per_release_on_synthetic_series(tmp_path: Path) -> None:
-    severities = {r["alert"]: r["labels"] for r in load_alert_rules()}
+    rule_labels = {r["alert"]: r["labels"] for r in load_alert_rules()}
     tests = [
         {
             "name": f"{alert}: {what}",
@@ -311,7 +311,7 @@ def test_alerts_fire_per_release_on_synthetic_series(tmp_path: Path) -> None:
                 {
                     "eval_time": at,
                     "alertname": alert,
-                    "exp_alerts": [{"exp_labels": severities[alert] | f} for f in firing],
+                    "exp_alerts": [{"exp_labels": rule_labels[alert] | f} for f in firing],
                 }
                 for at, firing in checks
             ],

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import json
 import signal
 import sys
-from collections.abc import Callable, Sequence
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 from pydantic import ValidationError
 
 from llm_batcher import logs
 from llm_batcher.settings import ApiSettings, CommonSettings, OperatorSettings, WorkerSettings
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 S = TypeVar("S", bound=CommonSettings)
 
@@ -58,27 +60,29 @@ async def _run_worker(settings: WorkerSettings) -> None:
 def _cmd_operator(args: argparse.Namespace) -> int:
     settings = load_settings(OperatorSettings, namespace=args.namespace)
     if not settings.namespace:
-        print(
-            "llm-batcher: invalid LLMB_NAMESPACE: the operator needs a namespace", file=sys.stderr
-        )
+        print("llm-batcher: invalid LLMB_NAMESPACE: must name a namespace", file=sys.stderr)
         return 2
-    if importlib.util.find_spec("kopf") is None:
-        print(
-            "llm-batcher: the operator needs kopf: install llm-batcher[operator]", file=sys.stderr
-        )
+    try:
+        from llm_batcher.operator import service
+    except ModuleNotFoundError as exc:
+        if exc.name != "kopf":
+            raise
+        print("llm-batcher: the operator needs kopf: pip install 'llm-batcher[operator]'",
+              file=sys.stderr)  # fmt: skip
         return 2
     logs.configure(settings.log_level, settings.log_format)
-    asyncio.run(_run_operator(settings))
+    asyncio.run(_run_operator(settings, service.run_operator))
     return 0
 
 
-async def _run_operator(settings: OperatorSettings) -> None:
-    from llm_batcher.operator.service import run_operator
+async def _run_operator(
+    settings: OperatorSettings, run: Callable[[OperatorSettings, Redis], Awaitable[None]]
+) -> None:
     from llm_batcher.protocol.connection import make_redis
 
     redis = make_redis(settings, max_connections=4, socket_timeout_s=15)
     try:
-        await run_operator(settings, redis)
+        await run(settings, redis)
     finally:
         await redis.aclose()
 

@@ -81,6 +81,7 @@ def test_names_are_unique_and_namespaced(scenario: str) -> None:
 def test_scenarios_render_what_they_are_about() -> None:
     kinds = {name: render_scenario(name).kinds() for name in SCENARIOS}
     base = {"Deployment", "Service", "ServiceAccount", "PodDisruptionBudget", "Pod"}
+    base |= {"Role", "RoleBinding"}  # the operator's
     redis = {"StatefulSet", "Secret", "NetworkPolicy"}
     assert set(kinds["default"]) == base | redis | {"HorizontalPodAutoscaler"}
     assert "StatefulSet" not in kinds["external-redis"] and "Secret" not in kinds["external-redis"]

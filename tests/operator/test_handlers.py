@@ -4,16 +4,24 @@ annotation on any pod); the handlers are plain functions that act on a real Redi
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
 
+import kopf
 import pytest
 from kopf._cogs.structs.bodies import Body
 from kopf._core.intents.registries import _matches_labels
 from redis.asyncio import Redis
 
-from llm_batcher.operator.handlers import build_registry, leading, on_worker_pod
+from llm_batcher.operator.handlers import (
+    build_registry,
+    leading,
+    on_cleanup,
+    on_startup,
+    on_worker_pod,
+)
 from llm_batcher.operator.service import Operator
 from llm_batcher.protocol.consumers import consumer_holdings
 from llm_batcher.settings import OperatorSettings
@@ -87,3 +95,14 @@ async def test_the_pod_handler_releases_a_gone_pod_only_while_acting(
     assert leading(memo=operator)
     await on_worker_pod(type="DELETED", body=Body(deleted("llmb-worker-a")), memo=operator)
     assert "llmb-worker-a" not in await consumer_holdings(redis, queue.keys)
+
+
+async def test_startup_keeps_kopf_off_cluster_wide_resources(operator: Operator) -> None:
+    """The Role grants pods and events in one namespace: kopf must not list namespaces or CRDs."""
+    settings = kopf.OperatorSettings()
+    await on_startup(settings=settings, memo=operator)
+    try:
+        assert settings.scanning.disabled
+        assert settings.posting.level == logging.WARNING
+    finally:
+        await on_cleanup(memo=operator)

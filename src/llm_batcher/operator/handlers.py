@@ -36,6 +36,9 @@ async def on_worker_pod(type: str | None, body: kopf.Body, memo: Operator, **_: 
 async def on_startup(settings: kopf.OperatorSettings, memo: Operator, **_: Any) -> None:
     """Tune kopf, then start the periodic loops (they inherit kopf's API credentials)."""
     settings.posting.level = logging.WARNING  # kopf's own Events: only its failures
+    # No listing or watching of namespaces and CRDs, which are cluster-wide: the Role grants
+    # neither, and the one namespace to watch is known.
+    settings.scanning.disabled = True
     memo.start_loops(settings)
 
 

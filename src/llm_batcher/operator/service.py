@@ -158,8 +158,11 @@ class Operator:
             await self.reconciler.dead_letters_reported(letters[-1])
 
 
-async def run_operator(settings: OperatorSettings, redis: Redis) -> None:
-    """Run kopf on the worker pods of ``settings.namespace`` until SIGTERM or SIGINT."""
+async def run_operator(
+    settings: OperatorSettings, redis: Redis, stop: asyncio.Event | None = None
+) -> None:
+    """Run kopf on the worker pods of ``settings.namespace`` until SIGTERM or SIGINT (or until
+    ``stop`` is set)."""
     operator = Operator(settings, redis)
     metrics_server = (
         HealthServer(settings.health_host, settings.metrics_port, None, metrics.OPERATOR_REGISTRY)
@@ -179,6 +182,7 @@ async def run_operator(settings: OperatorSettings, redis: Redis) -> None:
             standalone=True,  # no kopf peering: one acting replica through a Redis lock (lead.py)
             liveness_endpoint=f"http://{settings.health_host}:{settings.liveness_port}/healthz",
             memo=operator,
+            stop_flag=stop,
         )
     finally:
         await operator.stop_loops()

@@ -165,6 +165,13 @@ async def test_deletion_costs_follow_the_tasks_on_change_within_the_rate(
     reconciler.patch_failed("idle")
     again = await reconciler.cost_patches(now_s=102.2)
     assert again == [("idle", {"metadata": {"annotations": {DELETION_COST: "1"}}})]
+    # The watch shows the patch, then someone else changes the cost: it is put back.
+    await reconciler.pod_event("MODIFIED", worker_pod("idle", annotations={DELETION_COST: "1"}))
+    await reconciler.pod_event("MODIFIED", worker_pod("idle", annotations={DELETION_COST: "9"}))
+    assert await reconciler.cost_patches(now_s=110.0) == [
+        ("idle", {"metadata": {"annotations": {DELETION_COST: "1"}}}),
+        ("idle-patched", {"metadata": {"annotations": {DELETION_COST: "1"}}}),
+    ]
 
 
 async def test_dead_letters_are_reported_once(queue: TaskQueue, reconciler: Reconciler) -> None:

@@ -72,6 +72,10 @@ class Reconciler:
         name = consumer_of(pod)
         if pod_state(event_type, pod) is not PodState.GONE:
             self.pods[name] = pod
+            annotations = pod.get("metadata", {}).get("annotations") or {}
+            sent = self._costs.get(name)
+            if sent is not None and sent == annotations.get(DELETION_COST):
+                del self._costs[name]  # the watch shows the patch: the pod is the truth again
             return None
         self.pods.pop(name, None)
         self._costs.pop(name, None)

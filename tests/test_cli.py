@@ -11,15 +11,17 @@ WITHOUT_EXTRAS = (
 )
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    code = WITHOUT_EXTRAS + "from llm_batcher.cli import main\nsys.exit(main(sys.argv[1:]))"
+def run_cli(*args: str, without: str = "") -> subprocess.CompletedProcess[str]:
+    """The CLI without the extras the images lack, and without module ``without`` too."""
+    code = WITHOUT_EXTRAS + (f"sys.modules[{without!r}] = None\n" if without else "")
+    code += "from llm_batcher.cli import main\nsys.exit(main(sys.argv[1:]))"
     return subprocess.run(
         [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60
     )
 
 
 def test_every_command_parses_without_the_extras() -> None:
-    for command in ("api", "worker", "stats", "check", "up", "bench"):
+    for command in ("api", "worker", "operator", "stats", "check", "up", "bench"):
         result = run_cli(command, "--help")
         assert result.returncode == 0, (command, result.stderr)
         assert "usage: llm-batcher" in result.stdout
@@ -29,3 +31,12 @@ def test_bench_without_its_extra_says_what_to_install() -> None:
     result = run_cli("bench", "--quick")
     assert result.returncode == 2
     assert "pip install 'llm-batcher[bench]'" in result.stderr
+
+
+def test_the_operator_needs_a_namespace_and_kopf() -> None:
+    result = run_cli("operator")
+    assert result.returncode == 2
+    assert "invalid LLMB_NAMESPACE" in result.stderr
+    result = run_cli("operator", "--namespace", "llmb", without="kopf")  # the images have it
+    assert result.returncode == 2
+    assert "pip install 'llm-batcher[operator]'" in result.stderr

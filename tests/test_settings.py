@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from llm_batcher.settings import ApiSettings, CommonSettings, WorkerSettings
+from llm_batcher.settings import ApiSettings, CommonSettings, OperatorSettings, WorkerSettings
 from tests.support.processes import BIN
 
 README = Path(__file__).parent.parent / "README.md"
@@ -17,6 +17,7 @@ README = Path(__file__).parent.parent / "README.md"
 def _env_names() -> set[str]:
     fields = {**CommonSettings.model_fields, **ApiSettings.model_fields}
     fields.update(WorkerSettings.model_fields)
+    fields.update(OperatorSettings.model_fields)
     return {f"LLMB_{name.upper()}" for name in fields}
 
 

@@ -7,13 +7,16 @@ import asyncio
 import json
 import signal
 import sys
-from collections.abc import Callable, Sequence
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 from pydantic import ValidationError
 
 from llm_batcher import logs
-from llm_batcher.settings import ApiSettings, CommonSettings, WorkerSettings
+from llm_batcher.settings import ApiSettings, CommonSettings, OperatorSettings, WorkerSettings
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 S = TypeVar("S", bound=CommonSettings)
 
@@ -50,6 +53,36 @@ async def _run_worker(settings: WorkerSettings) -> None:
     redis = make_redis(settings, max_connections=8, socket_timeout_s=15)
     try:
         await Worker(settings, redis).run(stop)
+    finally:
+        await redis.aclose()
+
+
+def _cmd_operator(args: argparse.Namespace) -> int:
+    settings = load_settings(OperatorSettings, namespace=args.namespace)
+    if not settings.namespace:
+        print("llm-batcher: invalid LLMB_NAMESPACE: must name a namespace", file=sys.stderr)
+        return 2
+    try:
+        from llm_batcher.operator import service
+    except ModuleNotFoundError as exc:
+        if exc.name != "kopf":
+            raise
+        print("llm-batcher: the operator needs kopf: pip install 'llm-batcher[operator]'",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    logs.configure(settings.log_level, settings.log_format)
+    asyncio.run(_run_operator(settings, service.run_operator))
+    return 0
+
+
+async def _run_operator(
+    settings: OperatorSettings, run: Callable[[OperatorSettings, Redis], Awaitable[None]]
+) -> None:
+    from llm_batcher.protocol.connection import make_redis
+
+    redis = make_redis(settings, max_connections=4, socket_timeout_s=15)
+    try:
+        await run(settings, redis)
     finally:
         await redis.aclose()
 
@@ -165,6 +198,14 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--window-ms", type=int, help="batch window (LLMB_WINDOW_MS)")
     worker.add_argument("--health-port", type=int, help="health/metrics port (LLMB_HEALTH_PORT)")
     worker.set_defaults(func=_cmd_worker)
+
+    operator = sub.add_parser(
+        "operator",
+        help="on Kubernetes: hand gone worker pods' tasks on at once, remove stale consumers, "
+        "keep pod-deletion-cost in step (needs the `operator` extra: kopf)",
+    )
+    operator.add_argument("--namespace", help="namespace of the worker pods (LLMB_NAMESPACE)")
+    operator.set_defaults(func=_cmd_operator)
 
     stats = sub.add_parser(
         "stats",

@@ -168,3 +168,39 @@ WORKER_REDIS_UP = Gauge(
 def exposition(registry: CollectorRegistry) -> bytes:
     """The registry in the Prometheus text format."""
     return generate_latest(registry)
+
+
+# --- operator -------------------------------------------------------------------------------
+
+OPERATOR_REGISTRY = CollectorRegistry(auto_describe=True)
+for _collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+    OPERATOR_REGISTRY.register(_collector)
+OPERATOR_REGISTRY.register(BACKGROUND_TASK_CRASHES)
+
+CONSUMERS_REMOVED = Counter(
+    "llm_batcher_operator_consumers_removed_total",
+    "Worker consumers the operator removed from the group, by why: `pod gone` or `no pod`.",
+    ["why"],
+    registry=OPERATOR_REGISTRY,
+)
+TASKS_RECLAIMED = Counter(
+    "llm_batcher_operator_tasks_reclaimed_total",
+    "Tasks of gone workers the operator handed on to live ones at once.",
+    registry=OPERATOR_REGISTRY,
+)
+POD_PATCHES = Counter(
+    "llm_batcher_operator_pod_patches_total",
+    "pod-deletion-cost patches, by outcome: `ok`, `failed`, or `deferred` by the rate limit.",
+    ["outcome"],
+    registry=OPERATOR_REGISTRY,
+)
+DEAD_LETTER_EVENTS = Counter(
+    "llm_batcher_operator_dead_letter_events_total",
+    "Kubernetes Events posted for dead-lettered tasks.",
+    registry=OPERATOR_REGISTRY,
+)
+OPERATOR_LEADING = Gauge(
+    "llm_batcher_operator_leading",
+    "1 while this operator replica holds the lock and acts, else 0.",
+    registry=OPERATOR_REGISTRY,
+)

@@ -341,6 +341,68 @@ class WorkerSettings(CommonSettings):
         return argv
 
 
+class OperatorSettings(CommonSettings):
+    """Settings of `llm-batcher operator` (operator/): binds Redis consumers to worker pods."""
+
+    namespace: str = Field(
+        "", description="Namespace of the worker pods; the operator watches only this one."
+    )
+    worker_selector: str = Field(
+        "app.kubernetes.io/component=worker",
+        description="Labels of the worker pods, `name=value` pairs separated by commas.",
+    )
+    worker_deployment: str = Field(
+        "", description="The workers' Deployment, which dead-letter Events are posted on."
+    )
+    sweep_s: float = Field(
+        30, gt=0, description="How often consumers that belong to no live worker are removed."
+    )
+    cost_s: float = Field(
+        5, gt=0, description="How often worker pods' pod-deletion-cost follows their tasks."
+    )
+    patches_per_s: float = Field(
+        5, gt=0, description="Most pod patches a second, in the long run (a token bucket)."
+    )
+    patch_burst: int = Field(10, ge=1, description="Most pod patches in a burst.")
+    dead_letter_poll_s: float = Field(
+        2, gt=0, description="How often the dead-letter stream is read for new Events."
+    )
+    lock_ttl_ms: int = Field(
+        15000,
+        ge=1000,
+        description="The operator's Redis lock: the one acting replica renews it every ttl/3; "
+        "another takes over this long after the holder stopped.",
+    )
+    liveness_port: int = Field(
+        8080, ge=1, le=65535, description="Port of kopf's liveness endpoint (/healthz)."
+    )
+    health_host: str = Field(
+        "127.0.0.1", description="Address of the liveness endpoint and of /metrics."
+    )
+    metrics_port: int = Field(
+        8002, ge=0, le=65535, description="Port of the operator's /metrics (0: none)."
+    )
+
+    @field_validator("worker_selector")
+    @classmethod
+    def _check_selector(cls, value: str) -> str:
+        labels(value)
+        return value
+
+    @property
+    def worker_labels(self) -> dict[str, str]:
+        """LLMB_WORKER_SELECTOR as a dict."""
+        return labels(self.worker_selector)
+
+
+def labels(value: str) -> dict[str, str]:
+    """`a=b,c=d` as {"a": "b", "c": "d"}; ValueError for an item without `=` or an empty list."""
+    pairs = [item.split("=", 1) for item in comma_list(value)]
+    if not pairs or any(len(pair) != 2 or not pair[0].strip() for pair in pairs):
+        raise ValueError("must be name=value pairs separated by commas")
+    return {name.strip(): text.strip() for name, text in pairs}
+
+
 def comma_list(value: str) -> list[str]:
     """The items of a comma-separated list, blanks dropped."""
     return [name.strip() for name in value.split(",") if name.strip()]

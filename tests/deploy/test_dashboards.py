@@ -35,7 +35,7 @@ DASHBOARD_PATH = CHART_DIR / "files" / "llm-batcher-dashboard.json"
 ALERTS_PATH = CHART_DIR / "files" / "alerts.yaml"
 
 DATASOURCE_UID = "${datasource}"
-ROWS = ["Traffic", "Latency", "Queue & workers", "Batching", "Failures", "Redis"]
+ROWS = ["Traffic", "Latency", "Queue & workers", "Batching", "Failures", "Redis", "Operator"]
 UNITS = {"s", "reqps", "short", "percentunit"}
 ALERT_NAMES = {
     "LlmBatcherQueueStuck",

@@ -31,7 +31,7 @@ def test_prometheus_rule_carries_the_alerts() -> None:
     assert any(r.get("alert") for g in rule["spec"]["groups"] for r in g["rules"])
 
 
-def test_service_monitor_scrapes_api_and_workers_only() -> None:
+def test_service_monitor_scrapes_api_workers_and_operator_only() -> None:
     rendered = render_scenario("monitoring")
     monitor = rendered.get("ServiceMonitor", "llm-batcher")
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
@@ -52,7 +52,7 @@ def test_service_monitor_scrapes_api_and_workers_only() -> None:
         if matches:
             scraped.add(service["metadata"]["name"])
             assert "metrics" in [p["name"] for p in service["spec"]["ports"]]
-    assert scraped == {"llm-batcher-api", "llm-batcher-worker"}
+    assert scraped == {"llm-batcher-api", "llm-batcher-worker", "llm-batcher-operator"}
     worker = rendered.get("Service", "llm-batcher-worker")
     assert worker["spec"]["clusterIP"] == "None"  # only for discovery: no traffic to workers
 

@@ -81,6 +81,7 @@ def test_names_are_unique_and_namespaced(scenario: str) -> None:
 def test_scenarios_render_what_they_are_about() -> None:
     kinds = {name: render_scenario(name).kinds() for name in SCENARIOS}
     base = {"Deployment", "Service", "ServiceAccount", "PodDisruptionBudget", "Pod"}
+    base |= {"Role", "RoleBinding"}  # the operator's
     redis = {"StatefulSet", "Secret", "NetworkPolicy"}
     assert set(kinds["default"]) == base | redis | {"HorizontalPodAutoscaler"}
     assert "StatefulSet" not in kinds["external-redis"] and "Secret" not in kinds["external-redis"]
@@ -88,7 +89,7 @@ def test_scenarios_render_what_they_are_about() -> None:
     assert "HorizontalPodAutoscaler" not in kinds["autoscaling-off"]
     assert "PodDisruptionBudget" not in kinds["autoscaling-off"]
     assert {"ServiceMonitor", "PrometheusRule", "ConfigMap"} <= set(kinds["monitoring"])
-    assert kinds["monitoring"].count("Service") == 3  # api, worker (metrics), redis
+    assert kinds["monitoring"].count("Service") == 4  # api, worker and operator (metrics), redis
     assert "Ingress" in kinds["ingress"] and kinds["ingress"].count("HorizontalPodAutoscaler") == 2
     assert "HTTPRoute" in kinds["gateway"]
     assert "Secret" not in kinds["existing-secret"] and "Secret" not in kinds["custom-llm"]

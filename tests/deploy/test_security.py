@@ -132,11 +132,12 @@ def test_policies_can_be_extended_and_turned_off() -> None:
         {
             "api": {"networkPolicy": {"enabled": False}},
             "worker": {"networkPolicy": {"enabled": False}},
+            "operator": {"networkPolicy": {"enabled": False}},
             "networkPolicy": {"egress": {"enabled": False}},
         }
     )
     names = [o["metadata"]["name"] for o in rendered.of_kind("NetworkPolicy")]
-    assert names == ["llm-batcher-redis"]
+    assert sorted(names) == ["llm-batcher-redis", "llm-batcher-redis-operator"]
     only_egress = _policy(render({"api": {"networkPolicy": {"enabled": False}}}), "api")
     assert only_egress["policyTypes"] == ["Egress"]
 

@@ -31,6 +31,10 @@ result TTL when shorter): a cancelled task has no reader, and a refused one noth
 ARRIVALS_KEPT = 64
 """How many of the newest arrival times the arrivals list keeps."""
 
+RELEASED_CONSUMER = "operator:released"
+"""Consumer the operator moves a gone worker's tasks to, marked idle for ages, so that the next
+live worker's takeover (XAUTOCLAIM) takes them at once. Never a pod name (it has a colon)."""
+
 
 def token_entry_id(index: int) -> str:
     """Result-stream id of token ``index`` (0-based): ids are positions, so resuming is a range."""
@@ -98,3 +102,13 @@ class Keys:
     def task_id_of_channel(self, channel: str) -> str:
         """The task id a result channel belongs to."""
         return channel.removeprefix(self.result(""))
+
+    @property
+    def operator(self) -> str:
+        """The operator's lock: the id of the one operator replica that acts, with a TTL."""
+        return f"{self.prefix}:operator"
+
+    @property
+    def operator_dead_seen(self) -> str:
+        """Id of the last dead-letter entry the operator reported as a Kubernetes Event."""
+        return f"{self.prefix}:operator:dead-seen"

@@ -36,6 +36,8 @@ class Script(StrEnum):
     DEPTH = "depth"
     END_TURN = "end_turn"
     AHEAD_TURN = "ahead_turn"
+    RELEASE_CONSUMER = "release_consumer"
+    LEAD = "lead"
 
 
 _ENDING = frozenset({Script.START, Script.FINISH, Script.ABORT})

@@ -1,0 +1,1 @@
+"""`llm-batcher operator`: ties the workers' Redis consumers to their pods on Kubernetes (kopf)."""

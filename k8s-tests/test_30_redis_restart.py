@@ -1,0 +1,84 @@
+"""The Redis pod restarts while tasks wait in the queue: they survive it (the append-only file
+is on the PersistentVolumeClaim), and their clients get their whole answers afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from kube import Release, wait_for
+from streams import answer, assert_mock_answer, contexts
+from tests.support.sse import Stream
+from tests.support.waiting import eventually
+
+from conftest import Api, wait_ready
+
+QUEUED = 4
+DEPTH = re.compile(r"^llm_batcher_queue_depth(?:\{[^}]*\})? (\S+)$", re.MULTILINE)
+
+
+@contextlib.contextmanager
+def workers_held_at_zero(release: Release) -> Iterator[None]:
+    """No worker runs inside: KEDA paused at 0 replicas, or the Deployment scaled to 0."""
+    if release.scaled_object() is not None:
+        release.pause_keda(0)
+        restore = lambda: release.pause_keda(None)  # noqa: E731
+    elif release.worker_hpa() is None:
+        replicas = release.worker_replicas()
+        release.scale_workers(0)
+        restore = lambda: release.scale_workers(replicas)  # noqa: E731
+    else:
+        pytest.skip("an HPA scales the workers: it cannot be held at zero")
+    try:
+        wait_for(lambda: not release.pods("worker"), 180, "the workers to leave")
+        yield
+    finally:
+        restore()
+
+
+def queue_depth(metrics_url: str) -> float:
+    match = DEPTH.search(httpx.get(metrics_url, timeout=10).text)
+    return float(match.group(1)) if match else -1.0
+
+
+async def test_queued_tasks_survive_a_redis_restart(
+    release: Release, api: Api, client: httpx.AsyncClient
+) -> None:
+    texts = contexts(QUEUED, tokens=10, tag="redis")
+    streams = [Stream() for _ in texts]
+    with workers_held_at_zero(release):
+        clients = [
+            asyncio.create_task(answer(client, api.url, t, s))
+            for t, s in zip(texts, streams, strict=True)
+        ]
+        try:
+            await eventually(lambda: all(s.events for s in streams), 60, "every task queued")
+            await asyncio.to_thread(
+                wait_for, lambda: queue_depth(api.metrics_url) >= QUEUED, 60, "the queue depth"
+            )
+            (redis,) = await asyncio.to_thread(release.pods, "redis")
+            await asyncio.to_thread(release.delete_pod, redis.metadata.name)
+            await asyncio.to_thread(
+                wait_for,
+                lambda: any(
+                    p.metadata.uid != redis.metadata.uid for p in release.ready_pods("redis")
+                ),
+                300,
+                "a new Redis pod, ready",
+            )
+            await asyncio.to_thread(  # the tasks are back, read from the append-only file
+                wait_for, lambda: queue_depth(api.metrics_url) >= QUEUED, 60, "the queue back"
+            )
+        except BaseException:
+            for task in clients:
+                task.cancel()
+            raise
+    async with asyncio.timeout(300):
+        done = await asyncio.gather(*clients)
+    for stream, text in zip(done, texts, strict=True):
+        assert_mock_answer(stream, text)
+    await asyncio.to_thread(wait_ready, release)

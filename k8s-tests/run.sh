@@ -108,7 +108,7 @@ curl -N --max-time 60 'http://localhost:8000/generate?context=Hello%20from%20Kub
 echo
 kill "$forward"
 forward=""
-timeout 600 helm test llm-batcher --namespace llm-batcher --timeout 5m
+timeout 600 helm test llm-batcher --namespace llm-batcher
 
 say "4. Prometheus and KEDA, then autoscale on the queue"
 timeout 120 helm repo add prometheus-community https://prometheus-community.github.io/helm-charts

@@ -56,17 +56,17 @@ def _cluster_problem() -> str | None:
     except (config.ConfigException, OSError) as exc:
         return f"there is no kube context ({str(exc).strip() or type(exc).__name__})"
     configuration = client.Configuration.get_default_copy()
-    configuration.retries = 0  # an absent cluster must skip fast, not after three retries
-    client.Configuration.set_default(configuration)
+    configuration.retries = 0  # an absent cluster must skip at once, not after retries
+    probe = client.ApiClient(configuration)
     try:
-        client.VersionApi().get_code(_request_timeout=5)
-    except Exception as exc:  # urllib3's connection errors, TLS, 401...: all mean "not here"
-        return f"the current kube context did not answer ({type(exc).__name__})"
-    deployments = client.AppsV1Api().list_namespaced_deployment(
-        NAMESPACE,
-        label_selector=f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=api",
-        _request_timeout=10,
-    )
+        client.VersionApi(probe).get_code(_request_timeout=5)
+        deployments = client.AppsV1Api(probe).list_namespaced_deployment(
+            NAMESPACE,
+            label_selector=f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=api",
+            _request_timeout=10,
+        )
+    except Exception as exc:  # urllib3's connection errors, TLS, 401, 403...: all mean "not here"
+        return f"the current kube context did not answer ({type(exc).__name__}: {exc})"[:300]
     if not deployments.items:
         return "the cluster has no API Deployment of that release"
     return None

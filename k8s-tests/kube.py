@@ -3,6 +3,7 @@ logs and events, its autoscaler, and `helm` itself. Every call is bounded."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import shutil
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -21,6 +23,7 @@ REQUEST_TIMEOUT_S = 30
 POLL_S = 0.5
 """How often a wait asks the API server again (each poll is a request)."""
 KEDA = ("keda.sh", "v1alpha1", "scaledobjects")
+MERGE_PATCH = "application/merge-patch+json"  # a null removes an annotation
 
 CHART_DIR = Path(__file__).resolve().parents[1] / "charts" / "llm-batcher"
 
@@ -188,7 +191,7 @@ class Release:
         patch = {"metadata": {"annotations": {"autoscaling.keda.sh/paused-replicas": value}}}
         self.custom.patch_namespaced_custom_object(
             *KEDA[:2], self.namespace, KEDA[2], scaled["metadata"]["name"], patch,
-            _request_timeout=REQUEST_TIMEOUT_S,
+            _request_timeout=REQUEST_TIMEOUT_S, _content_type=MERGE_PATCH,
         )  # fmt: skip
 
     def scale_workers(self, replicas: int) -> None:
@@ -196,8 +199,34 @@ class Release:
         assert deployment is not None
         self.apps.patch_namespaced_deployment_scale(
             deployment.metadata.name, self.namespace, {"spec": {"replicas": replicas}},
-            _request_timeout=REQUEST_TIMEOUT_S,
+            _request_timeout=REQUEST_TIMEOUT_S, _content_type=MERGE_PATCH,
         )  # fmt: skip
+
+    @contextlib.contextmanager
+    def workers_held_at(self, replicas: int) -> Iterator[None]:
+        """Exactly ``replicas`` workers inside (ready ones, or none at all for 0), whatever the
+        load: KEDA paused at that count, or the Deployment scaled to it. Under an HPA, which
+        cannot be paused, the test is skipped."""
+        if self.scaled_object() is not None:
+            self.pause_keda(replicas)
+            restore: Callable[[], None] = lambda: self.pause_keda(None)  # noqa: E731
+        elif self.worker_hpa() is None:
+            before = self.worker_replicas()
+            self.scale_workers(replicas)
+            restore = lambda: self.scale_workers(before)  # noqa: E731
+        else:
+            pytest.skip("an HPA scales the workers: the test cannot hold their number")
+        try:
+            if replicas == 0:
+                wait_for(lambda: not self.pods("worker"), 180, "the workers to leave")
+            else:
+                wait_for(
+                    lambda: len(self.ready_pods("worker")) >= replicas, 300,
+                    f"{replicas} ready workers",
+                )  # fmt: skip
+            yield
+        finally:
+            restore()
 
     # --- the namespace, for a failure report ------------------------------------------------------
 

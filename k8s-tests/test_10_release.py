@@ -7,10 +7,13 @@ import subprocess
 import sys
 
 import httpx
+import pytest
 from kube import Release
 from streams import answers, assert_mock_answer, contexts
 
 from conftest import Api
+
+pytestmark = pytest.mark.timeout(1200)
 
 CHECK_TIMEOUT_S = 240  # with KEDA at zero, the first answer waits for a worker to start
 

@@ -4,9 +4,7 @@ is on the PersistentVolumeClaim), and their clients get their whole answers afte
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -17,27 +15,10 @@ from tests.support.waiting import eventually
 
 from conftest import Api, wait_ready
 
+pytestmark = pytest.mark.timeout(900)
+
 QUEUED = 4
 DEPTH = re.compile(r"^llm_batcher_queue_depth(?:\{[^}]*\})? (\S+)$", re.MULTILINE)
-
-
-@contextlib.contextmanager
-def workers_held_at_zero(release: Release) -> Iterator[None]:
-    """No worker runs inside: KEDA paused at 0 replicas, or the Deployment scaled to 0."""
-    if release.scaled_object() is not None:
-        release.pause_keda(0)
-        restore = lambda: release.pause_keda(None)  # noqa: E731
-    elif release.worker_hpa() is None:
-        replicas = release.worker_replicas()
-        release.scale_workers(0)
-        restore = lambda: release.scale_workers(replicas)  # noqa: E731
-    else:
-        pytest.skip("an HPA scales the workers: it cannot be held at zero")
-    try:
-        wait_for(lambda: not release.pods("worker"), 180, "the workers to leave")
-        yield
-    finally:
-        restore()
 
 
 def queue_depth(metrics_url: str) -> float:
@@ -50,7 +31,7 @@ async def test_queued_tasks_survive_a_redis_restart(
 ) -> None:
     texts = contexts(QUEUED, tokens=10, tag="redis")
     streams = [Stream() for _ in texts]
-    with workers_held_at_zero(release):
+    with release.workers_held_at(0):
         clients = [
             asyncio.create_task(answer(client, api.url, t, s))
             for t, s in zip(texts, streams, strict=True)

@@ -5,7 +5,8 @@ namespace LLMB_K8S_NAMESPACE (default `llm-batcher`), the names of the chart REA
 walkthrough, which run.sh follows. They change it as a user would (delete pods, restart Redis,
 upgrade) and the last one uninstalls it, only when LLMB_K8S_UNINSTALL=1 (run.sh sets it).
 Without a reachable cluster holding that release, every test is skipped with one line saying
-what they need. On a failure, the report carries the namespace's pods, logs and events.
+what they need (they fail instead with LLMB_K8S_REQUIRE=1, which run.sh sets). On a failure,
+the report carries the namespace's pods, logs and events.
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ def _cluster_problem() -> str | None:
 def cluster() -> None:
     """Skips every test, with one line saying what they need, unless the release is there."""
     problem = _cluster_problem()
+    if problem and os.environ.get("LLMB_K8S_REQUIRE") == "1":
+        pytest.fail(f"{NEEDS}: {problem}", pytrace=False)  # run.sh: a skip would hide it
     if problem:
         pytest.skip(f"{NEEDS}: {problem}")
 

@@ -122,6 +122,6 @@ fi
 timeout 600 helm upgrade llm-batcher charts/llm-batcher --namespace llm-batcher --reuse-values --set monitoring.serviceMonitor.enabled=true --set monitoring.serviceMonitor.additionalLabels.release=kube-prometheus-stack --set worker.autoscaling.mode=keda --set worker.autoscaling.minReplicas=0 --set worker.autoscaling.keda.serverAddress=http://kube-prometheus-stack-prometheus.monitoring.svc:9090
 
 say "the suite k8s-tests/ against release $RELEASE in namespace $NAMESPACE"
-export LLMB_K8S_RELEASE=$RELEASE LLMB_K8S_NAMESPACE=$NAMESPACE LLMB_K8S_UNINSTALL=1
+export LLMB_K8S_RELEASE=$RELEASE LLMB_K8S_NAMESPACE=$NAMESPACE LLMB_K8S_UNINSTALL=1 LLMB_K8S_REQUIRE=1
 # The suite's own bound: the slow scaling tests are marked and bounded one by one as well.
 timeout 5400 "$PYTHON" -m pytest k8s-tests -v -p no:randomly -p no:cacheprovider

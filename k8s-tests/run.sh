@@ -106,7 +106,7 @@ for _ in $(seq 60); do
 done
 curl -N --max-time 60 'http://localhost:8000/generate?context=Hello%20from%20Kubernetes'
 echo
-kill "$forward"
+kill "$forward" 2>/dev/null || true  # it may have ended on its own
 forward=""
 timeout 600 helm test llm-batcher --namespace llm-batcher
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.deploy.images_support import REPO, find_tool
+from tests.deploy.images_support import REPO
+from tests.support.tools import find_tool
 
 WORKFLOWS = sorted((REPO / ".github" / "workflows").glob("*.y*ml"))
 K8S_WORKFLOW = REPO / ".github" / "workflows" / "k8s.yaml"
@@ -20,8 +21,7 @@ VERSION = re.compile(r"^v\d+\.\d+\.\d+$")
 def schema_errors(workflow: Path) -> str | None:
     """check-jsonschema's complaint about the workflow, or None when it is valid."""
     tool = find_tool("check-jsonschema")
-    if tool is None:
-        pytest.skip("check-jsonschema is not installed (pip install -e '.[test]')")
+    assert tool is not None  # requires_tool
     result = subprocess.run(
         [tool, "--builtin-schema", "vendor.github-workflows", str(workflow)],
         capture_output=True, text=True, timeout=60, check=False,
@@ -29,11 +29,13 @@ def schema_errors(workflow: Path) -> str | None:
     return None if result.returncode == 0 else result.stdout + result.stderr
 
 
+@pytest.mark.requires_tool("check-jsonschema")
 @pytest.mark.parametrize("workflow", WORKFLOWS, ids=[w.name for w in WORKFLOWS])
 def test_the_workflow_is_valid(workflow: Path) -> None:
     assert schema_errors(workflow) is None, schema_errors(workflow)
 
 
+@pytest.mark.requires_tool("check-jsonschema")
 def test_the_schema_check_refuses_a_broken_workflow(tmp_path: Path) -> None:
     broken = yaml.safe_load(K8S_WORKFLOW.read_text(encoding="utf-8"))
     broken["jobs"]["kind"]["steps"][0] = {"uses": "actions/checkout@v4", "run": "both"}

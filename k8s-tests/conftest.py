@@ -114,7 +114,8 @@ class Api:
         ports = _container_ports(release, "api")
         pick = lambda: release.ready_pod_name("api")  # noqa: E731 - chosen per connection
         self.http = PortForwarder(release.core, release.namespace, pick, ports["http"])
-        self.metrics = PortForwarder(release.core, release.namespace, pick, ports["metrics"])
+        metrics_port = ports.get("metrics", ports["http"])  # api.config.metricsPort 0: on http
+        self.metrics = PortForwarder(release.core, release.namespace, pick, metrics_port)
         self.url, self.metrics_url = self.http.url, f"{self.metrics.url}/metrics"
 
     def stop(self) -> None:

@@ -102,12 +102,15 @@ class Release:
             raise
         return False
 
-    def logs(self, pod: str, container: str | None = None, tail: int | None = None) -> str:
+    def logs(
+        self, pod: str, container: str | None = None, tail: int | None = None,
+        since_s: int | None = None,
+    ) -> str:  # fmt: skip
         """A pod's log ('' when it has none yet or is gone)."""
         try:
             text = self.core.read_namespaced_pod_log(
                 pod, self.namespace, container=container, tail_lines=tail,
-                _request_timeout=REQUEST_TIMEOUT_S,
+                since_seconds=since_s, _request_timeout=REQUEST_TIMEOUT_S,
             )  # fmt: skip
             return str(text)
         except ApiException as exc:
@@ -115,11 +118,12 @@ class Release:
                 return ""
             raise
 
-    def json_logs(self, component: str) -> Iterator[tuple[str, dict[str, Any]]]:
-        """(pod, line) for every JSON log line of the component's current pods."""
+    def json_logs(self, component: str, since_s: int = 900) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(pod, line) for the JSON log lines of the component's current pods, of the last
+        ``since_s`` seconds (a test's own, not the whole history of a long-lived pod)."""
         for pod in self.pods(component):
             name = pod.metadata.name
-            for text in self.logs(name, container=component).splitlines():
+            for text in self.logs(name, container=component, since_s=since_s).splitlines():
                 if text.startswith("{"):
                     try:
                         yield name, json.loads(text)

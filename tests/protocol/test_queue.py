@@ -412,13 +412,16 @@ async def test_results_and_task_expire_after_the_ttl(redis: Redis, key_prefix: s
 
 async def test_heartbeats_count_live_workers(queue: TaskQueue) -> None:
     now = now_ms()
-    await queue.claims.heartbeat("w1", now, lease_ms=1000)
-    await queue.claims.heartbeat("w2", now - 5000, lease_ms=1000)
+    await queue.claims.heartbeat("w1", now, lease_ms=1000, break_ms=500)
+    await queue.claims.heartbeat("w2", now - 5000, lease_ms=1000, break_ms=500)
     assert await queue.claims.live_workers(now, lease_ms=1000) == 1
-    await queue.claims.heartbeat("w3", now, lease_ms=400)  # forgets workers silent for ten leases
+    # forgets workers silent for ten leases
+    await queue.claims.heartbeat("w3", now, lease_ms=400, break_ms=500)
     assert await queue.redis.zscore(queue.keys.workers, "w2") is None
     await queue.claims.leave("w1")
     assert await queue.claims.live_workers(now, lease_ms=1000) == 1
+    # w1 left; a silent worker's heartbeat is take_over_dead's to forget (test_takeover.py)
+    assert sorted(await queue.redis.hkeys(queue.keys.beats)) == [b"w2", b"w3"]
 
 
 async def test_group_is_recreated_after_it_vanished(queue: TaskQueue) -> None:

@@ -36,6 +36,8 @@ class Script(StrEnum):
     DEPTH = "depth"
     END_TURN = "end_turn"
     AHEAD_TURN = "ahead_turn"
+    HEARTBEAT = "heartbeat"
+    TAKE_OVER = "take_over"
 
 
 _ENDING = frozenset({Script.START, Script.FINISH, Script.ABORT})

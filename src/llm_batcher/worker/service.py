@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 _TURN_POLL_S = 0.02  # how often an idle worker asks whether it may read
 _IDLE_NOTE_S = 0.25  # how often an idle worker renews its mark in keys.idle
+_ORPHANS_MAX = 10_000  # most tasks an earlier run of a worker id may have left pending
 
 
 class Worker:
@@ -103,6 +104,7 @@ class Worker:
             self.id, self.settings.health_host, port, self.settings.max_batch,
             self.settings.window_ms, self.settings.window_policy,
         )  # fmt: skip
+        await self._hand_on_orphans()  # before the first heartbeat says this id is alive again
         self.heartbeat.start()
         renewal = keep_running("renewal", self._renew_loop)
         self.runner.open()
@@ -375,6 +377,27 @@ class Worker:
             log.info(
                 "task %s is no longer held by this worker", task_id, extra={"task_id": task_id}
             )
+
+    async def _hand_on_orphans(self) -> None:
+        """Hand on the tasks an earlier run of this worker id left pending (it was killed, and
+        restarted under the same id by `up`, Compose or Kubernetes): they are nobody's now, and
+        this run's heartbeat would keep them from the workers that judge by heartbeats."""
+        try:
+            orphans = await self.queue.claims.take_over_dead(
+                self.id,
+                _ORPHANS_MAX,
+                silence_ms=self.settings.heartbeat_timeout_ms,
+                workers=[self.id],
+                idle_ms=10 * self.settings.lease_ms,
+            )
+        except (RedisError, OSError) as exc:
+            log.warning("could not hand on the tasks of an earlier run (%s); their lease will", exc)
+            return
+        if orphans.claims:
+            log.info(
+                "handed on %d task(s) an earlier run of worker %s left: %s",
+                len(orphans.claims), self.id, " ".join(c.task_id for c in orphans.claims),
+            )  # fmt: skip
 
     def _mark_redis_ok(self) -> None:
         self.redis_ok_at = time.monotonic()

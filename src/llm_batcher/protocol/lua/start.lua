@@ -24,5 +24,5 @@ if attempt > tonumber(ARGV[2]) then
 end
 local started = f[6] or ARGV[1]
 redis.call('HSET', KEYS[1], 'attempt', attempt, 'state', STATE_RUNNING, 'worker', ARGV[3],
-  'started_ms', started)
+  'started_ms', started, 'attempt_ms', ARGV[1])
 return {START_RUN, attempt, f[3], f[4], f[5], started, f[7] or '', f[9] or '', f[10] or ''}

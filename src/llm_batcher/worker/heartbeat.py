@@ -43,14 +43,18 @@ class Heartbeat:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
-        self._started = threading.Event()  # the thread's loop and stop event exist
+        self._first_tried = threading.Event()  # the first heartbeat succeeded or failed
         self._stopping = False
         self._lock = threading.Lock()
 
-    def start(self) -> None:
-        """Start beating (the first heartbeat is sent at once)."""
+    async def start(self) -> None:
+        """Start beating; returns once the first heartbeat was tried. Until then, other workers
+        may still judge this id by the heartbeat of a killed run of it, and take over what this
+        run claims."""
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
         self._thread.start()
+        bound_s = 2 * self.settings.heartbeat_timeout_ms / 1000  # a beat times out in half that
+        await asyncio.to_thread(self._first_tried.wait, bound_s)
 
     async def stop(self) -> None:
         """Stop beating and wait for the thread to end; safe to call twice."""
@@ -60,7 +64,8 @@ class Heartbeat:
         with self._lock:
             self._stopping = True
             if self._loop is not None and self._stop is not None:
-                self._loop.call_soon_threadsafe(self._stop.set)
+                with contextlib.suppress(RuntimeError):  # its loop already closed
+                    self._loop.call_soon_threadsafe(self._stop.set)
         # bounded: one Redis call times out within the heartbeat timeout
         await asyncio.to_thread(thread.join, 2 * self.settings.heartbeat_timeout_ms / 1000 + 1)
         if thread.is_alive():
@@ -85,6 +90,7 @@ class Heartbeat:
         try:
             while not stop.is_set():
                 failing = await self._beat(claims, failing)
+                self._first_tried.set()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self.interval_s)
         finally:

@@ -105,7 +105,7 @@ class Worker:
             self.settings.window_ms, self.settings.window_policy,
         )  # fmt: skip
         await self._hand_on_orphans()  # before the first heartbeat says this id is alive again
-        self.heartbeat.start()
+        await self.heartbeat.start()
         renewal = keep_running("renewal", self._renew_loop)
         self.runner.open()
         try:

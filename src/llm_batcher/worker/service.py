@@ -43,13 +43,13 @@ from llm_batcher.worker.ahead import ReadAhead
 from llm_batcher.worker.batch import BatchRunner
 from llm_batcher.worker.child import remove_stale_batch_dirs
 from llm_batcher.worker.heartbeat import Heartbeat
+from llm_batcher.worker.takeover import hand_on_orphans, take_over
 from llm_batcher.worker.window import arrival_ms, wait_ms
 
 log = logging.getLogger(__name__)
 
 _TURN_POLL_S = 0.02  # how often an idle worker asks whether it may read
 _IDLE_NOTE_S = 0.25  # how often an idle worker renews its mark in keys.idle
-_ORPHANS_MAX = 10_000  # most tasks an earlier run of a worker id may have left pending
 
 
 class Worker:
@@ -104,7 +104,8 @@ class Worker:
             self.id, self.settings.health_host, port, self.settings.max_batch,
             self.settings.window_ms, self.settings.window_policy,
         )  # fmt: skip
-        await self._hand_on_orphans()  # before the first heartbeat says this id is alive again
+        # before the first heartbeat says this id is alive again
+        await hand_on_orphans(self.queue.claims, self.settings)
         await self.heartbeat.start()
         renewal = keep_running("renewal", self._renew_loop)
         self.runner.open()
@@ -207,29 +208,11 @@ class Worker:
 
     async def _first_claims(self, size: int) -> list[Claim]:
         """Tasks of a dead worker, else whose lease lapsed, else new ones."""
-        claims = await self._take_over(size)
+        claims = await take_over(self.queue.claims, self.settings, size)
         if not claims:
             claims = await self.queue.claims.read_new(self.id, size, self.idle_block_ms)
         self._hold(claims)
         return claims
-
-    async def _take_over(self, size: int) -> list[Claim]:
-        """Take over tasks of workers whose heartbeat stopped, else whose lease lapsed."""
-        claims = self.queue.claims
-        dead = await claims.take_over_dead(
-            self.id, size, silence_ms=self.settings.heartbeat_timeout_ms
-        )
-        taken, whose = dead.claims, f"dead worker(s) {' '.join(dead.workers)}"
-        if not taken:
-            taken = await claims.reclaim_expired(self.id, size, self.settings.lease_ms)
-            whose = "a worker whose lease lapsed"
-        if taken:
-            metrics.TASKS_TAKEN_OVER.inc(len(taken))
-            log.info(
-                "took over %d task(s) from %s: %s",
-                len(taken), whose, " ".join(c.task_id for c in taken),
-            )  # fmt: skip
-        return taken
 
     async def _window_s(self, claims: list[Claim]) -> float:
         """How long the batch forming now waits for more tasks (worker/window.py), in seconds."""
@@ -377,27 +360,6 @@ class Worker:
             log.info(
                 "task %s is no longer held by this worker", task_id, extra={"task_id": task_id}
             )
-
-    async def _hand_on_orphans(self) -> None:
-        """Hand on the tasks an earlier run of this worker id left pending (it was killed, and
-        restarted under the same id by `up`, Compose or Kubernetes): they are nobody's now, and
-        this run's heartbeat would keep them from the workers that judge by heartbeats."""
-        try:
-            orphans = await self.queue.claims.take_over_dead(
-                self.id,
-                _ORPHANS_MAX,
-                silence_ms=self.settings.heartbeat_timeout_ms,
-                workers=[self.id],
-                idle_ms=10 * self.settings.lease_ms,
-            )
-        except (RedisError, OSError) as exc:
-            log.warning("could not hand on the tasks of an earlier run (%s); their lease will", exc)
-            return
-        if orphans.claims:
-            log.info(
-                "handed on %d task(s) an earlier run of worker %s left: %s",
-                len(orphans.claims), self.id, " ".join(c.task_id for c in orphans.claims),
-            )  # fmt: skip
 
     def _mark_redis_ok(self) -> None:
         self.redis_ok_at = time.monotonic()

@@ -24,7 +24,7 @@ async def take_over(claims: Claims, settings: WorkerSettings, size: int) -> list
     taken, whose = dead.claims, f"dead worker(s) {' '.join(dead.workers)}"
     if not taken:
         taken = await claims.reclaim_expired(worker, size, settings.lease_ms)
-        whose = "a worker whose lease lapsed"
+        whose = "a worker whose lease lapsed, or that handed them back"
     if taken:
         metrics.TASKS_TAKEN_OVER.inc(len(taken))
         log.info(

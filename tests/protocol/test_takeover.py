@@ -14,9 +14,9 @@ from redis.asyncio import Redis
 from llm_batcher.clock import now_ms
 from llm_batcher.protocol.claims import Claim, TakenOver
 from llm_batcher.protocol.keys import WORKER_GROUP
-from llm_batcher.protocol.outcomes import ErrorCode, WriteResult
+from llm_batcher.protocol.outcomes import ErrorCode, StartOutcome, WriteResult
 from llm_batcher.protocol.queue import TaskQueue
-from llm_batcher.protocol.tasks import StartedTask
+from llm_batcher.protocol.tasks import Refused, StartedTask
 from tests.support.results import answer, make_queue, submit, wait_result
 from tests.support.waiting import eventually
 
@@ -168,6 +168,21 @@ async def test_a_takeover_fences_the_old_worker_out(queue: TaskQueue) -> None:
     appended, done = await queue.tasks.append_and_complete(new, 0, ["a", "b", "c"], now_ms(), {})
     assert (appended.result, done) == (WriteResult.OK, WriteResult.OK)
     assert answer(await wait_result(queue, held.task_id, 5)) == "abc"
+
+
+async def test_a_worker_taken_for_dead_cannot_start_what_it_had_claimed(queue: TaskQueue) -> None:
+    """A worker paused between its claim and its START (reading ahead, say) finds the task taken
+    over: its START is refused, so the task never runs twice, not even until a fenced write."""
+    await beat(queue, "paused")
+    (held,) = await claim(queue, "paused", 1)
+    taken = await queue.claims.take_over_dead(
+        "rescuer", 10, silence_ms=SILENCE_MS, workers=["paused"]
+    )
+    assert taken.claims == [held]
+    late = await queue.tasks.start(held, worker="paused", now_ms=now_ms(), max_attempts=3)
+    assert late == Refused(StartOutcome.NOT_HELD)
+    assert await queue.redis.hget(queue.keys.task(held.task_id), "state") == b"queued"
+    assert (await start(queue, held, "rescuer")).attempt == 1  # the refusal cost no attempt
 
 
 async def test_a_named_dead_worker_is_handed_on_to_any_worker(queue: TaskQueue) -> None:

@@ -253,6 +253,13 @@ class WorkerSettings(CommonSettings):
     drain_s: float = Field(
         25, ge=0, description="On SIGTERM, how long the running batch may take to finish."
     )
+    heartbeat_timeout_ms: int = Field(
+        1500,
+        ge=300,
+        description="A worker whose heartbeat (sent every timeout/4, from a thread that batch "
+        "work does not hold up) is older than this is dead: the next idle worker takes its "
+        "tasks over at once, without waiting for their lease.",
+    )
     tmp_dir: str | None = Field(
         None, description="Where per-batch context files go (default: the system temp folder)."
     )

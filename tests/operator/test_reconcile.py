@@ -39,7 +39,7 @@ async def claim_batch(queue: TaskQueue, worker: str, n: int) -> list[StartedTask
     """``worker`` takes and starts ``n`` new tasks, as a worker forming a batch does."""
     for i in range(n):
         await submit(queue, f"context {i}")
-    await queue.claims.heartbeat(worker, now_ms(), LEASE_MS)
+    await queue.claims.heartbeat(worker, now_ms(), LEASE_MS, LEASE_MS)
     claims = await queue.claims.read_new(worker, n, None)
     assert len(claims) == n
     started = [
@@ -99,7 +99,7 @@ async def test_a_gone_worker_s_marks_and_read_turn_go_with_it(
     queue: TaskQueue, reconciler: Reconciler
 ) -> None:
     keys = queue.keys
-    await queue.claims.heartbeat("llmb-worker-a", now_ms(), LEASE_MS)
+    await queue.claims.heartbeat("llmb-worker-a", now_ms(), LEASE_MS, LEASE_MS)
     await queue.claims.note_idle("llmb-worker-a", now_ms())
     assert await queue.claims.take_read_turn("llmb-worker-a", 60_000)
     assert await reconciler.pod_event("DELETED", deleted("llmb-worker-a")) == 0

@@ -238,10 +238,12 @@ async def test_append_skips_tokens_already_written_and_refuses_a_gap(queue: Task
 
 async def test_a_stale_attempt_is_fenced_out(queue: TaskQueue) -> None:
     task_id = await submit(queue, "fenced")
-    claim = await claim_one(queue)
+    claim = await claim_one(queue, "w1")
     first = await start(queue, claim, "w1")
     assert (await queue.tasks.append(first, 0, ["one "], now_ms())).tokens == 1
-    second = await start(queue, claim, "w2")  # a takeover after w1's lease ran out
+    # a takeover after w1's lease ran out
+    await queue.redis.xclaim(queue.keys.tasks, WORKER_GROUP, "w2", 0, [claim.entry_id])
+    second = await start(queue, claim, "w2")
     assert second.attempt == 2
     assert second.tokens_written == 1
     assert second.first_token_ms is not None  # kept from the first attempt
@@ -321,6 +323,7 @@ async def test_a_task_delivered_max_attempts_times_is_dead_lettered(queue: TaskQ
     claim = await claim_one(queue)
     for attempt in range(1, MAX_ATTEMPTS + 1):
         assert (await start(queue, claim)).attempt == attempt
+    await queue.redis.xclaim(queue.keys.tasks, WORKER_GROUP, "c2", 0, [claim.entry_id])
     refused = await queue.tasks.start(claim, worker="c2", now_ms=now_ms(), max_attempts=3)
     assert refused == Refused(StartOutcome.DEAD)
     done = terminal(await queue.results.after(task_id, -1))
@@ -393,7 +396,7 @@ async def test_released_entries_are_taken_over_at_once(queue: TaskQueue) -> None
 
 async def test_a_finished_entry_is_never_taken_over(queue: TaskQueue) -> None:
     await submit(queue, "finished")
-    task = await start(queue, await claim_one(queue, "w1"))
+    task = await start(queue, await claim_one(queue, "w1"), "w1")
     await queue.tasks.complete(task, {})
     await queue.claims.release("w1", [task.entry_id], lease_ms=100)
     assert await queue.claims.reclaim_expired("c2", 10, lease_ms=0) == []
@@ -412,13 +415,16 @@ async def test_results_and_task_expire_after_the_ttl(redis: Redis, key_prefix: s
 
 async def test_heartbeats_count_live_workers(queue: TaskQueue) -> None:
     now = now_ms()
-    await queue.claims.heartbeat("w1", now, lease_ms=1000)
-    await queue.claims.heartbeat("w2", now - 5000, lease_ms=1000)
+    await queue.claims.heartbeat("w1", now, lease_ms=1000, break_ms=500)
+    await queue.claims.heartbeat("w2", now - 5000, lease_ms=1000, break_ms=500)
     assert await queue.claims.live_workers(now, lease_ms=1000) == 1
-    await queue.claims.heartbeat("w3", now, lease_ms=400)  # forgets workers silent for ten leases
+    # forgets workers silent for ten leases
+    await queue.claims.heartbeat("w3", now, lease_ms=400, break_ms=500)
     assert await queue.redis.zscore(queue.keys.workers, "w2") is None
     await queue.claims.leave("w1")
     assert await queue.claims.live_workers(now, lease_ms=1000) == 1
+    # w1 left; a silent worker's heartbeat is take_over_dead's to forget (test_takeover.py)
+    assert sorted(await queue.redis.hkeys(queue.keys.beats)) == [b"w2", b"w3"]
 
 
 async def test_group_is_recreated_after_it_vanished(queue: TaskQueue) -> None:

@@ -30,8 +30,9 @@ pytestmark = pytest.mark.system
 async def test_worker_killed_mid_batch_every_client_still_gets_its_exact_answer(
     stack: Stack, client: httpx.AsyncClient, redis: Redis, key_prefix: str
 ) -> None:
+    # The default lease (5 s): the survivor takes over once the victim's heartbeat lapses.
     api, *workers = await start_together(
-        stack.api(), *(stack.worker(window_ms=200, lease_ms=1500) for _ in range(2))
+        stack.api(), *(stack.worker(window_ms=200, lease_ms=5000) for _ in range(2))
     )
     await stack.wait_ready(api)
     bodies = [f"client {i}: {words(24, f'k{i}-w')}" for i in range(8)]
@@ -73,6 +74,7 @@ async def test_worker_killed_mid_batch_every_client_still_gets_its_exact_answer(
     # a task the victim had not finished was resumed, once, by the survivor
     assert all(d["worker"] == survivor.id or d["attempt"] == 1 for d in dones)
     assert all(d["attempt"] <= 2 for d in dones)
+    assert f"from dead worker(s) {victim.id}" in survivor.proc.log()
     # the mock LLM of the killed worker did not outlive it
     await eventually(lambda: not alive(mocks), 10, "the victim's llm-mock to exit")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import signal
@@ -13,10 +14,12 @@ import psutil
 import pytest
 from redis.asyncio import Redis
 
+from llm_batcher.clock import now_ms
 from llm_batcher.local.embedded_redis import free_port
+from llm_batcher.protocol.keys import Keys
 from llm_batcher.worker.child import BATCH_DIR_PREFIX
 from tests.support.processes import alive, command_lines, descendants
-from tests.support.sse import generate
+from tests.support.sse import generate, words
 from tests.support.up import Up
 from tests.support.waiting import eventually
 
@@ -100,6 +103,63 @@ async def test_up_restarts_a_worker_killed_with_sigkill(
     children = descendants(up.proc.pid)
     assert await up.terminate(UP_TIMEOUT_S) == 0, up.output()
     assert not alive(children)
+
+
+async def test_up_restarts_a_killed_workers_tasks_within_3_s(
+    run_up: RunUp,
+    client: httpx.AsyncClient,
+    tmp_path: Path,
+    redis: Redis,
+    redis_url: str,
+    key_prefix: str,
+) -> None:
+    """With up's defaults, 8 tasks of 2.5 s on 2 workers: the tasks of the worker killed
+    mid-batch start again within 3 s of the kill, on the other worker or on the killed one's
+    restart under its id (times from the START of each new attempt, attempt_ms)."""
+    port = free_port()
+    up = await run_up(
+        *up_args(tmp_path, port, "--redis-url", redis_url), LLMB_KEY_PREFIX=key_prefix
+    )
+    for name in ("api", "worker-1", "worker-2"):
+        await up.wait_line(rf"^up +\| {name} ready$", UP_TIMEOUT_S)
+    keys = Keys(key_prefix)
+    bodies = [words(10, f"r{i}w") for i in range(8)]
+    base = f"http://127.0.0.1:{port}"
+    answers = [
+        asyncio.create_task(generate(client, base, f"@mock ttft_ms=250 itl_ms=250\n{body}"))
+        for body in bodies
+    ]
+
+    async def running() -> dict[str, str]:
+        """Task id -> worker of the tasks running and streaming, once all 8 have started."""
+        ids = await redis.keys(f"{key_prefix}:task:*")
+        fields = [await redis.hmget(k, "worker", "state", "tokens") for k in ids]
+        if len(ids) < 8 or not all(worker for worker, _, _ in fields):
+            return {}
+        return {
+            key.decode().rsplit(":", 1)[1]: worker.decode()
+            for key, (worker, state, tokens) in zip(ids, fields, strict=True)
+            if state == b"running" and 0 < int(tokens) < 9
+        }
+
+    await eventually(running, 15, "8 tasks to start")
+    owners = await running()
+    victim_id = next(iter(owners.values()))
+    victims = {task for task, worker in owners.items() if worker == victim_id}
+    killed_ms = now_ms()
+    worker_process(up, victim_id).send_signal(signal.SIGKILL)
+    streams = await asyncio.gather(*answers)
+
+    restarts_ms = []
+    for stream, body in zip(streams, bodies, strict=True):
+        done = stream.assert_exact(body)
+        assert (done["attempt"] > 1) == (stream.task_id in victims), (done, victims)
+        if stream.task_id in victims:
+            started = await redis.hget(keys.task(stream.task_id), "attempt_ms")
+            restarts_ms.append(int(started or 0) - killed_ms)
+    print(f"\nMEASURED up_restart_after_sigkill_ms={max(restarts_ms)}")
+    assert all(0 < ms < 3000 for ms in restarts_ms), restarts_ms
+    assert await up.terminate(UP_TIMEOUT_S) == 0, up.output()
 
 
 async def test_up_with_a_redis_url_starts_no_embedded_server(

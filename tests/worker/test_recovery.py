@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
+from llm_batcher.clock import now_ms
 from llm_batcher.protocol.keys import WORKER_GROUP
 from llm_batcher.protocol.queue import TaskQueue
 from llm_batcher.protocol.results import ResultEntry
+from llm_batcher.settings import WorkerSettings
 from tests.support.processes import running_worker, start_worker
 from tests.support.results import assert_complete_answer, make_queue, submit, wait_result
 from tests.support.waiting import eventually
@@ -76,6 +78,79 @@ async def test_sigkill_mid_batch_tasks_complete_on_another_worker(
         assert done.data["attempt"] == 2
         assert done.data["worker"] == "rescuer"
     assert recovery_s < 15
+
+
+async def test_a_killed_workers_tasks_restart_elsewhere_within_3_s_with_default_settings(
+    redis: Redis, redis_url: str, key_prefix: str, tmp_path: Path
+) -> None:
+    """With the default lease (5 s) and heartbeat timeout, the tasks of a worker killed mid-batch
+    start again on another worker within 3 s: once its heartbeat lapses, not its lease. The
+    time is the one the rescuer's START recorded (attempt_ms), not when this test noticed."""
+    defaults = {
+        name: WorkerSettings.model_fields[name].default
+        for name in ("lease_ms", "heartbeat_timeout_ms")
+    }
+    queue = make_queue(redis, key_prefix)
+    await queue.claims.ensure_group()
+    async with running_worker(
+        redis_url, key_prefix, tmp_path, worker_id="victim", window_ms=2000, **defaults
+    ) as (victim, _):
+        ids, bodies = await submit_slow_batch(queue, itl_ms=200, words=20)
+        await eventually(lambda: holds(queue, "victim", 4), 5, "the victim to hold the batch")
+        async with running_worker(
+            redis_url, key_prefix, tmp_path, worker_id="rescuer", **defaults
+        ) as (rescuer, _):
+            await eventually(lambda: all_streaming(queue, ids, 2), 10, "tokens of every task")
+            killed_ms = now_ms()
+            victim.kill_group()
+            results = await asyncio.gather(*(wait_result(queue, t, 20) for t in ids))
+            restarts_ms = [
+                int(await redis.hget(queue.keys.task(t), "attempt_ms") or 0) - killed_ms
+                for t in ids
+            ]
+            log = rescuer.log()
+
+    print(f"\nMEASURED restart_after_sigkill_ms={max(restarts_ms)} (default settings)")
+    for entries, body in zip(results, bodies, strict=True):
+        done = assert_complete_answer(entries, body)
+        assert done.data is not None
+        assert (done.data["worker"], done.data["attempt"]) == ("rescuer", 2)
+    assert "took over 4 task(s) from dead worker(s) victim" in log
+    assert all(0 < ms < 3000 for ms in restarts_ms), restarts_ms
+
+
+async def test_a_worker_restarted_under_its_id_hands_on_what_its_killed_run_held(
+    redis: Redis, redis_url: str, key_prefix: str, tmp_path: Path
+) -> None:
+    """`up`, Compose and Kubernetes restart a killed worker under the same id, whose heartbeat
+    then looks alive: the new run hands on the tasks of the killed one at start-up, without
+    waiting for their lease (the default, 5 s)."""
+    lease_ms = WorkerSettings.model_fields["lease_ms"].default
+    queue = make_queue(redis, key_prefix)
+    await queue.claims.ensure_group()
+    settings = {"worker_id": "same", "lease_ms": lease_ms, "window_ms": 2000}
+    async with running_worker(redis_url, key_prefix, tmp_path, **settings) as (killed, _):
+        ids, bodies = await submit_slow_batch(queue, itl_ms=100, words=20)
+        await eventually(lambda: all_streaming(queue, ids, 2), 10, "tokens of every task")
+        killed_ms = now_ms()
+        killed.kill_group()
+    (tmp_path / "again").mkdir()  # the new run's log beside the killed one's
+    async with running_worker(redis_url, key_prefix, tmp_path / "again", **settings) as (
+        again,
+        _,
+    ):
+        results = await asyncio.gather(*(wait_result(queue, t, 20) for t in ids))
+        restarts_ms = [
+            int(await redis.hget(queue.keys.task(t), "attempt_ms") or 0) - killed_ms for t in ids
+        ]
+        log = again.log()
+    print(f"\nMEASURED restart_under_the_same_id_ms={max(restarts_ms)}")
+    for entries, body in zip(results, bodies, strict=True):
+        done = assert_complete_answer(entries, body)
+        assert done.data is not None
+        assert done.data["attempt"] == 2
+    assert "handed on 4 task(s) an earlier run of worker same left" in log
+    assert all(0 < ms < lease_ms for ms in restarts_ms), restarts_ms
 
 
 async def test_sigterm_lets_the_running_batch_finish(

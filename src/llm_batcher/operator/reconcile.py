@@ -2,7 +2,8 @@
 and the periodic loops (service.py) call these with pod bodies and send out what they return.
 
 - A gone worker pod (deleted, failed, evicted, all containers terminated) gives up its tasks at
-  once: protocol/consumers.release_consumer moves them to the group, then removes the consumer.
+  once: protocol/consumers.release_consumer hands them on through the workers' own takeover
+  (claims.Claims.take_over_dead, naming the worker), then removes the consumer.
   A draining pod (being deleted, containers still running) keeps them: it is finishing its batch
   and hands back the rest itself.
 - A consumer of no known pod whose worker has not sent a heartbeat for a lease is removed the
@@ -31,9 +32,11 @@ from llm_batcher.operator.pods import (
     cost_patch,
     pod_state,
 )
+from llm_batcher.protocol.claims import Claims
 from llm_batcher.protocol.connection import reply_text
 from llm_batcher.protocol.consumers import consumer_holdings, heartbeats, release_consumer
 from llm_batcher.protocol.keys import RELEASED_CONSUMER, Keys
+from llm_batcher.protocol.scripts import register_all
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +61,7 @@ class Reconciler:
     ) -> None:
         self.redis = redis
         self.keys = keys
+        self.claims = Claims(redis, keys, register_all(redis))  # the workers' own takeover
         self.lease_ms = lease_ms
         self.pods: dict[str, Mapping[str, Any]] = {}  # live and draining worker pods, by name
         self._limiter = TokenBucket(patches_per_s, patch_burst)
@@ -97,7 +101,7 @@ class Reconciler:
         return removed
 
     async def _release(self, consumer: str, why: str) -> int:
-        moved = await release_consumer(self.redis, self.keys, consumer)
+        moved = await release_consumer(self.claims, consumer)
         metrics.CONSUMERS_REMOVED.labels(why).inc()
         metrics.TASKS_RECLAIMED.inc(moved)
         log.info("released consumer %s (%s): %d task(s) handed on", consumer, why, moved)

@@ -4,7 +4,8 @@
 - outcomes.py: task states, error codes, and the scripts' typed answers;
 - scripts.py and lua/: the atomic state changes, one Lua script each;
 - tasks.py: the task state machine (submit, start, append, finish, cancel, expire);
-- claims.py: claims, leases, the read turn, heartbeats and queue depth;
+- claims.py: claims, leases, the read turn, heartbeats, taking over dead workers' tasks and
+  queue depth;
 - results.py: reading answers (and the outcome records behind /stats);
 - queue.py: `TaskQueue`, the three of them over one client;
 - connection.py: building the Redis client, and which errors mean "Redis is unavailable".

@@ -5,6 +5,12 @@ claimed through the group's pending list, and keeps its hold by resetting their 
 lease/3 (RENEW). An entry idle for longer than the lease belongs to a dead worker, and any worker
 takes it over with XAUTOCLAIM. Idle workers take turns at reading new tasks (keys.Keys.reader).
 
+A worker that dies is found sooner by its heartbeat (HEARTBEAT, keys.Keys.beats): a worker whose
+heartbeat is older than the heartbeat timeout is dead, and an idle worker takes its tasks over at
+once (take_over_dead), without waiting for their lease. A worker wrongly taken for dead (paused,
+starved of CPU) loses nothing but time: the taker's START gives the task a new attempt number,
+which fences the old worker's writes out, and its next renewal tells it the tasks are gone.
+
 A read that waits for new tasks ends at its deadline to the millisecond. Redis checks the
 timeouts of blocked commands only `hz` times a second (every 100 ms by default), so with a BLOCK
 timeout alone a 50 ms batch window lasted 100 ms. The read blocks on a connection of its own, and
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +44,14 @@ class Claim:
 
 
 @dataclass(frozen=True, slots=True)
+class TakenOver:
+    """What take_over_dead did: the entries taken, and the dead workers it dealt with."""
+
+    claims: list[Claim]
+    workers: list[str]
+
+
+@dataclass(frozen=True, slots=True)
 class QueueDepth:
     """Tasks waiting for a worker, and tasks a worker holds."""
 
@@ -54,6 +69,8 @@ class Claims:
         self._depth = scripts[Script.DEPTH]
         self._end_turn = scripts[Script.END_TURN]
         self._ahead_turn = scripts[Script.AHEAD_TURN]
+        self._heartbeat = scripts[Script.HEARTBEAT]
+        self._take_over = scripts[Script.TAKE_OVER]
         self._reader: Redis | None = None  # one connection of the pool, for blocking reads
         self._reader_id: int | None = None  # its CLIENT ID; None until asked, and on reconnect
 
@@ -152,6 +169,38 @@ class Claims:
             await self._redis.xack(self._keys.tasks, WORKER_GROUP, *deleted)
         return [Claim(reply_text(eid), reply_text(f[b"task_id"])) for eid, f in claimed if f]
 
+    async def take_over_dead(
+        self,
+        taker: str,
+        count: int,
+        *,
+        silence_ms: int,
+        workers: Sequence[str] = (),
+        idle_ms: int = 0,
+    ) -> TakenOver:
+        """Take over up to ``count`` tasks of dead workers for the consumer ``taker``, and forget
+        each dead worker (its consumer, its heartbeat) once it holds nothing.
+
+        The dead are ``workers`` when named (say, by whoever saw their process end), else the
+        workers whose heartbeat is older than ``silence_ms`` by Redis's clock; those are judged
+        only by a taker that has itself beaten without a break for ``silence_ms``, so that a pause
+        of Redis does not pass for the death of every worker. ``idle_ms`` 0: the taker runs the
+        tasks (START fences the dead worker out); above the lease: the taker hands them on, and
+        any worker's next reclaim_expired takes them."""
+        args: list[str | int] = [taker, count, silence_ms, idle_ms, *workers]
+        keys = [self._keys.tasks, self._keys.beats, self._keys.workers, self._keys.idle]
+        try:
+            taken, dead = await self._take_over(keys=keys, args=args)
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            await self.ensure_group()
+            return TakenOver([], [])
+        claims = [
+            Claim(reply_text(taken[i]), reply_text(taken[i + 1])) for i in range(0, len(taken), 2)
+        ]
+        return TakenOver(claims, [reply_text(w) for w in dead])
+
     async def drop(self, claim: Claim) -> None:
         """Remove the entry of a task Redis no longer knows, so nobody claims it again."""
         await self._redis.xack(self._keys.tasks, WORKER_GROUP, claim.entry_id)
@@ -201,17 +250,16 @@ class Claims:
         """Record that this worker is running a batch."""
         await self._redis.zrem(self._keys.idle, worker)
 
-    async def heartbeat(self, worker: str, now_ms: int, lease_ms: int) -> None:
-        """Record that this worker is alive, and forget workers silent for ten leases."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.zadd(self._keys.workers, {worker: now_ms})
-            pipe.zremrangebyscore(self._keys.workers, "-inf", now_ms - 10 * lease_ms)
-            pipe.zremrangebyscore(self._keys.idle, "-inf", now_ms - 10 * lease_ms)
-            await pipe.execute()
+    async def heartbeat(self, worker: str, now_ms: int, lease_ms: int, break_ms: int) -> None:
+        """Record that this worker is alive, and forget workers silent for ten leases. A gap of
+        more than ``break_ms`` since its last heartbeat starts a new run of them (keys.beats)."""
+        keys = [self._keys.workers, self._keys.idle, self._keys.beats]
+        await self._heartbeat(keys=keys, args=[worker, now_ms, lease_ms, break_ms])
 
     async def leave(self, worker: str) -> None:
-        """Remove this worker from the live and idle sets on a clean exit."""
+        """Remove this worker from the live and idle sets and the heartbeats on a clean exit."""
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.zrem(self._keys.workers, worker)
             pipe.zrem(self._keys.idle, worker)
+            pipe.hdel(self._keys.beats, worker)
             await pipe.execute()

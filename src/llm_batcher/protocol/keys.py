@@ -63,6 +63,13 @@ class Keys:
         return f"{self.prefix}:workers"
 
     @property
+    def beats(self) -> str:
+        """Hash: worker id -> `last,since`, in ms of Redis's clock: its last heartbeat, and when
+        its current run of heartbeats without a break began. Other workers judge from it that a
+        worker is dead, and take its tasks over (claims.Claims.take_over_dead)."""
+        return f"{self.prefix}:beats"
+
+    @property
     def dead(self) -> str:
         """Capped stream of dead-lettered tasks."""
         return f"{self.prefix}:dead"

@@ -55,6 +55,7 @@ class StartOutcome(StrEnum):
     RUN = "run"  # this worker runs the task (attempt n)
     MISSING = "missing"  # Redis no longer knows the task (expired, or lost in a restart)
     FINAL = "final"  # the task already ended
+    NOT_HELD = "not_held"  # another worker holds the task's entry now (it took the task over)
     TIMEOUT = "timeout"  # its deadline passed: START ended it with `timeout`
     DEAD = "dead"  # delivered max_attempts times: START dead-lettered it
 

@@ -36,8 +36,9 @@ class Script(StrEnum):
     DEPTH = "depth"
     END_TURN = "end_turn"
     AHEAD_TURN = "ahead_turn"
-    RELEASE_CONSUMER = "release_consumer"
     LEAD = "lead"
+    HEARTBEAT = "heartbeat"
+    TAKE_OVER = "take_over"
 
 
 _ENDING = frozenset({Script.START, Script.FINISH, Script.ABORT})

@@ -139,7 +139,8 @@ class Tasks:
     async def start(
         self, claim: Claim, *, worker: str, now_ms: int, max_attempts: int
     ) -> StartedTask | Refused:
-        """Begin an attempt: a StartedTask, or why not (missing, final, timeout, dead)."""
+        """Begin an attempt: a StartedTask, or why not (missing, final, not held by ``worker``,
+        timeout, dead)."""
         task_id = claim.task_id
         keys = [
             self._keys.task(task_id),
@@ -154,7 +155,7 @@ class Tasks:
         dead = error_data(ErrorCode.DEAD_LETTER, f"the task was delivered {max_attempts} times")
         window = self.stats_window_ms
         args: list[str | int] = [now_ms, max_attempts, worker, self.ttl_ms, timeout, dead]
-        args += [task_id, window]
+        args += [task_id, claim.entry_id, window]  # the stats window last (ending.lua)
         reply = await self._scripts[Script.START](keys=keys, args=args)
         outcome = StartOutcome(reply_text(reply[0]))
         if outcome is not StartOutcome.RUN:

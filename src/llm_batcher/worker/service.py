@@ -10,8 +10,10 @@ Shutdown order (SIGTERM or SIGINT sets the stop event):
    tasks this worker still holds are handed back at once for another worker to resume;
 4. the spare LLM child, if one is kept (worker/spare.py), is stopped with its process group and
    reaped;
-5. the worker leaves the live set, stops its heartbeat and health server, and closes Redis.
-SIGKILL skips all of it: other workers take its tasks over once its lease runs out.
+5. the heartbeat stops, the worker leaves the live set, stops its health server and closes Redis.
+SIGKILL skips all of it: its heartbeat stops, and once it is older than the heartbeat timeout,
+the next idle worker takes its tasks over (worker/heartbeat.py). Tasks this worker still holds
+but no longer renews (its event loop hangs) move after their lease.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ from llm_batcher.settings import WorkerSettings
 from llm_batcher.worker.ahead import ReadAhead
 from llm_batcher.worker.batch import BatchRunner
 from llm_batcher.worker.child import remove_stale_batch_dirs
+from llm_batcher.worker.heartbeat import Heartbeat
+from llm_batcher.worker.takeover import hand_on_orphans, take_over
 from llm_batcher.worker.window import arrival_ms, wait_ms
 
 log = logging.getLogger(__name__)
@@ -63,7 +67,8 @@ class Worker:
         self.runner = BatchRunner(self.queue, settings)
         self._idle_noted_at = 0.0
         self.held: dict[str, str] = {}  # entry id -> task id, for lease renewal and hand-back
-        self.idle_block_ms = min(1000, settings.lease_ms // 3)
+        # An idle worker looks for tasks to take over between reads that block this long.
+        self.idle_block_ms = min(1000, settings.lease_ms // 3, settings.heartbeat_timeout_ms // 3)
         self.ahead = ReadAhead(self.queue.claims, settings, self._turn_ms(), self._hold)
         self.redis_ok_at = 0.0  # monotonic time of the last successful Redis call
         self.stopping = False
@@ -81,9 +86,9 @@ class Worker:
             if separate
             else None
         )
-        self.heartbeat_at = time.monotonic()
+        self.heartbeat = Heartbeat(settings)
         metrics.IN_FLIGHT.set_function(lambda: len(self.held))
-        metrics.HEARTBEAT_AGE.set_function(lambda: time.monotonic() - self.heartbeat_at)
+        metrics.HEARTBEAT_AGE.set_function(lambda: time.monotonic() - self.heartbeat.beat_at)
         metrics.WORKER_REDIS_UP.set_function(lambda: float(self._redis_recent()))
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -99,19 +104,23 @@ class Worker:
             self.id, self.settings.health_host, port, self.settings.max_batch,
             self.settings.window_ms, self.settings.window_policy,
         )  # fmt: skip
-        heartbeat = keep_running("heartbeat", self._heartbeat_loop)
+        # before the first heartbeat says this id is alive again
+        await hand_on_orphans(self.queue.claims, self.settings)
+        await self.heartbeat.start()
+        renewal = keep_running("renewal", self._renew_loop)
         self.runner.open()
         try:
             await self._claim_loop(stop)
         finally:
             self.stopping = True
             await self.runner.close()
-            # The heartbeat stops before the hand-back: a renewal just after it would keep the
+            # Renewal stops before the hand-back: a renewal just after it would keep the
             # handed-back tasks from other workers for another lease.
-            heartbeat.cancel()
+            renewal.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
+                await renewal
             await self._hand_back()
+            await self.heartbeat.stop()  # before leaving: a later beat would mark it alive again
             with contextlib.suppress(*REDIS_UNAVAILABLE):
                 await self.queue.claims.leave(self.id)
             await self.queue.claims.close()
@@ -198,11 +207,9 @@ class Worker:
         return claims
 
     async def _first_claims(self, size: int) -> list[Claim]:
-        claims = await self.queue.claims.reclaim_expired(self.id, size, self.settings.lease_ms)
-        if claims:
-            metrics.TASKS_TAKEN_OVER.inc(len(claims))
-            log.info("took over %d task(s) from a silent worker", len(claims))
-        else:
+        """Tasks of a dead worker, else whose lease lapsed, else new ones."""
+        claims = await take_over(self.queue.claims, self.settings, size)
+        if not claims:
             claims = await self.queue.claims.read_new(self.id, size, self.idle_block_ms)
         self._hold(claims)
         return claims
@@ -331,26 +338,28 @@ class Worker:
 
     # --- leases, health, shutdown ------------------------------------------------------------
 
-    async def _heartbeat_loop(self) -> None:
+    async def _renew_loop(self) -> None:
+        """Renew the lease of the tasks this worker holds, every lease/3."""
         interval = self.settings.lease_ms / 3000
         while True:
-            try:
-                await self.queue.claims.heartbeat(self.id, now_ms(), self.settings.lease_ms)
-                self.heartbeat_at = time.monotonic()
-                lost = await self.queue.claims.renew(self.id, list(self.held))
-                self._mark_redis_ok()
-                for entry_id in lost:
-                    task_id = self.held.pop(entry_id, None)
-                    log.info(
-                        "task %s is no longer held by this worker",
-                        task_id,
-                        extra={"task_id": task_id},
-                    )
-            except (RedisError, OSError) as exc:
-                # Any Redis error (down, out of memory, read-only after a failover): an uncaught
-                # one would end this task silently, and with it every lease renewal.
-                log.warning("heartbeat failed: %s", exc)
+            if self.held:  # else nothing to renew: no round trip that would tell Redis is up
+                await self._renew()
             await asyncio.sleep(interval)
+
+    async def _renew(self) -> None:
+        try:
+            lost = await self.queue.claims.renew(self.id, list(self.held))
+        except (RedisError, OSError) as exc:
+            # Any Redis error (down, out of memory, read-only after a failover): an uncaught
+            # one would end this task silently, and with it every lease renewal.
+            log.warning("lease renewal failed: %s", exc)
+            return
+        self._mark_redis_ok()
+        for entry_id in lost:
+            task_id = self.held.pop(entry_id, None)
+            log.info(
+                "task %s is no longer held by this worker", task_id, extra={"task_id": task_id}
+            )
 
     def _mark_redis_ok(self) -> None:
         self.redis_ok_at = time.monotonic()

@@ -30,6 +30,8 @@ class ErrorCode(StrEnum):
     CONTEXT_TOO_LARGE = "context_too_large"
     QUEUE_FULL = "queue_full"
     SHUTTING_DOWN = "shutting_down"
+    INVALID_IDEMPOTENCY_KEY = "invalid_idempotency_key"
+    IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
     # Refusals that protect the API from its clients (api/guard.py, SECURITY.md).
     TOO_MANY_STREAMS = "too_many_streams"
     SERVER_BUSY = "server_busy"

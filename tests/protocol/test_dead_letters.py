@@ -10,10 +10,10 @@ from redis.asyncio import Redis
 
 from llm_batcher.clock import now_ms
 from llm_batcher.protocol.keys import DEAD_LETTER_MAXLEN
-from llm_batcher.protocol.outcomes import ErrorCode, RequeueOutcome, SubmitOutcome
+from llm_batcher.protocol.outcomes import RequeueOutcome, SubmitOutcome
 from llm_batcher.protocol.queue import TaskQueue
-from llm_batcher.protocol.tasks import Once, StartedTask
-from tests.support.results import make_queue, submit, terminal
+from llm_batcher.protocol.tasks import Once
+from tests.support.results import dead_letter, make_queue, start_next, submit, terminal
 
 RESULT_TTL_S = 600
 
@@ -23,28 +23,6 @@ async def queue(redis: Redis, key_prefix: str) -> TaskQueue:
     q = make_queue(redis, key_prefix, ttl_s=RESULT_TTL_S)
     await q.claims.ensure_group()
     return q
-
-
-async def start_next(queue: TaskQueue) -> StartedTask:
-    (claim,) = await queue.claims.read_new("w1", 1, None)
-    task = await queue.tasks.start(claim, worker="w1", now_ms=now_ms(), max_attempts=3)
-    assert isinstance(task, StartedTask), task
-    return task
-
-
-async def dead_letter(
-    queue: TaskQueue,
-    context: str,
-    tokens: tuple[str, ...] = (),
-    code: ErrorCode = ErrorCode.LLM_CRASHED,
-) -> str:
-    """A task whose run wrote ``tokens`` and then failed with ``code``."""
-    task_id = await submit(queue, context, timeout_s=30)
-    task = await start_next(queue)
-    if tokens:
-        await queue.tasks.append(task, 0, list(tokens), now_ms())
-    await queue.tasks.fail(task, code, f"the LLM failed; see batch b-{task_id[:4]}")
-    return task_id
 
 
 async def test_a_task_the_llm_failed_is_a_dead_letter_with_its_error_and_preview(

@@ -38,6 +38,10 @@ async def test_a_task_the_llm_failed_is_a_dead_letter_with_its_error_and_preview
     assert abs(dead.dead_ms - now_ms()) < 5000
     assert await queue.dead_letters.get(task_id) == dead
     assert await queue.dead_letters.get(str(uuid.uuid4())) is None
+    # ...and logged in the dead-letter stream, which the operator follows.
+    [(_, fields)] = await queue.redis.xrange(queue.keys.dead)
+    assert fields[b"task_id"] == task_id.encode() and fields[b"code"] == b"llm_crashed"
+    assert (fields[b"attempts"], fields[b"worker"]) == (b"1", b"w1")
 
 
 async def test_tasks_ended_by_their_client_or_deadline_are_not_dead_letters(

@@ -22,8 +22,9 @@ STATS_MAX_RECORDS = 50_000
 """Most outcome records the stats sorted set keeps, whatever the window."""
 
 DEAD_LETTER_MAXLEN = 1000
-"""Most dead letters the index keeps (the newest); an older one trimmed from it loses its context,
-so that dead letters hold at most this many contexts in Redis."""
+"""Most dead letters the index keeps (the newest; an older one trimmed from it loses its context,
+so that dead letters hold at most this many contexts in Redis), and about how many entries the
+dead-letter stream keeps."""
 
 UNANSWERED_TTL_MS = 60_000
 """How long a task that ended in error before its first token stays in Redis (at most; the
@@ -58,6 +59,12 @@ class Keys:
     def workers(self) -> str:
         """Sorted set: worker id -> last heartbeat in ms since the epoch."""
         return f"{self.prefix}:workers"
+
+    @property
+    def dead(self) -> str:
+        """Capped stream: one entry per task that became a dead letter (task_id, attempts, worker,
+        code, at_ms), a log that readers follow by entry id (the operator)."""
+        return f"{self.prefix}:dead"
 
     @property
     def dead_letters(self) -> str:

@@ -213,6 +213,7 @@ class Tasks:
             self._keys.task(task_id),
             self._keys.result(task_id),
             self._keys.tasks,
+            self._keys.dead,
             self._keys.dead_letters,
             self._keys.stats,
         ]
@@ -302,9 +303,10 @@ class Tasks:
         return [task.attempt, state.value, code, data, self.ttl_ms, task.task_id, window]
 
     def _ending_keys(self, task_id: str) -> list[str]:
-        """KEYS of FINISH and ABORT: task hash, result stream, tasks stream, dead letters, stats."""
+        """KEYS of FINISH and ABORT: task hash, result stream, tasks stream, dead-letter stream
+        and index, stats."""
         k = self._keys
-        return [k.task(task_id), k.result(task_id), k.tasks, k.dead_letters, k.stats]
+        return [k.task(task_id), k.result(task_id), k.tasks, k.dead, k.dead_letters, k.stats]
 
 
 def _appended(reply: Any) -> Appended:

@@ -1,6 +1,7 @@
 -- Shared by every script that can end a task (start, finish, abort); scripts.py prepends it.
--- By convention those scripts take the dead-letter index and the stats sorted set as their last
--- two KEYS entries, and the stats window (ms) as their last ARGV entry.
+-- By convention those scripts take the dead-letter stream, the dead-letter index and the stats
+-- sorted set as their last three KEYS entries, and the stats window (ms) as their last ARGV entry.
+local DEAD_LOG_KEY = KEYS[#KEYS - 2]
 local DEAD_KEY = KEYS[#KEYS - 1]
 local STATS_KEY = KEYS[#KEYS]
 local STATS_WINDOW_MS = tonumber(ARGV[#ARGV])
@@ -35,11 +36,15 @@ local function record(task, task_id, state, code, data)
   redis.call('ZREMRANGEBYRANK', STATS_KEY, 0, -STATS_MAX_RECORDS - 1)
 end
 
--- Index a dead letter by time. The index is trimmed to the result TTL (older ones have expired)
--- and to the newest DEAD_LETTER_MAXLEN; one trimmed by count loses its context, so dead letters
--- hold at most that many contexts however fast poison contexts come.
-local function dead_letter(task, task_id, ttl)
+-- Index a dead letter by time, and log it in the dead-letter stream (what the operator turns into
+-- Kubernetes Events). The index is trimmed to the result TTL (older ones have expired) and to the
+-- newest DEAD_LETTER_MAXLEN; one trimmed by count loses its context, so dead letters hold at most
+-- that many contexts however fast poison contexts come.
+local function dead_letter(task, task_id, code, ttl)
   local now = time_ms()
+  local f = redis.call('HMGET', task, 'attempt', 'worker')
+  redis.call('XADD', DEAD_LOG_KEY, 'MAXLEN', '~', DEAD_LETTER_MAXLEN, '*', 'task_id', task_id,
+    'attempts', f[1] or 0, 'worker', f[2] or '', 'code', code, 'at_ms', now)
   redis.call('ZADD', DEAD_KEY, now, task_id)
   redis.call('ZREMRANGEBYSCORE', DEAD_KEY, '-inf', now - tonumber(ttl))
   local over = redis.call('ZRANGE', DEAD_KEY, 0, -DEAD_LETTER_MAXLEN - 1)
@@ -75,7 +80,7 @@ local function finish(task, task_id, result, tasks, state, code, data, ttl)
     redis.pcall('XACK', tasks, WORKER_GROUP, entry)
     redis.call('XDEL', tasks, entry)
   end
-  if dead then dead_letter(task, task_id, ttl) end
+  if dead then dead_letter(task, task_id, code, ttl) end
 end
 
 local function is_final(state)

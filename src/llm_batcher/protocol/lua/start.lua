@@ -1,6 +1,6 @@
 -- START: begin a worker's attempt at a task it claimed (ending.lua prepended).
--- KEYS[1] task hash, KEYS[2] result stream, KEYS[3] tasks stream, KEYS[4] dead-letter index,
--- KEYS[5] stats
+-- KEYS[1] task hash, KEYS[2] result stream, KEYS[3] tasks stream, KEYS[4] dead-letter stream,
+-- KEYS[5] dead-letter index, KEYS[6] stats
 -- ARGV[1] now_ms, ARGV[2] max_attempts, ARGV[3] worker, ARGV[4] ttl_ms, ARGV[5] timeout data,
 -- ARGV[6] dead-letter data, ARGV[7] task_id, ARGV[8] stats_window_ms
 -- Returns {START_RUN, attempt, context, tokens, created_ms, started_ms, first_token_ms,

@@ -21,7 +21,7 @@ def run_cli(*args: str, without: str = "") -> subprocess.CompletedProcess[str]:
 
 
 def test_every_command_parses_without_the_extras() -> None:
-    for command in ("api", "worker", "operator", "stats", "check", "up", "bench"):
+    for command in ("api", "worker", "operator", "stats", "dlq", "check", "up", "bench"):
         result = run_cli(command, "--help")
         assert result.returncode == 0, (command, result.stderr)
         assert "usage: llm-batcher" in result.stdout

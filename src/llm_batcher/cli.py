@@ -1,4 +1,5 @@
-"""`llm-batcher`: the command line of every process kind (api, worker, up) and its tools."""
+"""`llm-batcher`: the command line of every process kind (api, worker, up) and its tools
+(stats, dlq, check, bench)."""
 
 from __future__ import annotations
 
@@ -153,6 +154,14 @@ def _stats_from_api(base_url: str) -> dict[str, object] | None:
     return report
 
 
+def _cmd_dlq(args: argparse.Namespace) -> int:
+    from llm_batcher import dlq
+
+    settings = load_settings(ApiSettings)
+    logs.configure(settings.log_level, settings.log_format)
+    return dlq.run(args, settings)
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
     from llm_batcher.check import main as check_main
 
@@ -217,6 +226,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     stats.add_argument("--json", action="store_true", help="print the raw JSON report")
     stats.set_defaults(func=_cmd_stats)
+
+    from llm_batcher.dlq import add_arguments as add_dlq_arguments
+
+    dlq = sub.add_parser(
+        "dlq",
+        help="list, show, requeue or purge the dead letters, in Redis (LLMB_REDIS_URL)",
+    )
+    add_dlq_arguments(dlq)
+    dlq.set_defaults(func=_cmd_dlq)
 
     from llm_batcher.check import add_arguments as add_check_arguments
 

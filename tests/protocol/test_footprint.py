@@ -1,5 +1,6 @@
-"""What a task leaves in Redis once it ended: never its context, and a task that ended before its
-first token (cancelled, expired or dead before it ran) only for a short while."""
+"""What a task leaves in Redis once it ended: never its context (but a dead letter's, kept so that
+it can be requeued: tests/protocol/test_dead_letters.py), and a task that ended before its first
+token (cancelled or expired) only for a short while."""
 
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ async def test_a_task_cut_after_tokens_keeps_its_partial_answer(queue: TaskQueue
     task_id = await submit(queue, CONTEXT)
     task = await started(queue)
     await queue.tasks.append(task, 0, ["half "], now_ms())
-    await queue.tasks.fail(task, ErrorCode.LLM_CRASHED, "crashed")
+    assert await queue.tasks.expire(task_id, "too late")
     fields, ttl, _ = await kept(queue, task_id)
     assert "context" not in fields and ttl > UNANSWERED_TTL_MS
 
@@ -73,12 +74,21 @@ async def test_a_cancelled_task_is_gone_soon(queue: TaskQueue) -> None:
     assert entry.data is not None and entry.data["code"] == "cancelled"  # still readable
 
 
-async def test_a_task_that_failed_before_its_first_token_is_gone_soon(queue: TaskQueue) -> None:
+async def test_a_task_that_expired_before_its_first_token_is_gone_soon(queue: TaskQueue) -> None:
+    task_id = await submit(queue, CONTEXT)
+    await started(queue)
+    assert await queue.tasks.expire(task_id, "too late")
+    fields, ttl, _ = await kept(queue, task_id)
+    assert "context" not in fields and 0 < ttl <= UNANSWERED_TTL_MS
+
+
+async def test_a_dead_letter_keeps_its_context_for_the_result_ttl(queue: TaskQueue) -> None:
     task_id = await submit(queue, CONTEXT)
     task = await started(queue)
     await queue.tasks.fail(task, ErrorCode.LLM_CRASHED, "exit 2 before any output")
-    fields, ttl, _ = await kept(queue, task_id)
-    assert "context" not in fields and 0 < ttl <= UNANSWERED_TTL_MS
+    fields, ttl, result_ttl = await kept(queue, task_id)
+    assert "context" in fields and ttl > UNANSWERED_TTL_MS and result_ttl > UNANSWERED_TTL_MS
+    assert 0 < await queue.redis.pttl(queue.keys.dead_letters) <= RESULT_TTL_S * 1000
 
 
 async def test_results_are_read_in_pages(queue: TaskQueue) -> None:

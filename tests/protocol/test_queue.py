@@ -330,12 +330,10 @@ async def test_a_task_delivered_max_attempts_times_is_dead_lettered(queue: TaskQ
     assert done.kind == "error"
     assert done.data is not None and done.data["code"] == "dead_letter"
     assert str(MAX_ATTEMPTS) in done.data["message"]
-    dead = await queue.redis.xrange(queue.keys.dead)
-    assert len(dead) == 1
-    fields = dead[0][1]
-    assert fields[b"task_id"] == task_id.encode()
-    assert fields[b"attempts"] == str(MAX_ATTEMPTS).encode()
-    assert fields[b"worker"] == b"c2"
+    [dead] = await queue.dead_letters.entries()
+    assert (dead.task_id, dead.code, dead.attempts) == (task_id, "dead_letter", MAX_ATTEMPTS)
+    assert dead.worker == "c1"  # the worker of its last attempt
+    assert dead.message == done.data["message"] and dead.preview == "poison"
     assert await queue.redis.xlen(queue.keys.tasks) == 0
 
 

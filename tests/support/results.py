@@ -13,8 +13,10 @@ from redis.asyncio import Redis
 from llm_batcher.clock import now_ms
 from llm_batcher.contract import Event, check, done_event, error_event, task_event, token_event
 from llm_batcher.protocol.keys import TERMINAL_ENTRY_ID, Keys, token_entry_id
+from llm_batcher.protocol.outcomes import ErrorCode
 from llm_batcher.protocol.queue import TaskQueue
 from llm_batcher.protocol.results import ResultEntry
+from llm_batcher.protocol.tasks import StartedTask
 
 
 def make_queue(redis: Redis, prefix: str, ttl_s: float = 300) -> TaskQueue:
@@ -29,6 +31,30 @@ async def submit(queue: TaskQueue, context: str, timeout_s: float = 60, **limits
     assert await queue.tasks.submit(
         task_id, context, now_ms=now, deadline_ms=deadline, max_queue=10_000, **limits
     )
+    return task_id
+
+
+async def start_next(queue: TaskQueue, worker: str = "w1") -> StartedTask:
+    """Claim and start the next queued task as a worker does."""
+    (claim,) = await queue.claims.read_new(worker, 1, None)
+    task = await queue.tasks.start(claim, worker=worker, now_ms=now_ms(), max_attempts=3)
+    assert isinstance(task, StartedTask), task
+    return task
+
+
+async def dead_letter(
+    queue: TaskQueue,
+    context: str,
+    tokens: tuple[str, ...] = (),
+    code: ErrorCode = ErrorCode.LLM_CRASHED,
+) -> str:
+    """A task whose run wrote ``tokens`` and then failed with ``code`` (the queue's group must
+    exist, and no other task be queued); returns its id."""
+    task_id = await submit(queue, context, timeout_s=30)
+    task = await start_next(queue)
+    if tokens:
+        await queue.tasks.append(task, 0, list(tokens), now_ms())
+    await queue.tasks.fail(task, code, f"the LLM failed; see batch b-{task_id[:4]}")
     return task_id
 
 

@@ -74,11 +74,9 @@ async def test_a_task_delivered_max_attempts_times_is_dead_lettered(
     assert f"delivered {MAX_ATTEMPTS} times" in str(error["message"])
     assert entries[:-1] == []
     assert batches_running(worker.log(), task_id) == []
-    dead = await redis.xrange(queue.keys.dead)
-    assert len(dead) == 1
-    assert dead[0][1][b"task_id"] == task_id.encode()
-    assert dead[0][1][b"attempts"] == str(MAX_ATTEMPTS).encode()
-    assert dead[0][1][b"worker"] == b"survivor"
+    [dead] = await queue.dead_letters.entries()
+    assert (dead.task_id, dead.code, dead.attempts) == (task_id, "dead_letter", MAX_ATTEMPTS)
+    assert dead.worker == "crashed-worker"  # the worker of its last attempt
     assert await redis.xlen(queue.keys.tasks) == 0
 
 

@@ -26,6 +26,8 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.SERVER_BUSY: 503,
     ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,
     ErrorCode.UNTRUSTED_HOST: 421,
+    ErrorCode.INVALID_IDEMPOTENCY_KEY: 422,
+    ErrorCode.IDEMPOTENCY_KEY_REUSED: 422,
 }
 """The status of every refusal; a code missing here is never a refusal."""
 
@@ -51,6 +53,7 @@ _OPENAI_TYPE = {
     401: "authentication_error",
     404: "invalid_request_error",
     413: "invalid_request_error",
+    422: "invalid_request_error",
     429: "rate_limit_error",
 }
 ENDPOINTS = {

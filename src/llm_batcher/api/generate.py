@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.requests import Request
 
 from llm_batcher import contract
+from llm_batcher.api import idempotency
 from llm_batcher.api.errors import ApiError
 from llm_batcher.api.headers import SECURITY_HEADERS
 from llm_batcher.api.outage import redis_call
@@ -21,6 +22,7 @@ from llm_batcher.api.stream import StreamState, TaskStream
 from llm_batcher.background import spawn
 from llm_batcher.clock import now_ms
 from llm_batcher.protocol.outcomes import ErrorCode
+from llm_batcher.protocol.tasks import Once
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +99,9 @@ async def for_post(
         )
     # JSON escapes can take 6 bytes per byte of context, plus the envelope.
     body = await read_body(request, state.settings.max_context_bytes * 6 + 4096)
-    return await submit(state, parse_body(body), owner)
+    context = parse_body(body)
+    once = idempotency.once_of(state, request, owner, body)
+    return respond(state, await queue_task(state, context, owner, once=once))
 
 
 async def submit(state: AppState, context: str | None, owner: str = "") -> SseResponse:
@@ -112,9 +116,11 @@ async def queue_task(
     owner: str = "",
     max_tokens: int | None = None,
     stop: Sequence[str] = (),
+    once: Once | None = None,
 ) -> StreamState:
     """Queue a new task for ``context`` (with the limits of its answer, which the worker
-    enforces); the state of a stream that reads it from the start."""
+    enforces), or with an idempotency key (``once``) find the task of an earlier try; the state
+    of a stream that reads it from the start."""
     settings = state.settings
     if not context:
         raise ApiError(ErrorCode.MISSING_CONTEXT, "the context parameter is missing or empty")
@@ -132,6 +138,11 @@ async def queue_task(
     # the waits for subscription confirmations made 29% of them fail with redis_unavailable.
     now = now_ms()
     deadline = now + int(settings.task_timeout_s * 1000)
+    if once is not None:  # its client retries rather than cancels: nothing to cancel on failure
+        return await idempotency.queue_once(
+            state, once, task_id, context, now_ms=now, deadline_ms=deadline, owner=owner,
+            max_tokens=max_tokens, stop=stop,
+        )  # fmt: skip
     tasks = state.queue.tasks
     try:
         queued = await redis_call(

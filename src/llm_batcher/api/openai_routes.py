@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from llm_batcher.api import generate
+from llm_batcher.api import generate, idempotency
 from llm_batcher.api.errors import ApiError
 from llm_batcher.api.openai_request import (
     ChatBody,
@@ -88,7 +88,10 @@ async def _answer(request: Request, parse: Callable[[bytes], CompletionRequest])
     body = await generate.read_body(request, state.settings.max_context_bytes * 6 + 4096)
     asked = parse(body)
     _check_model(state, asked.model)
-    stream = await generate.queue_task(state, asked.context, owner, asked.max_tokens, asked.stop)
+    once = idempotency.once_of(state, request, owner, body)
+    stream = await generate.queue_task(
+        state, asked.context, owner, asked.max_tokens, asked.stop, once=once
+    )
     answer = Answer(
         endpoint=asked.endpoint,
         task_id=stream.task_id,

@@ -121,7 +121,9 @@ async def generate_post(
     request: Request,
     last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> SseResponse:
-    """The same stream for a JSON body `{"context": "..."}`, for contexts too long for a URL."""
+    """The same stream for a JSON body `{"context": "..."}`, for contexts too long for a URL.
+    With an `Idempotency-Key` header, a retry of the same request streams the first try's task
+    instead of queueing another (README, "Retrying a submit")."""
     state = _state(request)
     owner = generate.owner_of(state, request)
     return await generate.for_post(state, request, last_event_id_header, owner)

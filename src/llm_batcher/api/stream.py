@@ -45,6 +45,12 @@ class StreamState:
     deadline_ms: int
     terminal_sent: bool = False
     created_here: bool = False  # this request submitted the task (so may cancel it)
+    keyed: bool = False  # submitted with an Idempotency-Key: its client will retry, not cancel
+
+    @property
+    def cancels_on_hangup(self) -> bool:
+        """Whether the task ends `cancelled` if this client hangs up before a worker starts it."""
+        return self.created_here and not self.keyed
 
 
 def _wire(events: list[contract.Event]) -> bytes:
@@ -141,7 +147,7 @@ class TaskStream:
         finally:
             self.close()
             metrics.OPEN_STREAMS.dec()
-            gone_before_start = state.created_here and state.next_index == 0
+            gone_before_start = state.cancels_on_hangup and state.next_index == 0
             if gone_before_start and not state.terminal_sent and not self.hub.closing:
                 outcome = "cancelled"
                 self._cancel_in_background()
@@ -153,7 +159,7 @@ class TaskStream:
         began, also cancel the task this request queued: nobody will read it."""
         if self.sub is not None:
             self.hub.close(self.sub)
-        if not self._started and self.state.created_here and not self.hub.closing:
+        if not self._started and self.state.cancels_on_hangup and not self.hub.closing:
             self._started = True  # once
             self._cancel_in_background()
 

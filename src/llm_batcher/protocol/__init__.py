@@ -7,6 +7,7 @@
 - claims.py: claims, leases, the read turn, heartbeats, taking over dead workers' tasks and
   queue depth;
 - results.py: reading answers (and the outcome records behind /stats);
-- queue.py: `TaskQueue`, the three of them over one client;
+- dead_letters.py: the tasks the workers gave up on: listing, requeueing, purging;
+- queue.py: `TaskQueue`, all of them over one client;
 - connection.py: building the Redis client, and which errors mean "Redis is unavailable".
 """

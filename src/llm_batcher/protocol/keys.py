@@ -22,7 +22,9 @@ STATS_MAX_RECORDS = 50_000
 """Most outcome records the stats sorted set keeps, whatever the window."""
 
 DEAD_LETTER_MAXLEN = 1000
-"""About how many entries the dead-letter stream keeps."""
+"""Most dead letters the index keeps (the newest; an older one trimmed from it loses its context,
+so that dead letters hold at most this many contexts in Redis), and about how many entries the
+dead-letter stream keeps."""
 
 UNANSWERED_TTL_MS = 60_000
 """How long a task that ended in error before its first token stays in Redis (at most; the
@@ -71,8 +73,15 @@ class Keys:
 
     @property
     def dead(self) -> str:
-        """Capped stream of dead-lettered tasks."""
+        """Capped stream: one entry per task that became a dead letter (task_id, attempts, worker,
+        code, at_ms), a log that readers follow by entry id (the operator)."""
         return f"{self.prefix}:dead"
+
+    @property
+    def dead_letters(self) -> str:
+        """Sorted set: task id -> when it became a dead letter (ms, Redis's clock); at most
+        DEAD_LETTER_MAXLEN, none older than the result TTL (outcomes.DEAD_LETTER_CODES)."""
+        return f"{self.prefix}:dead_letters"
 
     @property
     def reader(self) -> str:
@@ -105,6 +114,11 @@ class Keys:
     def result(self, task_id: str) -> str:
         """Stream of one task's answer; also the pub/sub channel its entries are announced on."""
         return f"{self.prefix}:result:{task_id}"
+
+    def idempotency(self, owner: str, key_digest: str) -> str:
+        """String: the task id and request fingerprint of an `Idempotency-Key`, per client
+        (``owner``: the hash of its API key, "" with keys off); expires with the result TTL."""
+        return f"{self.prefix}:idem:{owner}:{key_digest}"
 
     def task_id_of_channel(self, channel: str) -> str:
         """The task id a result channel belongs to."""

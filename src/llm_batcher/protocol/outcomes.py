@@ -30,6 +30,8 @@ class ErrorCode(StrEnum):
     CONTEXT_TOO_LARGE = "context_too_large"
     QUEUE_FULL = "queue_full"
     SHUTTING_DOWN = "shutting_down"
+    INVALID_IDEMPOTENCY_KEY = "invalid_idempotency_key"
+    IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
     # Refusals that protect the API from its clients (api/guard.py, SECURITY.md).
     TOO_MANY_STREAMS = "too_many_streams"
     SERVER_BUSY = "server_busy"
@@ -49,6 +51,21 @@ class ErrorCode(StrEnum):
     LLM_UNAVAILABLE = "llm_unavailable"
 
 
+DEAD_LETTER_CODES = frozenset(
+    {
+        ErrorCode.DEAD_LETTER,
+        ErrorCode.LLM_CRASHED,
+        ErrorCode.LLM_TIMEOUT,
+        ErrorCode.LLM_BAD_OUTPUT,
+        ErrorCode.LLM_TRUNCATED,
+        ErrorCode.LLM_UNAVAILABLE,
+    }
+)
+"""The errors that make a task a dead letter: the workers gave up on it (its own context failed
+the LLM, or it was delivered too often), not its client or its deadline. A dead letter keeps its
+context for the result TTL, so that an operator can requeue it (`llm-batcher dlq`)."""
+
+
 class StartOutcome(StrEnum):
     """START's answer for a claimed task."""
 
@@ -66,6 +83,23 @@ class StartOutcome(StrEnum):
             StartOutcome.TIMEOUT: ErrorCode.TIMEOUT,
             StartOutcome.DEAD: ErrorCode.DEAD_LETTER,
         }.get(self)
+
+
+class SubmitOutcome(StrEnum):
+    """SUBMIT's answer for a request with an idempotency key."""
+
+    QUEUED = "queued"  # a new task was queued
+    EXISTING = "existing"  # the key names a task of the same request: that one
+    CONFLICT = "conflict"  # the key names a task of another request: refused
+    QUEUE_FULL = "queue_full"  # nothing queued: max_queue tasks are queued or running
+
+
+class RequeueOutcome(StrEnum):
+    """REQUEUE's answer for a dead letter."""
+
+    OK = "ok"  # queued again, as a fresh run
+    NOT_DEAD = "not_dead"  # not a dead letter (requeued already, purged, expired or unknown)
+    QUEUE_FULL = "queue_full"  # nothing queued: max_queue tasks are queued or running
 
 
 class WriteResult(StrEnum):

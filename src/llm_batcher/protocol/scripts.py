@@ -21,7 +21,15 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from llm_batcher.protocol import keys
-from llm_batcher.protocol.outcomes import ErrorCode, StartOutcome, TaskState, WriteResult
+from llm_batcher.protocol.outcomes import (
+    DEAD_LETTER_CODES,
+    ErrorCode,
+    RequeueOutcome,
+    StartOutcome,
+    SubmitOutcome,
+    TaskState,
+    WriteResult,
+)
 
 
 class Script(StrEnum):
@@ -39,6 +47,8 @@ class Script(StrEnum):
     LEAD = "lead"
     HEARTBEAT = "heartbeat"
     TAKE_OVER = "take_over"
+    REQUEUE = "requeue"
+    PURGE = "purge"
 
 
 _ENDING = frozenset({Script.START, Script.FINISH, Script.ABORT})
@@ -66,10 +76,16 @@ def _constants() -> str:
         ("ERROR", ErrorCode),
         ("START", StartOutcome),
         ("WRITE", WriteResult),
+        ("SUBMIT", SubmitOutcome),
+        ("REQUEUE", RequeueOutcome),
     ]
     for prefix, enum in prefixes:
         values.update({f"{prefix}_{member.name}": member.value for member in enum})
-    return "".join(f"local {name} = {_lua_literal(value)}\n" for name, value in values.items())
+    lines = [f"local {name} = {_lua_literal(value)}\n" for name, value in values.items()]
+    # A set: DEAD_LETTER_CODES[code] is true for those codes, nil for any other.
+    members = ", ".join(f"[{_lua_literal(code)}] = true" for code in sorted(DEAD_LETTER_CODES))
+    lines.append(f"local DEAD_LETTER_CODES = {{{members}}}\n")
+    return "".join(lines)
 
 
 @cache

@@ -17,7 +17,13 @@ from redis.commands.core import AsyncScript
 from llm_batcher.protocol.claims import Claim, Claims
 from llm_batcher.protocol.connection import reply_text
 from llm_batcher.protocol.keys import Keys
-from llm_batcher.protocol.outcomes import ErrorCode, StartOutcome, TaskState, WriteResult
+from llm_batcher.protocol.outcomes import (
+    ErrorCode,
+    StartOutcome,
+    SubmitOutcome,
+    TaskState,
+    WriteResult,
+)
 from llm_batcher.protocol.scripts import Script
 
 PREVIEW_CHARS = 80
@@ -32,6 +38,24 @@ def context_preview(context: str) -> str:
 def error_data(code: ErrorCode, message: str) -> str:
     """The JSON of a terminal `error` entry."""
     return json.dumps({"code": code.value, "message": message}, ensure_ascii=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Once:
+    """The idempotency key of a submit: its Redis key (keys.Keys.idempotency), and the
+    fingerprint of the request, which a retry with the same key must match."""
+
+    key: str
+    fingerprint: str
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    """What submit_once did: the task the request gets (a new one, or the key's), its deadline."""
+
+    outcome: SubmitOutcome
+    task_id: str
+    deadline_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,12 +126,56 @@ class Tasks:
         """Queue a task; False (and nothing queued) when max_queue tasks are queued or running.
         ``owner``: the hash of the API key that submitted it, if keys are on; ``max_tokens`` and
         ``stop``: limits of this answer, which the worker enforces."""
+        keys, args = self._submit_call(task_id, context, now_ms, deadline_ms, max_queue, owner)
+        args += self._limit_args(max_tokens, stop)
+        return bool(await self._scripts[Script.SUBMIT](keys=keys, args=args))
+
+    async def submit_once(
+        self,
+        once: Once,
+        task_id: str,
+        context: str,
+        *,
+        now_ms: int,
+        deadline_ms: int,
+        max_queue: int,
+        owner: str = "",
+        max_tokens: int | None = None,
+        stop: Sequence[str] = (),
+    ) -> Submitted:
+        """submit, for a request with an idempotency key: queues ``task_id`` unless the key
+        already names a task Redis knows (then that one, or a conflict for another request)."""
+        keys, args = self._submit_call(task_id, context, now_ms, deadline_ms, max_queue, owner)
+        args += [*self._limit_args(max_tokens, stop), once.fingerprint]
+        reply = await self._scripts[Script.SUBMIT](keys=[*keys, once.key], args=args)
+        outcome = SubmitOutcome(reply_text(reply[0]))
+        if outcome is SubmitOutcome.EXISTING:
+            return Submitted(outcome, reply_text(reply[1]), int(reply[2]))
+        if outcome is SubmitOutcome.CONFLICT:
+            return Submitted(outcome, reply_text(reply[1]), 0)
+        return Submitted(outcome, task_id, deadline_ms)
+
+    def _submit_call(
+        self,
+        task_id: str,
+        context: str,
+        now_ms: int,
+        deadline_ms: int,
+        max_queue: int,
+        owner: str,
+    ) -> tuple[list[str], list[str | int]]:
         preview = context_preview(context)
         args: list[str | int] = [task_id, context, now_ms, deadline_ms, max_queue, self.ttl_ms]
-        args += [preview, owner, "" if max_tokens is None else max_tokens]
-        args.append(json.dumps(list(stop), ensure_ascii=False) if stop else "")
+        args += [preview, owner]
         keys = [self._keys.tasks, self._keys.task(task_id), self._keys.arrivals]
-        return bool(await self._scripts[Script.SUBMIT](keys=keys, args=args))
+        return keys, args
+
+    @staticmethod
+    def _limit_args(max_tokens: int | None, stop: Sequence[str]) -> list[str | int]:
+        return [
+            "" if max_tokens is None else max_tokens,
+            json.dumps(list(stop), ensure_ascii=False) if stop else "",
+        ]
 
     async def cancel(self, task_id: str) -> bool:
         """End a task that no worker has started with error `cancelled`; False if it had started."""
@@ -147,6 +215,7 @@ class Tasks:
             self._keys.result(task_id),
             self._keys.tasks,
             self._keys.dead,
+            self._keys.dead_letters,
             self._keys.stats,
         ]
         timeout = error_data(
@@ -235,9 +304,10 @@ class Tasks:
         return [task.attempt, state.value, code, data, self.ttl_ms, task.task_id, window]
 
     def _ending_keys(self, task_id: str) -> list[str]:
-        """KEYS of FINISH and ABORT: task hash, result stream, tasks stream, stats."""
+        """KEYS of FINISH and ABORT: task hash, result stream, tasks stream, dead-letter stream
+        and index, stats."""
         k = self._keys
-        return [k.task(task_id), k.result(task_id), k.tasks, k.stats]
+        return [k.task(task_id), k.result(task_id), k.tasks, k.dead, k.dead_letters, k.stats]
 
 
 def _appended(reply: Any) -> Appended:

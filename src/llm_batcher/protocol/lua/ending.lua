@@ -1,14 +1,20 @@
 -- Shared by every script that can end a task (start, finish, abort); scripts.py prepends it.
--- By convention those scripts take the stats sorted set as their last KEYS entry and the
--- stats window (ms) as their last ARGV entry.
+-- By convention those scripts take the dead-letter stream, the dead-letter index and the stats
+-- sorted set as their last three KEYS entries, and the stats window (ms) as their last ARGV entry.
+local DEAD_LOG_KEY = KEYS[#KEYS - 2]
+local DEAD_KEY = KEYS[#KEYS - 1]
 local STATS_KEY = KEYS[#KEYS]
 local STATS_WINDOW_MS = tonumber(ARGV[#ARGV])
 
--- Record a task's outcome in the stats sorted set, so /stats counts every task exactly once,
--- whoever ends it.
-local function record(task, task_id, state, code, data)
+local function time_ms()
   local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Record a task's outcome in the stats sorted set, so /stats counts every run of a task exactly
+-- once, whoever ends it.
+local function record(task, task_id, state, code, data)
+  local now = time_ms()
   local f = redis.call('HMGET', task, 'created_ms', 'started_ms', 'first_token_ms', 'worker')
   local rec
   if state == STATE_DONE then
@@ -30,15 +36,38 @@ local function record(task, task_id, state, code, data)
   redis.call('ZREMRANGEBYRANK', STATS_KEY, 0, -STATS_MAX_RECORDS - 1)
 end
 
+-- Index a dead letter by time, and log it in the dead-letter stream (what the operator turns into
+-- Kubernetes Events). The index is trimmed to the result TTL (older ones have expired) and to the
+-- newest DEAD_LETTER_MAXLEN; one trimmed by count loses its context, so dead letters hold at most
+-- that many contexts however fast poison contexts come.
+local function dead_letter(task, task_id, code, ttl)
+  local now = time_ms()
+  local f = redis.call('HMGET', task, 'attempt', 'worker')
+  redis.call('XADD', DEAD_LOG_KEY, 'MAXLEN', '~', DEAD_LETTER_MAXLEN, '*', 'task_id', task_id,
+    'attempts', f[1] or 0, 'worker', f[2] or '', 'code', code, 'at_ms', now)
+  redis.call('ZADD', DEAD_KEY, now, task_id)
+  redis.call('ZREMRANGEBYSCORE', DEAD_KEY, '-inf', now - tonumber(ttl))
+  local over = redis.call('ZRANGE', DEAD_KEY, 0, -DEAD_LETTER_MAXLEN - 1)
+  if #over > 0 then
+    local task_prefix = string.sub(task, 1, #task - #task_id)
+    for _, id in ipairs(over) do redis.call('HDEL', task_prefix .. id, 'context') end
+    redis.call('ZREMRANGEBYRANK', DEAD_KEY, 0, -DEAD_LETTER_MAXLEN - 1)
+  end
+  redis.call('PEXPIRE', DEAD_KEY, ttl)
+end
+
 -- End a task: record it, write and announce its one terminal entry, and remove its queue entry.
 -- Its context is dropped (up to LLMB_MAX_CONTEXT_BYTES that nothing reads again; the preview
--- stays for /stats), and a task that ended in error before its first token (cancelled, expired
--- or dead-lettered before it ran, failed at once) is kept for UNANSWERED_TTL_MS at most.
+-- stays for /stats), and a task that ended in error before its first token (cancelled, expired,
+-- failed at once) is kept for UNANSWERED_TTL_MS at most. A dead letter (DEAD_LETTER_CODES) is
+-- the exception: it keeps its context and stays for the whole TTL, so that it can be requeued.
 local function finish(task, task_id, result, tasks, state, code, data, ttl)
   record(task, task_id, state, code, data)
-  redis.call('HDEL', task, 'context')
+  local dead = state == STATE_ERROR and DEAD_LETTER_CODES[code]
+  if not dead then redis.call('HDEL', task, 'context') end
   redis.call('HSET', task, 'state', state, 'code', code)
-  if state == STATE_ERROR and tonumber(redis.call('HGET', task, 'tokens') or '0') == 0 then
+  if state == STATE_ERROR and not dead
+      and tonumber(redis.call('HGET', task, 'tokens') or '0') == 0 then
     ttl = math.min(tonumber(ttl), UNANSWERED_TTL_MS)
   end
   redis.call('XADD', result, TERMINAL_ENTRY_ID, 'kind', state, 'data', data)
@@ -51,6 +80,7 @@ local function finish(task, task_id, result, tasks, state, code, data, ttl)
     redis.pcall('XACK', tasks, WORKER_GROUP, entry)
     redis.call('XDEL', tasks, entry)
   end
+  if dead then dead_letter(task, task_id, code, ttl) end
 end
 
 local function is_final(state)

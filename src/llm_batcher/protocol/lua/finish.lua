@@ -1,5 +1,6 @@
 -- FINISH: a worker ends its attempt's task with done or error (ending.lua prepended).
--- KEYS[1] task hash, KEYS[2] result stream, KEYS[3] tasks stream, KEYS[4] stats
+-- KEYS[1] task hash, KEYS[2] result stream, KEYS[3] tasks stream, KEYS[4] dead-letter stream,
+-- KEYS[5] dead-letter index, KEYS[6] stats
 -- ARGV[1] attempt, ARGV[2] state, ARGV[3] code, ARGV[4] data (JSON), ARGV[5] ttl_ms,
 -- ARGV[6] task_id, ARGV[7] stats_window_ms
 -- Returns {WRITE_OK}, or {why} with why 'missing', 'not_running' (already ended) or 'fenced'.

@@ -1,6 +1,6 @@
 -- START: begin a worker's attempt at a task it claimed (ending.lua prepended).
 -- KEYS[1] task hash, KEYS[2] result stream, KEYS[3] tasks stream, KEYS[4] dead-letter stream,
--- KEYS[5] stats
+-- KEYS[5] dead-letter index, KEYS[6] stats
 -- ARGV[1] now_ms, ARGV[2] max_attempts, ARGV[3] worker, ARGV[4] ttl_ms, ARGV[5] timeout data,
 -- ARGV[6] dead-letter data, ARGV[7] task_id, ARGV[8] the task's entry id, ARGV[9] stats_window_ms
 -- Returns {START_RUN, attempt, context, tokens, created_ms, started_ms, first_token_ms,
@@ -25,8 +25,6 @@ end
 local attempt = tonumber(f[8]) + 1
 if attempt > tonumber(ARGV[2]) then
   finish(KEYS[1], ARGV[7], KEYS[2], KEYS[3], STATE_ERROR, ERROR_DEAD_LETTER, ARGV[6], ARGV[4])
-  redis.call('XADD', KEYS[4], 'MAXLEN', '~', DEAD_LETTER_MAXLEN, '*', 'task_id', ARGV[7],
-    'attempts', attempt - 1, 'worker', ARGV[3], 'at_ms', ARGV[1])
   return {START_DEAD}
 end
 local started = f[6] or ARGV[1]

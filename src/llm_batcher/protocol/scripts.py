@@ -32,6 +32,7 @@ class Script(StrEnum):
     APPEND = "append"
     FINISH = "finish"
     ABORT = "abort"
+    HAND_BACK = "hand_back"
     RENEW = "renew"
     DEPTH = "depth"
     END_TURN = "end_turn"

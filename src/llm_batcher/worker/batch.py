@@ -263,7 +263,7 @@ class BatchRunner:
         retry: list[StartedTask] = []
         cut = 0  # of them, tasks cut mid-stream
         for run in (r for r in runs if not r.closed):
-            if len(runs) > 1 and run.task.attempt < self.settings.max_attempts:
+            if len(runs) > 1 and run.task.counted < self.settings.max_attempts:
                 retry.append(run.task)  # cut mid-stream or not: the solo run resumes it
                 cut += run.visible_tokens > 0
                 continue

@@ -7,11 +7,16 @@ Shutdown order (SIGTERM or SIGINT sets the stop event):
 1. stop claiming: the claim loop sees the stop event within one idle poll (at most a second);
 2. the running batch (and the retries it started) may finish within ``drain_s``;
 3. past that, it is cancelled: the LLM child's process group is killed, its files removed, and the
-   tasks this worker still holds are handed back at once for another worker to resume;
+   tasks this worker still holds are handed back at once for another worker to resume; the
+   attempts it gives up this way are refunded (HAND_BACK): a scale-down is no failure of a task,
+   so it never brings one nearer to dead-lettering;
 4. the spare LLM child, if one is kept (worker/spare.py), is stopped with its process group and
    reaped;
 5. the worker leaves the live set, stops its heartbeat and health server, and closes Redis.
-SIGKILL skips all of it: other workers take its tasks over once its lease runs out.
+SIGKILL skips all of it: other workers take its tasks over once its lease runs out, and that
+attempt counts, since a worker killed by its batch (out of memory, a poison context) looks the
+same from Redis: max_attempts must bound those. A worker whose claim loop fails with an
+exception hands its tasks back without a refund, for the same reason.
 """
 
 from __future__ import annotations
@@ -63,6 +68,9 @@ class Worker:
         self.runner = BatchRunner(self.queue, settings)
         self._idle_noted_at = 0.0
         self.held: dict[str, str] = {}  # entry id -> task id, for lease renewal and hand-back
+        # entry id -> attempt, of the held tasks this worker started and that did not fail: the
+        # attempts to refund if the worker stops in order before they end
+        self.running: dict[str, int] = {}
         self.idle_block_ms = min(1000, settings.lease_ms // 3)
         self.ahead = ReadAhead(self.queue.claims, settings, self._turn_ms(), self._hold)
         self.redis_ok_at = 0.0  # monotonic time of the last successful Redis call
@@ -101,8 +109,10 @@ class Worker:
         )  # fmt: skip
         heartbeat = keep_running("heartbeat", self._heartbeat_loop)
         self.runner.open()
+        orderly = False  # the claim loop ended because of the stop event, not an exception
         try:
             await self._claim_loop(stop)
+            orderly = True
         finally:
             self.stopping = True
             await self.runner.close()
@@ -111,7 +121,7 @@ class Worker:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
-            await self._hand_back()
+            await self._hand_back(refund=orderly)
             with contextlib.suppress(*REDIS_UNAVAILABLE):
                 await self.queue.claims.leave(self.id)
             await self.queue.claims.close()
@@ -226,6 +236,7 @@ class Worker:
     def _forget(self, claims: list[Claim]) -> None:
         for claim in claims:
             self.held.pop(claim.entry_id, None)
+            self.running.pop(claim.entry_id, None)
 
     # --- running ----------------------------------------------------------------------------
 
@@ -272,6 +283,7 @@ class Worker:
             retry = await self.runner.run(started, batch_id, tail) if started else []
             self.ahead.batch_ended(time.monotonic() - began)
             for task in retry:
+                self.running.pop(task.entry_id, None)  # a failed attempt: it counts
                 if task.entry_id not in self.held:
                     # Its lease lapsed (the heartbeat said so) and another worker may run it:
                     # START here would fence that worker out.
@@ -316,6 +328,7 @@ class Worker:
         for claim, result in zip(claims, results, strict=True):
             if isinstance(result, StartedTask):
                 started.append(result)
+                self.running[claim.entry_id] = result.attempt
                 continue
             if result.outcome is StartOutcome.DEAD:
                 metrics.TASKS_DEAD_LETTERED.inc()
@@ -368,17 +381,38 @@ class Worker:
         }
         return redis_ok and not self.stopping, detail
 
-    async def _hand_back(self) -> None:
+    async def _hand_back(self, *, refund: bool) -> None:
+        """Hand back every task still held, at once; with ``refund`` (an orderly stop), the
+        attempts this worker started on them do not count against max_attempts."""
         if not self.held:
             return
         entries = list(self.held)
         try:
+            refunded = await self._refund(entries) if refund else 0
             await self.queue.claims.release(self.id, entries, self.settings.lease_ms)
-            log.info("handed back %d task(s) for other workers", len(entries))
-        except REDIS_UNAVAILABLE as exc:
+            log.info(
+                "handed back %d task(s) for other workers (%d attempt(s) refunded)",
+                len(entries), refunded,
+            )  # fmt: skip
+        except (RedisError, OSError) as exc:
             log.warning(
                 "could not hand back %d task(s) (%s); they return after the lease",
                 len(entries),
                 exc,
             )
         self.held.clear()
+        self.running.clear()
+
+    async def _refund(self, entries: list[str]) -> int:
+        """Refund the running attempts of these entries (HAND_BACK); how many were."""
+        started = [(self.held[e], self.running[e]) for e in entries if e in self.running]
+        results = await asyncio.gather(
+            *(self.queue.tasks.hand_back(task_id, attempt) for task_id, attempt in started)
+        )
+        for (task_id, attempt), refunded in zip(started, results, strict=True):
+            if refunded:
+                log.info(
+                    "task %s: attempt %d handed back on stop, not counted",
+                    task_id, attempt, extra={"task_id": task_id},
+                )  # fmt: skip
+        return sum(results)

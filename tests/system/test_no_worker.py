@@ -8,7 +8,7 @@ import asyncio
 import httpx
 import pytest
 
-from tests.support.metrics import scrape, value
+from tests.support.metrics import exports
 from tests.support.processes import Stack
 from tests.support.sse import read_sse, with_context, words
 from tests.support.waiting import eventually
@@ -29,14 +29,13 @@ async def test_a_request_queued_with_no_worker_completes_once_one_starts(
     url = f"{api.url}/generate"
     waiting = asyncio.create_task(read_sse(client, method, url, **with_context(method, context)))
 
-    async def queued() -> bool:
-        samples = await scrape(f"{api.url}/metrics")
-        return (
-            value(samples, "llm_batcher_queue_depth") == 1
-            and value(samples, "llm_batcher_workers_live") == 0
-        )
-
-    await eventually(queued, 10, "the API to export 1 queued tasks and no live worker")
+    await eventually(
+        lambda: exports(
+            f"{api.url}/metrics", llm_batcher_queue_depth=1, llm_batcher_workers_live=0
+        ),
+        10,
+        "the API to export 1 queued task and no live worker",
+    )
     assert not waiting.done()  # admitted, and waiting: no refusal, no error
 
     await stack.worker()

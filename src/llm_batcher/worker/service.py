@@ -28,7 +28,7 @@ import time
 import uuid
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 
 from llm_batcher import metrics
 from llm_batcher.background import keep_running, spawn
@@ -299,6 +299,10 @@ class Worker:
             # Tasks stay in the pending list and are resumed once Redis is back; this worker
             # stops renewing them, so that they return after the lease (also to itself).
             log.error("Redis failed during a batch (%s); its tasks will be taken over", exc)
+        except OutOfMemoryError as exc:
+            # START writes, so a full Redis refuses it; no attempt was counted. The tasks return
+            # after the lease, and are started once Redis has room again.
+            log.warning("Redis is full (%s); tasks of this batch not started", exc)
         except RedisError:
             log.exception("unexpected Redis error during a batch")
         self._forget(claims)
@@ -348,8 +352,7 @@ class Worker:
         interval = self.settings.lease_ms / 3000
         while True:
             try:
-                await self.queue.claims.heartbeat(self.id, now_ms(), self.settings.lease_ms)
-                self.heartbeat_at = time.monotonic()
+                # Leases first: a full Redis (maxmemory) refuses the heartbeat's ZADD, not RENEW.
                 lost = await self.queue.claims.renew(self.id, list(self.held))
                 self._mark_redis_ok()
                 for entry_id in lost:
@@ -359,6 +362,8 @@ class Worker:
                         task_id,
                         extra={"task_id": task_id},
                     )
+                await self.queue.claims.heartbeat(self.id, now_ms(), self.settings.lease_ms)
+                self.heartbeat_at = time.monotonic()
             except (RedisError, OSError) as exc:
                 # Any Redis error (down, out of memory, read-only after a failover): an uncaught
                 # one would end this task silently, and with it every lease renewal.
@@ -387,8 +392,13 @@ class Worker:
         if not self.held:
             return
         entries = list(self.held)
+        refunded = 0
+        if refund:
+            try:
+                refunded = await self._refund(entries)
+            except (RedisError, OSError) as exc:  # e.g. a full Redis: the hand-back still goes on
+                log.warning("could not refund the attempts handed back (%s); they count", exc)
         try:
-            refunded = await self._refund(entries) if refund else 0
             await self.queue.claims.release(self.id, entries, self.settings.lease_ms)
             log.info(
                 "handed back %d task(s) for other workers (%d attempt(s) refunded)",

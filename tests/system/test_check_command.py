@@ -71,3 +71,11 @@ async def test_check_sends_the_first_api_key_of_the_api_variables(stack: Stack) 
     assert refused.returncode == 1 and "answered 401" in refused.stdout, refused.stdout
     ok = await check(api.url, "--expect-mock", env={"LLMB_API_KEYS": "first-key,other"})
     assert ok.returncode == 0 and ok.stdout.startswith("OK: "), ok.stdout + ok.stderr
+
+
+async def test_check_says_when_no_worker_is_live(stack: Stack) -> None:
+    api = await stack.api()  # ready, and queueing, without a worker
+    result = await check(api.url, "--timeout-s", "1")
+    assert result.returncode == 1
+    assert result.stdout.startswith(f"FAIL: GET {api.url}/generate: "), result.stdout
+    assert "no live worker" in result.stdout, result.stdout

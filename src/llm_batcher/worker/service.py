@@ -142,7 +142,7 @@ class Worker:
                 backoff = 0.1
             except (RedisError, OSError) as exc:
                 # Down, restarting, read-only after a failover, out of memory: wait and retry.
-                log.warning("Redis unavailable (%s); retrying in %.1f s", exc, backoff)
+                log.warning("Redis unavailable or refusing (%s); retrying in %.1f s", exc, backoff)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), backoff)
                 backoff = min(backoff * 2, 5.0)

@@ -354,7 +354,6 @@ class Worker:
             try:
                 # Leases first: a full Redis (maxmemory) refuses the heartbeat's ZADD, not RENEW.
                 lost = await self.queue.claims.renew(self.id, list(self.held))
-                self._mark_redis_ok()
                 for entry_id in lost:
                     task_id = self.held.pop(entry_id, None)
                     log.info(
@@ -364,6 +363,7 @@ class Worker:
                     )
                 await self.queue.claims.heartbeat(self.id, now_ms(), self.settings.lease_ms)
                 self.heartbeat_at = time.monotonic()
+                self._mark_redis_ok()  # not after RENEW alone: with nothing held, it asks nothing
             except (RedisError, OSError) as exc:
                 # Any Redis error (down, out of memory, read-only after a failover): an uncaught
                 # one would end this task silently, and with it every lease renewal.

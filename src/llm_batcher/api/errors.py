@@ -98,12 +98,9 @@ def redis_unavailable(exc: BaseException) -> ApiError:
     )
 
 
-def redis_full(exc: BaseException) -> ApiError:
+def redis_full() -> ApiError:
     """The refusal for a request whose Redis write was refused for lack of memory."""
-    return ApiError(
-        ErrorCode.REDIS_FULL,
-        f"Redis is full and refuses new tasks; retry later ({str(exc) or type(exc).__name__})",
-    )
+    return ApiError(ErrorCode.REDIS_FULL, "Redis is full and refuses new tasks; retry later")
 
 
 def refusal(error: ApiError, endpoint: str | None, *, openai: bool = False) -> JSONResponse:

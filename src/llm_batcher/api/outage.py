@@ -45,7 +45,7 @@ async def redis_call(state: AppState, call: Awaitable[T]) -> T:
                 raise TimeoutError(f"no answer within {timeout_s:g} s")
     except OutOfMemoryError as exc:
         state.liveness.answered()
-        raise redis_full(exc) from exc
+        raise redis_full() from exc
     except REDIS_UNAVAILABLE as exc:
         raise redis_unavailable(exc) from exc
     finally:

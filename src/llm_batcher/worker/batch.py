@@ -245,9 +245,14 @@ class BatchRunner:
 
     async def _redis_full(self, run: TaskRun, batch_id: str, exc: OutOfMemoryError) -> None:
         """Redis refused the run's writes for redis_full_wait_s: end its task with `redis_full`."""
+        log.error(
+            "task %s: Redis refused its tokens for %.0f s: %s",
+            run.task.task_id, self.settings.redis_full_wait_s, exc,
+            extra={"task_id": run.task.task_id, "batch_id": batch_id},
+        )  # fmt: skip
         message = (
-            f"Redis is full: the answer could not be written after {run.visible_tokens} tokens "
-            f"({exc}); see the worker log of batch {batch_id}"
+            f"Redis is full: the answer could not be written after {run.visible_tokens} tokens; "
+            f"see the worker log of batch {batch_id}"
         )
         await self._end_with_error(run, ErrorCode.REDIS_FULL, message, batch_id)
 

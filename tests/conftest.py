@@ -7,12 +7,14 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pytest
 from redis.asyncio import Redis
 
 from llm_batcher.local.embedded_redis import EmbeddedRedis
+from tests.support.full import TinyRedis
 from tests.support.processes import Stack
 from tests.support.sse import STREAM_TIMEOUT_S
 from tests.support.tools import check_tools
@@ -69,15 +71,28 @@ async def redis(redis_url: str, key_prefix: str) -> AsyncIterator[Redis]:
         await client.aclose()
 
 
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
-    """A server of this test's own, which the test may stop and restart."""
-    server = EmbeddedRedis(tmp_path / "valkey", appendonly=False)
+Server = TypeVar("Server", bound=EmbeddedRedis)
+
+
+def _served(server: Server) -> Iterator[Server]:
     server.start()
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    """A server of this test's own, which the test may stop and restart."""
+    yield from _served(EmbeddedRedis(tmp_path / "valkey", appendonly=False))
+
+
+@pytest.fixture
+def tiny_redis(tmp_path: Path) -> Iterator[TinyRedis]:
+    """A server of this test's own with a tiny maxmemory under noeviction (tests/support/full.py),
+    stopped after the test."""
+    yield from _served(TinyRedis(tmp_path / "tiny-redis", appendonly=False))
 
 
 @pytest.fixture

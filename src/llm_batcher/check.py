@@ -63,7 +63,10 @@ def main(args: argparse.Namespace) -> int:
     headers = {"Authorization": f"Bearer {keys[0]}"} if keys else {}
     try:
         events = read_stream(url, context, args.timeout_s, headers)
-    except (httpx.HTTPError, TimeoutError, ValueError) as exc:
+    except (TimeoutError, httpx.TimeoutException) as exc:  # say whether a worker could run it
+        print(f"FAIL: GET {url}: {str(exc) or type(exc).__name__}{workers_note(args.url)}")
+        return 1
+    except (httpx.HTTPError, ValueError) as exc:
         print(f"FAIL: GET {url}: {str(exc) or type(exc).__name__}")
         return 1
     verdict = check(events, expected_text=expected)
@@ -100,6 +103,18 @@ def missing_metrics(
 def exports(exposition: str, name: str) -> bool:
     """Does this Prometheus text exposition hold a sample of the metric ``name``?"""
     return re.search(rf"^{re.escape(name)}(?:{{[^\n]*}})? ", exposition, re.MULTILINE) is not None
+
+
+def workers_note(base_url: str) -> str:
+    """What the API's /readyz says of the workers, when it says none is live: a request is
+    queued without a worker (readiness does not depend on them) and waits for one."""
+    try:
+        answer = httpx.get(base_url.rstrip("/") + "/readyz", timeout=5).json()
+    except (httpx.HTTPError, ValueError):
+        return ""
+    if isinstance(answer, dict) and answer.get("no_live_worker"):
+        return " (the API counts no live worker: the task is queued until one starts)"
+    return ""
 
 
 def mock_answer(context: str) -> str:

@@ -260,6 +260,13 @@ class WorkerSettings(CommonSettings):
         "work does not hold up) is older than this is dead: the next idle worker takes its "
         "tasks over at once, without waiting for their lease.",
     )
+    redis_full_wait_s: float = Field(
+        10,
+        ge=0,
+        description="How long a worker retries (with backoff) a write of a task's answer that "
+        "Redis refuses for lack of memory (maxmemory, noeviction) before it ends the task with "
+        "`redis_full`.",
+    )
     tmp_dir: str | None = Field(
         None, description="Where per-batch context files go (default: the system temp folder)."
     )

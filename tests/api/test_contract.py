@@ -99,16 +99,22 @@ async def test_hostile_context_round_trips_exactly(
 async def test_health_readiness_and_openapi(stack: Stack, client: httpx.AsyncClient) -> None:
     api = await stack.api()
     assert (await client.get(f"{api.url}/healthz")).status_code == 200
-    not_ready = await client.get(f"{api.url}/readyz")
-    assert not_ready.status_code == 503  # Redis is up, but no worker yet
-    assert not_ready.json()["workers"] == 0
+    no_worker = await client.get(f"{api.url}/readyz")
+    assert no_worker.status_code == 200  # Redis is up: requests are queued for a worker to come
+    assert no_worker.json() == {
+        "ready": True,
+        "draining": False,
+        "redis": True,
+        "workers": 0,
+        "no_live_worker": True,
+    }
     await stack.worker()
 
-    async def ready() -> bool:
-        answer = await client.get(f"{api.url}/readyz")
-        return answer.status_code == 200 and answer.json()["ready"] is True
+    async def counted() -> bool:
+        answer = (await client.get(f"{api.url}/readyz")).json()
+        return answer["workers"] == 1 and answer["no_live_worker"] is False
 
-    await eventually(ready, 10, "/readyz to answer 200 once a worker beats")
+    await eventually(counted, 10, "/readyz to count the worker once it beats")
     spec = (await client.get(f"{api.url}/openapi.json")).json()
     assert {"get", "post"} <= set(spec["paths"]["/generate"])
     docs = await client.get(f"{api.url}/docs")

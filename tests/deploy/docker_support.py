@@ -171,12 +171,14 @@ def wait_until(what: str, condition: Callable[[], bool], timeout_s: float = 30) 
         time.sleep(0.05)
 
 
-def answers(url: str) -> bool:
-    """Whether a GET of the URL answers 2xx."""
+def counts_a_worker(readyz_url: str) -> bool:
+    """Whether an API's /readyz answers 2xx and counts a live worker (a worker does not make
+    the API ready: requests are queued without one)."""
     try:
-        return httpx.get(url, timeout=2).is_success
+        answer = httpx.get(readyz_url, timeout=2)
     except httpx.HTTPError:
         return False
+    return answer.is_success and (answer.json().get("workers") or 0) > 0
 
 
 @dataclass

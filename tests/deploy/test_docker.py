@@ -45,10 +45,10 @@ from tests.deploy.docker_support import (
     TAG,
     TIMES,
     Stream,
-    answers,
     build,
     build_redis_image,
     check_done,
+    counts_a_worker,
     dependencies_cached,
     docker,
     docker_bytes,
@@ -288,7 +288,7 @@ def stack(images: None) -> Stack:
     try:
         wait_until(
             "API ready (Redis and a live worker)",
-            lambda: answers(f"http://127.0.0.1:{port}/readyz"),
+            lambda: counts_a_worker(f"http://127.0.0.1:{port}/readyz"),
             timeout_s=90,
         )
     except AssertionError:
@@ -368,7 +368,7 @@ class ComposeProject:
         self.run("up", "-d", "--no-build")
         try:
             ready = f"http://127.0.0.1:{self.port}/readyz"
-            wait_until("compose: API ready", lambda: answers(ready), timeout_s=90)
+            wait_until("compose: API ready", lambda: counts_a_worker(ready), timeout_s=90)
         except AssertionError:
             print(self.run("logs", "--tail", "20"))
             raise

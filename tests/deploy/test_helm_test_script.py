@@ -74,7 +74,7 @@ async def test_the_hook_command_passes_against_the_real_api_and_worker(stack: St
     """The rendered command, the Service URL swapped for a local API's: what the pod does."""
     api = await stack.api()
     await stack.worker()
-    await stack.wait_ready(api)  # ready: Redis answers, a worker is live
+    await stack.wait_ready(api)  # Redis answers, a worker is live
     local = {SERVICE_URL: api.url, METRICS_URL: f"{api.url}/metrics"}  # metrics on its port
     command = [local.get(arg, arg) for arg in hook_command()]
     result = await asyncio.to_thread(

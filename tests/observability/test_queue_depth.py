@@ -10,7 +10,7 @@ import pytest
 from redis.asyncio import Redis
 
 from llm_batcher.protocol.claims import QueueDepth
-from tests.support.metrics import scrape, value
+from tests.support.metrics import exports
 from tests.support.processes import start_api, start_worker
 from tests.support.results import make_queue, submit
 from tests.support.waiting import eventually
@@ -30,14 +30,13 @@ async def test_depth_with_no_worker_is_exported_by_the_api(
             await submit(queue, f"waiting {i}")
         assert await queue.claims.depth(LEASE_MS) == QueueDepth(waiting=5, in_flight=0)
 
-        async def exported() -> bool:
-            samples = await scrape(f"{base}/metrics")
-            return (
-                value(samples, "llm_batcher_queue_depth") == 5
-                and value(samples, "llm_batcher_workers_live") == 0
-            )
-
-        await eventually(exported, 10, "the API to export a depth of 5 and no worker")
+        await eventually(
+            lambda: exports(
+                f"{base}/metrics", llm_batcher_queue_depth=5, llm_batcher_workers_live=0
+            ),
+            10,
+            "the API to export a depth of 5 and no worker",
+        )
     finally:
         api.stop()
 

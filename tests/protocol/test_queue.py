@@ -337,6 +337,37 @@ async def test_a_task_delivered_max_attempts_times_is_dead_lettered(queue: TaskQ
     assert await queue.redis.xlen(queue.keys.tasks) == 0
 
 
+async def test_an_attempt_handed_back_on_stop_does_not_count(queue: TaskQueue) -> None:
+    await submit(queue, "scaled down again and again")
+    claim = await claim_one(queue)
+    for attempt in range(1, 2 * MAX_ATTEMPTS + 1):
+        # Another worker each time, holding the entry as a takeover gives it (START checks).
+        await queue.redis.xclaim(queue.keys.tasks, WORKER_GROUP, f"w{attempt}", 0, [claim.entry_id])
+        task = await start(queue, claim, worker=f"w{attempt}")
+        assert (task.attempt, task.counted) == (attempt, 1)  # the fence still goes up
+        assert await queue.tasks.hand_back(task.task_id, task.attempt)
+        assert not await queue.tasks.hand_back(task.task_id, task.attempt)  # a retry: once only
+    await queue.redis.xclaim(queue.keys.tasks, WORKER_GROUP, "c1", 0, [claim.entry_id])
+    task = await start(queue, claim)
+    assert not await queue.tasks.hand_back(task.task_id, task.attempt - 1)  # an older attempt
+    await queue.tasks.complete(task, {"tokens": 0})
+    assert not await queue.tasks.hand_back(task.task_id, task.attempt)  # it ended
+
+
+async def test_handed_back_attempts_leave_real_failures_bounded(queue: TaskQueue) -> None:
+    task_id = await submit(queue, "handed back once, then crashing")
+    claim = await claim_one(queue)
+    handed = await start(queue, claim)
+    assert await queue.tasks.hand_back(task_id, handed.attempt)
+    counted = [(await start(queue, claim)).counted for _ in range(MAX_ATTEMPTS)]
+    assert counted == [1, 2, 3]  # takeovers after a crash count
+    await queue.redis.xclaim(queue.keys.tasks, WORKER_GROUP, "c2", 0, [claim.entry_id])
+    refused = await queue.tasks.start(claim, worker="c2", now_ms=now_ms(), max_attempts=3)
+    assert refused == Refused(StartOutcome.DEAD)
+    dead = await queue.redis.xrange(queue.keys.dead)
+    assert dead[0][1][b"attempts"] == str(MAX_ATTEMPTS).encode()
+
+
 async def test_start_of_a_task_redis_forgot_drops_its_entry(queue: TaskQueue) -> None:
     task_id = await submit(queue, "forgotten")
     claim = await claim_one(queue)

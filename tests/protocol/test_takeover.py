@@ -99,7 +99,9 @@ async def test_a_dead_workers_tasks_are_taken_over_once_its_heartbeat_lapses(
         await eventually(taken_over, 5, "the victim's tasks to be taken over")
         after_s = time.monotonic() - died_at
     assert taken[-1] == TakenOver(held, ["victim"])
-    assert SILENCE_MS / 1000 <= after_s < SILENCE_MS / 1000 + 1.0, after_s
+    # Never before the silence (the point); the upper bound only says the takeover came at all
+    # soon after it, and is generous: a loaded 2-core machine delays the polling test client.
+    assert SILENCE_MS / 1000 <= after_s < SILENCE_MS / 1000 + 3.0, after_s
     rows = await queue.redis.xpending_range(queue.keys.tasks, WORKER_GROUP, "-", "+", 10)
     assert {r["consumer"] for r in rows} == {b"rescuer"}
     # the dead worker is forgotten: its consumer, its heartbeat, its place in the live set

@@ -23,3 +23,9 @@ async def scrape(url: str) -> Samples:
 def value(samples: Samples, name: str, **labels: str) -> float:
     """One sample's value (0 when absent: a labelled counter not yet incremented)."""
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+async def exports(url: str, **expected: float) -> bool:
+    """Whether the /metrics at ``url`` has these (unlabelled) samples at these values."""
+    samples = await scrape(url)
+    return all(value(samples, name) == wanted for name, wanted in expected.items())

@@ -94,6 +94,22 @@ async def wait_http(url: str, proc: Proc, timeout_s: float = 20) -> None:
     await eventually(up, timeout_s, f"{url} to answer")
 
 
+async def wait_live_worker(api: Api, timeout_s: float = 20) -> None:
+    """Wait until the API is ready and its /readyz counts at least one live worker."""
+
+    async def live() -> bool:
+        if api.proc.popen.poll() is not None:
+            raise AssertionError(f"API exited with {api.proc.popen.returncode}:\n{api.proc.log()}")
+        try:
+            async with httpx.AsyncClient(timeout=1, trust_env=False) as client:
+                answer = await client.get(f"{api.url}/readyz")
+        except httpx.HTTPError:
+            return False
+        return answer.status_code == 200 and (answer.json()["workers"] or 0) > 0
+
+    await eventually(live, timeout_s, f"{api.url}/readyz to count a live worker")
+
+
 async def _started(proc: Proc, health_url: str) -> None:
     """Wait for the process's /healthz; kill it if it never answers or the wait is cancelled."""
     try:
@@ -188,8 +204,9 @@ class Stack:
         return Worker(proc, port, worker_id)
 
     async def wait_ready(self, api: Api, timeout_s: float = 20) -> None:
-        """Wait until the API's /readyz says Redis and a live worker are there."""
-        await wait_http(f"{api.url}/readyz", api.proc, timeout_s)
+        """Wait until the API's /readyz says Redis is there and a worker is live (a worker does
+        not make the API ready: /readyz says how many are live)."""
+        await wait_live_worker(api, timeout_s)
 
     def stop(self) -> None:
         """SIGTERM every process at once, so they shut down side by side; wait for each, killing

@@ -87,3 +87,11 @@ async def test_check_checks_the_metrics_the_autoscaler_needs(stack: Stack) -> No
 
     gone = await check(api.url, "--metrics-url", f"{api.url}/no-metrics-here")
     assert gone.returncode == 1 and gone.stdout.startswith("FAIL: GET "), gone.stdout
+
+
+async def test_check_says_when_no_worker_is_live(stack: Stack) -> None:
+    api = await stack.api()  # ready, and queueing, without a worker
+    result = await check(api.url, "--timeout-s", "1")
+    assert result.returncode == 1
+    assert result.stdout.startswith(f"FAIL: GET {api.url}/generate: "), result.stdout
+    assert "no live worker" in result.stdout, result.stdout

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from redis.exceptions import OutOfMemoryError
 
 from llm_batcher import __version__, metrics
 from llm_batcher.api.auth import KeyRing
@@ -67,6 +68,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
             await queue.claims.ensure_group()
         except REDIS_UNAVAILABLE as exc:
             log.warning("Redis unreachable at start-up (%s); /readyz fails until it is back", exc)
+        except OutOfMemoryError as exc:  # workers create the group too, once Redis has room
+            log.warning("Redis is full at start-up (%s); requests get 503 redis_full", exc)
         await hub.start()
         refresher = keep_running("queue-metrics", lambda: _refresh_queue_metrics(queue, settings))
         # With a metrics port, /metrics leaves the public port (routes.py answers 404 there).

@@ -21,6 +21,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.CONTEXT_TOO_LARGE: 413,
     ErrorCode.QUEUE_FULL: 503,
     ErrorCode.REDIS_UNAVAILABLE: 503,
+    ErrorCode.REDIS_FULL: 503,
     ErrorCode.SHUTTING_DOWN: 503,
     ErrorCode.TOO_MANY_STREAMS: 429,
     ErrorCode.SERVER_BUSY: 503,
@@ -34,6 +35,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
 RETRY_AFTER_S: dict[ErrorCode, int] = {
     ErrorCode.QUEUE_FULL: 5,
     ErrorCode.REDIS_UNAVAILABLE: 2,
+    ErrorCode.REDIS_FULL: 5,
     ErrorCode.SHUTTING_DOWN: 1,
     ErrorCode.TOO_MANY_STREAMS: 2,
     ErrorCode.SERVER_BUSY: 2,
@@ -97,6 +99,11 @@ def redis_unavailable(exc: BaseException) -> ApiError:
     return ApiError(
         ErrorCode.REDIS_UNAVAILABLE, f"Redis is unreachable: {str(exc) or type(exc).__name__}"
     )
+
+
+def redis_full() -> ApiError:
+    """The refusal for a request whose Redis write was refused for lack of memory."""
+    return ApiError(ErrorCode.REDIS_FULL, "Redis is full and refuses new tasks; retry later")
 
 
 def refusal(error: ApiError, endpoint: str | None, *, openai: bool = False) -> JSONResponse:

@@ -28,7 +28,11 @@ DONE_LINE = "data: [DONE]\n\n"
 _dumps = partial(json.dumps, ensure_ascii=False, separators=(",", ":"))
 _TEXT = "\x00text\x00"  # stands for a token's text in a pre-encoded chunk
 
-_ERROR_STATUS = {ErrorCode.TIMEOUT: 504, ErrorCode.REDIS_UNAVAILABLE: 503}
+_ERROR_STATUS = {
+    ErrorCode.TIMEOUT: 504,
+    ErrorCode.REDIS_UNAVAILABLE: 503,
+    ErrorCode.REDIS_FULL: 503,
+}
 """The status of a non-streaming answer whose task ended with an error (else 500)."""
 
 

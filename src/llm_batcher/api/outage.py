@@ -6,7 +6,9 @@ import asyncio
 from collections.abc import Awaitable
 from typing import TypeVar
 
-from llm_batcher.api.errors import redis_unavailable
+from redis.exceptions import OutOfMemoryError
+
+from llm_batcher.api.errors import redis_full, redis_unavailable
 from llm_batcher.api.state import AppState
 from llm_batcher.protocol.connection import REDIS_UNAVAILABLE
 
@@ -25,7 +27,8 @@ async def redis_call(state: AppState, call: Awaitable[T]) -> T:
     wait for a pool connection and for the event loop, and that wait is no outage: with a
     plain timeout, 1,000 streams opened at once were refused as "Redis is unreachable".
     A Redis that answers others but not this call is given up on after BUSY_WAIT_FACTOR
-    timeouts.
+    timeouts. A Redis that refuses a write for lack of memory (maxmemory under noeviction)
+    answers `redis_full` (503): it is up, so that is no outage.
     """
     loop = asyncio.get_running_loop()
     timeout_s = state.settings.redis_timeout_s
@@ -40,6 +43,9 @@ async def redis_call(state: AppState, call: Awaitable[T]) -> T:
                 return result
             if state.liveness.silent_for_s() > timeout_s or loop.time() >= give_up_at:
                 raise TimeoutError(f"no answer within {timeout_s:g} s")
+    except OutOfMemoryError as exc:
+        state.liveness.answered()
+        raise redis_full() from exc
     except REDIS_UNAVAILABLE as exc:
         raise redis_unavailable(exc) from exc
     finally:

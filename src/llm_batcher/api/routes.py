@@ -44,20 +44,25 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", tags=["health"])
 async def readyz(request: Request) -> JSONResponse:
-    """Ready: not shutting down, Redis reachable, and at least one live worker."""
+    """Ready to accept and queue work: Redis answers and this replica is not shutting down.
+
+    Live workers are reported (`workers`, `no_live_worker`) but do not fail readiness: a request
+    queued while no worker runs waits for one, so scaling workers to zero, or workers that crash
+    in a loop, must not take every API replica out of its Service. The metric
+    llm_batcher_workers_live is what alerts on a missing worker."""
     state = _state(request)
-    detail: dict[str, object] = {"draining": state.draining, "redis": False, "workers": 0}
+    detail: dict[str, object] = {"draining": state.draining, "redis": False, "workers": None}
     try:
         async with asyncio.timeout(state.settings.redis_timeout_s):
             await state.redis.ping()
             detail["redis"] = True
-            detail["workers"] = await state.queue.claims.live_workers(
-                now_ms(), state.settings.lease_ms
-            )
+            workers = await state.queue.claims.live_workers(now_ms(), state.settings.lease_ms)
+            detail["workers"] = workers
+            detail["no_live_worker"] = workers == 0
     except REDIS_UNAVAILABLE as exc:
         detail["error"] = f"Redis unreachable: {exc or type(exc).__name__}"
-    ready = detail["redis"] and detail["workers"] and not state.draining
-    return JSONResponse({"ready": bool(ready), **detail}, status_code=200 if ready else 503)
+    ready = detail["redis"] is True and not state.draining
+    return JSONResponse({"ready": ready, **detail}, status_code=200 if ready else 503)
 
 
 @router.get("/metrics", tags=["health"], response_class=Response)

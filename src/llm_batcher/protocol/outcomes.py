@@ -39,6 +39,7 @@ class ErrorCode(StrEnum):
     UNTRUSTED_HOST = "untrusted_host"
     # Both a refusal and a terminal error of a stream that had started.
     REDIS_UNAVAILABLE = "redis_unavailable"
+    REDIS_FULL = "redis_full"  # Redis refuses writes: maxmemory reached under noeviction
     # Terminal errors of a task.
     TIMEOUT = "timeout"
     CANCELLED = "cancelled"
@@ -109,6 +110,7 @@ class WriteResult(StrEnum):
     FENCED = "fenced"  # another attempt owns the task now
     NOT_RUNNING = "not_running"  # the task is not running (it ended, e.g. by its deadline)
     MISSING = "missing"  # Redis no longer knows the task
+    INCOMPLETE = "incomplete"  # a `done` refused: the answer's tokens are not all in Redis
 
     @property
     def ours(self) -> bool:

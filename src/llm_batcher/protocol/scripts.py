@@ -40,6 +40,7 @@ class Script(StrEnum):
     APPEND = "append"
     FINISH = "finish"
     ABORT = "abort"
+    HAND_BACK = "hand_back"
     RENEW = "renew"
     DEPTH = "depth"
     END_TURN = "end_turn"
@@ -53,6 +54,13 @@ class Script(StrEnum):
 
 _ENDING = frozenset({Script.START, Script.FINISH, Script.ABORT})
 """Scripts that can end a task, and so need the shared `finish` and `record` (ending.lua)."""
+
+_ALLOW_OOM = frozenset({Script.FINISH, Script.ABORT})
+"""Scripts that run even when Redis refuses writes for lack of memory (maxmemory under
+noeviction): those that end a task. Its terminal entry is small beside the context it drops, and
+without it every stream running when Redis filled up would wait for its deadline, which is
+written by ABORT too. Starting a task, its tokens and new tasks are refused (OutOfMemoryError).
+A flagged script is checked by Redis against its declared keys and flags (`#!lua`, Redis 7)."""
 
 
 def _lua_literal(value: str | int) -> str:
@@ -92,7 +100,8 @@ def _constants() -> str:
 def source(script: Script) -> str:
     """The full Lua source of a script, constants (and the shared helpers) included."""
     lua = files("llm_batcher.protocol") / "lua"
-    parts = [_constants()]
+    parts = ["#!lua flags=allow-oom"] if script in _ALLOW_OOM else []
+    parts.append(_constants())
     if script in _ENDING:
         parts.append((lua / "ending.lua").read_text())
     parts.append((lua / f"{script.value}.lua").read_text())

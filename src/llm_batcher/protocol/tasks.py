@@ -70,6 +70,7 @@ class StartedTask:
     created_ms: int
     started_ms: int
     first_token_ms: int | None
+    counted: int  # attempts that count against max_attempts, this one included (hand_back)
     max_tokens: int | None = None  # the request's cap on the answer (the worker's may be lower)
     stop: tuple[str, ...] = ()  # stop sequences: the answer ends before the first one
 
@@ -231,7 +232,7 @@ class Tasks:
             if outcome is StartOutcome.MISSING:  # expired or lost with a Redis restart
                 await self._claims.drop(claim)
             return Refused(outcome)
-        _, attempt, context, tokens, created, started, first, max_tokens, stop = reply
+        _, attempt, context, tokens, created, started, first, max_tokens, stop, counted = reply
         return StartedTask(
             task_id=task_id,
             entry_id=claim.entry_id,
@@ -243,7 +244,14 @@ class Tasks:
             first_token_ms=int(first) if first else None,
             max_tokens=int(max_tokens) if max_tokens else None,
             stop=tuple(json.loads(reply_text(stop))) if stop else (),
+            counted=int(counted),
         )
+
+    async def hand_back(self, task_id: str, attempt: int) -> bool:
+        """Refund a running attempt that this worker gives up because it stops in order (drain),
+        so that it does not count against max_attempts; False if the task ended or moved on."""
+        script = self._scripts[Script.HAND_BACK]
+        return bool(await script(keys=[self._keys.task(task_id)], args=[attempt]))
 
     async def append(
         self, task: StartedTask, first_index: int, tokens: list[str], now_ms: int

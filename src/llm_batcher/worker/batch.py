@@ -12,6 +12,11 @@ writes from `tokens` on), and only the new ones reach the client: no duplicate, 
 retry is a new attempt (START), fenced like any other, so retries are bounded by max_attempts:
 a task already at its last attempt is not retried but ends with the error. A task that fails
 on its own ends with an error naming the cause, never with a silently truncated answer.
+
+A Redis that refuses writes for lack of memory (maxmemory under noeviction) is waited for,
+with backoff, up to ``redis_full_wait_s``; past that the task ends with `redis_full` (the
+scripts that end a task run even then: protocol/scripts.py), so that its stream ends instead of
+waiting for its deadline, and the worker goes on with the rest of its batch.
 """
 
 from __future__ import annotations
@@ -24,10 +29,13 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
+from redis.exceptions import OutOfMemoryError
+
 from llm_batcher import metrics
 from llm_batcher.clock import now_ms
 from llm_batcher.codec import ChildLine, TokenLine
 from llm_batcher.protocol.connection import REDIS_UNAVAILABLE
+from llm_batcher.protocol.outcomes import ErrorCode
 from llm_batcher.protocol.queue import TaskQueue
 from llm_batcher.protocol.tasks import StartedTask
 from llm_batcher.settings import WorkerSettings
@@ -187,16 +195,20 @@ class BatchRunner:
         first_index = run.produced - len(tokens)
         stamp = now_ms()
         tasks, task = self.queue.tasks, run.task
-        if run.finished:
-            summary = self._summary(run, batch_size, batch_id, stamp)
-            appended, _ = await _retrying(
-                lambda: tasks.append_and_complete(task, first_index, tokens, stamp, summary),
-                task.task_id,
-            )
-        else:
-            appended = await _retrying(
-                lambda: tasks.append(task, first_index, tokens, stamp), task.task_id
-            )
+        try:
+            if run.finished:
+                summary = self._summary(run, batch_size, batch_id, stamp)
+                appended, _ = await self._retrying(
+                    lambda: tasks.append_and_complete(task, first_index, tokens, stamp, summary),
+                    task.task_id,
+                )
+            else:
+                appended = await self._retrying(
+                    lambda: tasks.append(task, first_index, tokens, stamp), task.task_id
+                )
+        except OutOfMemoryError as exc:
+            await self._redis_full(run, batch_id, exc)
+            return
         if not appended.result.ours:
             run.closed = True
             log.warning(
@@ -222,8 +234,42 @@ class BatchRunner:
     async def _done(self, run: TaskRun, batch_size: int, batch_id: str) -> None:
         """Write the `done` of a run whose tokens are all written."""
         summary = self._summary(run, batch_size, batch_id, now_ms())
-        await _retrying(lambda: self.queue.tasks.complete(run.task, summary), run.task.task_id)
+        try:
+            await self._retrying(
+                lambda: self.queue.tasks.complete(run.task, summary), run.task.task_id
+            )
+        except OutOfMemoryError as exc:
+            await self._redis_full(run, batch_id, exc)
+            return
         self._ended(run, batch_id, summary)
+
+    async def _redis_full(self, run: TaskRun, batch_id: str, exc: OutOfMemoryError) -> None:
+        """Redis refused the run's writes for redis_full_wait_s: end its task with `redis_full`."""
+        log.error(
+            "task %s: Redis refused its tokens for %.0f s: %s",
+            run.task.task_id, self.settings.redis_full_wait_s, exc,
+            extra={"task_id": run.task.task_id, "batch_id": batch_id},
+        )  # fmt: skip
+        message = (
+            f"Redis is full: the answer could not be written after {run.visible_tokens} tokens; "
+            f"see the worker log of batch {batch_id}"
+        )
+        await self._end_with_error(run, ErrorCode.REDIS_FULL, message, batch_id)
+
+    async def _end_with_error(
+        self, run: TaskRun, code: ErrorCode, message: str, batch_id: str
+    ) -> None:
+        """End the run's task with an `error` (FINISH runs even on a full Redis)."""
+        await self._retrying(
+            partial(self.queue.tasks.fail, run.task, code, message), run.task.task_id
+        )
+        run.closed = True
+        metrics.TASKS_FINISHED.labels("error", code).inc()
+        log.warning(
+            "task %s failed: %s: %s",
+            run.task.task_id, code, message,
+            extra={"task_id": run.task.task_id, "batch_id": batch_id},
+        )  # fmt: skip
 
     def _summary(self, run: TaskRun, batch_size: int, batch_id: str, end_ms: int) -> dict[str, Any]:
         """The data of the run's `done` event, as if it ended at ``end_ms``."""
@@ -251,6 +297,10 @@ class BatchRunner:
             extra={"task_id": run.task.task_id, "batch_id": batch_id},
         )  # fmt: skip
 
+    async def _retrying(self, call: Callable[[], Awaitable[T]], task_id: str) -> T:
+        """A write of the task's answer, retried (module function _retrying)."""
+        return await _retrying(call, task_id, full_wait_s=self.settings.redis_full_wait_s)
+
     async def _fail(
         self, runs: list[TaskRun], failure: ChildFailure, batch_id: str
     ) -> list[StartedTask]:
@@ -263,7 +313,7 @@ class BatchRunner:
         retry: list[StartedTask] = []
         cut = 0  # of them, tasks cut mid-stream
         for run in (r for r in runs if not r.closed):
-            if len(runs) > 1 and run.task.attempt < self.settings.max_attempts:
+            if len(runs) > 1 and run.task.counted < self.settings.max_attempts:
                 retry.append(run.task)  # cut mid-stream or not: the solo run resumes it
                 cut += run.visible_tokens > 0
                 continue
@@ -271,16 +321,7 @@ class BatchRunner:
                 f"{failure.message}; see the worker log of batch {batch_id} "
                 f"(after {run.visible_tokens} tokens)"
             )
-            await _retrying(
-                partial(self.queue.tasks.fail, run.task, code, message), run.task.task_id
-            )
-            run.closed = True
-            metrics.TASKS_FINISHED.labels("error", code).inc()
-            log.warning(
-                "task %s failed: %s: %s",
-                run.task.task_id, code, message,
-                extra={"task_id": run.task.task_id, "batch_id": batch_id},
-            )  # fmt: skip
+            await self._end_with_error(run, code, message, batch_id)
         if retry:
             metrics.TASKS_RETRIED.inc(len(retry))
             log.warning(
@@ -309,18 +350,27 @@ def _apply(runs: list[TaskRun], lines: list[ChildLine]) -> None:
             run.end()
 
 
-async def _retrying(call: Callable[[], Awaitable[T]], task_id: str, budget_s: float = 30.0) -> T:
-    """Run a Redis write, retrying through a short outage; every script here is idempotent."""
-    delay, deadline = 0.05, time.monotonic() + budget_s
+async def _retrying(
+    call: Callable[[], Awaitable[T]], task_id: str, *, full_wait_s: float, budget_s: float = 30.0
+) -> T:
+    """Run a Redis write, retrying through a short outage (for budget_s), and while Redis refuses
+    writes for lack of memory (for full_wait_s; then OutOfMemoryError); every script here is
+    idempotent."""
+    delay, start = 0.05, time.monotonic()
     while True:
         try:
             return await call()
-        except REDIS_UNAVAILABLE as exc:
-            if time.monotonic() + delay > deadline:
+        except OutOfMemoryError as exc:
+            if time.monotonic() + delay > start + full_wait_s:
                 raise
-            log.warning(
-                "Redis unavailable writing task %s (%s); retrying in %.2f s",
-                task_id, exc, delay, extra={"task_id": task_id},
-            )  # fmt: skip
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
+            what = f"Redis is full ({exc})"
+        except REDIS_UNAVAILABLE as exc:
+            if time.monotonic() + delay > start + budget_s:
+                raise
+            what = f"Redis unavailable ({exc})"
+        log.warning(
+            "%s writing task %s; retrying in %.2f s",
+            what, task_id, delay, extra={"task_id": task_id},
+        )  # fmt: skip
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 1.0)

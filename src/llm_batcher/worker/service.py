@@ -7,13 +7,18 @@ Shutdown order (SIGTERM or SIGINT sets the stop event):
 1. stop claiming: the claim loop sees the stop event within one idle poll (at most a second);
 2. the running batch (and the retries it started) may finish within ``drain_s``;
 3. past that, it is cancelled: the LLM child's process group is killed, its files removed, and the
-   tasks this worker still holds are handed back at once for another worker to resume;
+   tasks this worker still holds are handed back at once for another worker to resume; the
+   attempts it gives up this way are refunded (HAND_BACK): a scale-down is no failure of a task,
+   so it never brings one nearer to dead-lettering;
 4. the spare LLM child, if one is kept (worker/spare.py), is stopped with its process group and
    reaped;
 5. the heartbeat stops, the worker leaves the live set, stops its health server and closes Redis.
 SIGKILL skips all of it: its heartbeat stops, and once it is older than the heartbeat timeout,
 the next idle worker takes its tasks over (worker/heartbeat.py). Tasks this worker still holds
-but no longer renews (its event loop hangs) move after their lease.
+but no longer renews (its event loop hangs) move after their lease. A taken-over attempt
+counts, since a worker killed by its batch (out of memory, a poison context) looks the same from
+Redis: max_attempts must bound those. A worker whose claim loop fails with an exception hands
+its tasks back without a refund, for the same reason.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import time
 import uuid
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 
 from llm_batcher import metrics
 from llm_batcher.background import keep_running, spawn
@@ -67,6 +72,9 @@ class Worker:
         self.runner = BatchRunner(self.queue, settings)
         self._idle_noted_at = 0.0
         self.held: dict[str, str] = {}  # entry id -> task id, for lease renewal and hand-back
+        # entry id -> attempt, of the held tasks this worker started and that did not fail: the
+        # attempts to refund if the worker stops in order before they end
+        self.running: dict[str, int] = {}
         # An idle worker looks for tasks to take over between reads that block this long.
         self.idle_block_ms = min(1000, settings.lease_ms // 3, settings.heartbeat_timeout_ms // 3)
         self.ahead = ReadAhead(self.queue.claims, settings, self._turn_ms(), self._hold)
@@ -109,8 +117,10 @@ class Worker:
         await self.heartbeat.start()
         renewal = keep_running("renewal", self._renew_loop)
         self.runner.open()
+        orderly = False  # the claim loop ended because of the stop event, not an exception
         try:
             await self._claim_loop(stop)
+            orderly = True
         finally:
             self.stopping = True
             await self.runner.close()
@@ -119,7 +129,7 @@ class Worker:
             renewal.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewal
-            await self._hand_back()
+            await self._hand_back(refund=orderly)
             await self.heartbeat.stop()  # before leaving: a later beat would mark it alive again
             with contextlib.suppress(*REDIS_UNAVAILABLE):
                 await self.queue.claims.leave(self.id)
@@ -141,7 +151,7 @@ class Worker:
                 backoff = 0.1
             except (RedisError, OSError) as exc:
                 # Down, restarting, read-only after a failover, out of memory: wait and retry.
-                log.warning("Redis unavailable (%s); retrying in %.1f s", exc, backoff)
+                log.warning("Redis unavailable or refusing (%s); retrying in %.1f s", exc, backoff)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -233,6 +243,7 @@ class Worker:
     def _forget(self, claims: list[Claim]) -> None:
         for claim in claims:
             self.held.pop(claim.entry_id, None)
+            self.running.pop(claim.entry_id, None)
 
     # --- running ----------------------------------------------------------------------------
 
@@ -279,6 +290,7 @@ class Worker:
             retry = await self.runner.run(started, batch_id, tail) if started else []
             self.ahead.batch_ended(time.monotonic() - began)
             for task in retry:
+                self.running.pop(task.entry_id, None)  # a failed attempt: it counts
                 if task.entry_id not in self.held:
                     # Its lease lapsed (the heartbeat said so) and another worker may run it:
                     # START here would fence that worker out.
@@ -294,6 +306,10 @@ class Worker:
             # Tasks stay in the pending list and are resumed once Redis is back; this worker
             # stops renewing them, so that they return after the lease (also to itself).
             log.error("Redis failed during a batch (%s); its tasks will be taken over", exc)
+        except OutOfMemoryError as exc:
+            # START writes, so a full Redis refuses it; no attempt was counted. The tasks return
+            # after the lease, and are started once Redis has room again.
+            log.warning("Redis is full (%s); tasks of this batch not started", exc)
         except RedisError:
             log.exception("unexpected Redis error during a batch")
         self._forget(claims)
@@ -323,6 +339,7 @@ class Worker:
         for claim, result in zip(claims, results, strict=True):
             if isinstance(result, StartedTask):
                 started.append(result)
+                self.running[claim.entry_id] = result.attempt
                 continue
             if result.outcome is StartOutcome.DEAD:
                 metrics.TASKS_DEAD_LETTERED.inc()
@@ -377,17 +394,43 @@ class Worker:
         }
         return redis_ok and not self.stopping, detail
 
-    async def _hand_back(self) -> None:
+    async def _hand_back(self, *, refund: bool) -> None:
+        """Hand back every task still held, at once; with ``refund`` (an orderly stop), the
+        attempts this worker started on them do not count against max_attempts."""
         if not self.held:
             return
         entries = list(self.held)
+        refunded = 0
+        if refund:
+            try:
+                refunded = await self._refund(entries)
+            except (RedisError, OSError) as exc:  # e.g. a full Redis: the hand-back still goes on
+                log.warning("could not refund the attempts handed back (%s); they count", exc)
         try:
             await self.queue.claims.release(self.id, entries, self.settings.lease_ms)
-            log.info("handed back %d task(s) for other workers", len(entries))
-        except REDIS_UNAVAILABLE as exc:
+            log.info(
+                "handed back %d task(s) for other workers (%d attempt(s) refunded)",
+                len(entries), refunded,
+            )  # fmt: skip
+        except (RedisError, OSError) as exc:
             log.warning(
                 "could not hand back %d task(s) (%s); they return after the lease",
                 len(entries),
                 exc,
             )
         self.held.clear()
+        self.running.clear()
+
+    async def _refund(self, entries: list[str]) -> int:
+        """Refund the running attempts of these entries (HAND_BACK); how many were."""
+        started = [(self.held[e], self.running[e]) for e in entries if e in self.running]
+        results = await asyncio.gather(
+            *(self.queue.tasks.hand_back(task_id, attempt) for task_id, attempt in started)
+        )
+        for (task_id, attempt), refunded in zip(started, results, strict=True):
+            if refunded:
+                log.info(
+                    "task %s: attempt %d handed back on stop, not counted",
+                    task_id, attempt, extra={"task_id": task_id},
+                )  # fmt: skip
+        return sum(results)

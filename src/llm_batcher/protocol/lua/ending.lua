@@ -42,9 +42,11 @@ end
 -- that many contexts however fast poison contexts come.
 local function dead_letter(task, task_id, code, ttl)
   local now = time_ms()
-  local f = redis.call('HMGET', task, 'attempt', 'worker')
+  -- Attempts as max_attempts counts them: hand-backs on an orderly stop (HAND_BACK) are none.
+  local f = redis.call('HMGET', task, 'attempt', 'worker', 'handed_back')
+  local attempts = (tonumber(f[1]) or 0) - (tonumber(f[3]) or 0)
   redis.call('XADD', DEAD_LOG_KEY, 'MAXLEN', '~', DEAD_LETTER_MAXLEN, '*', 'task_id', task_id,
-    'attempts', f[1] or 0, 'worker', f[2] or '', 'code', code, 'at_ms', now)
+    'attempts', attempts, 'worker', f[2] or '', 'code', code, 'at_ms', now)
   redis.call('ZADD', DEAD_KEY, now, task_id)
   redis.call('ZREMRANGEBYSCORE', DEAD_KEY, '-inf', now - tonumber(ttl))
   local over = redis.call('ZRANGE', DEAD_KEY, 0, -DEAD_LETTER_MAXLEN - 1)

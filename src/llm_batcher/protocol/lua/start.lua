@@ -4,12 +4,14 @@
 -- ARGV[1] now_ms, ARGV[2] max_attempts, ARGV[3] worker, ARGV[4] ttl_ms, ARGV[5] timeout data,
 -- ARGV[6] dead-letter data, ARGV[7] task_id, ARGV[8] the task's entry id, ARGV[9] stats_window_ms
 -- Returns {START_RUN, attempt, context, tokens, created_ms, started_ms, first_token_ms,
--- max_tokens, stop} ('' for a limit the task does not have), or {why}
+-- max_tokens, stop, counted} ('' for a limit the task does not have), or {why}
 -- with why one of 'missing', 'final', 'not_held' (another worker holds its entry now),
 -- 'timeout' (ended it), 'dead' (dead-lettered it).
+-- `counted` is the attempts that count against max_attempts, this one included: every attempt
+-- but those handed back by a worker that stopped in order (HAND_BACK).
 local now = tonumber(ARGV[1])
 local f = redis.call('HMGET', KEYS[1], 'state', 'deadline_ms', 'context', 'tokens',
-  'created_ms', 'started_ms', 'first_token_ms', 'attempt', 'max_tokens', 'stop')
+  'created_ms', 'started_ms', 'first_token_ms', 'attempt', 'max_tokens', 'stop', 'handed_back')
 if not f[1] then return {START_MISSING} end
 if is_final(f[1]) then return {START_FINAL} end
 -- Only the worker holding the entry may start the task: one that claimed it, was taken for dead
@@ -23,11 +25,13 @@ if tonumber(f[2]) <= now then
   return {START_TIMEOUT}
 end
 local attempt = tonumber(f[8]) + 1
-if attempt > tonumber(ARGV[2]) then
+local counted = attempt - (tonumber(f[11]) or 0)
+if counted > tonumber(ARGV[2]) then
   finish(KEYS[1], ARGV[7], KEYS[2], KEYS[3], STATE_ERROR, ERROR_DEAD_LETTER, ARGV[6], ARGV[4])
   return {START_DEAD}
 end
 local started = f[6] or ARGV[1]
 redis.call('HSET', KEYS[1], 'attempt', attempt, 'state', STATE_RUNNING, 'worker', ARGV[3],
   'started_ms', started, 'attempt_ms', ARGV[1])
-return {START_RUN, attempt, f[3], f[4], f[5], started, f[7] or '', f[9] or '', f[10] or ''}
+return {START_RUN, attempt, f[3], f[4], f[5], started, f[7] or '', f[9] or '', f[10] or '',
+  counted}

@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 
 from llm_batcher.local.embedded_redis import EmbeddedRedis
 from tests.support.processes import Stack
+from tests.support.sentinel import SentinelSet
 from tests.support.sse import STREAM_TIMEOUT_S
 from tests.support.up import Up, up_env
 
@@ -125,3 +126,16 @@ async def run_up(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Up]]]:
         for up in started:
             await up.close()
             print(up.output())  # shown by pytest only when the test failed
+
+
+@pytest.fixture
+def sentinel_set(tmp_path: Path) -> Iterator[SentinelSet]:
+    """A primary, a replica and three Sentinels of this test's own (tests/support/sentinel.py),
+    ready for a failover; all stopped afterwards."""
+    servers = SentinelSet(tmp_path / "sentinel")
+    try:
+        servers.start()
+        yield servers
+    finally:
+        servers.stop()
+        print(servers.logs())  # shown by pytest only when the test failed

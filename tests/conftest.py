@@ -13,7 +13,7 @@ import pytest
 from redis.asyncio import Redis
 
 from llm_batcher.local.embedded_redis import EmbeddedRedis
-from tests.support.processes import Stack
+from tests.support.processes import Stack, stack_on
 from tests.support.sentinel import SentinelSet
 from tests.support.sse import STREAM_TIMEOUT_S
 from tests.support.up import Up, up_env
@@ -89,12 +89,8 @@ async def stack(
 ) -> AsyncIterator[Stack]:
     """Start APIs and workers with stack.api() / stack.worker() on the session Redis under this
     test's key prefix (its keys removed after); all are stopped afterwards."""
-    processes = Stack(redis_url, key_prefix, tmp_path)
-    try:
+    with stack_on(redis_url, key_prefix, tmp_path) as processes:
         yield processes
-    finally:
-        processes.stop()
-        print(processes.logs())  # shown by pytest only when the test failed
 
 
 @pytest.fixture
@@ -102,12 +98,8 @@ async def own_stack(
     own_redis: EmbeddedRedis, key_prefix: str, tmp_path: Path
 ) -> AsyncIterator[Stack]:
     """Processes on a Redis server of this test's own, which the test may stop and restart."""
-    processes = Stack(own_redis.url, key_prefix, tmp_path)
-    try:
+    with stack_on(own_redis.url, key_prefix, tmp_path) as processes:
         yield processes
-    finally:
-        processes.stop()
-        print(processes.logs())
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from llm_batcher.protocol.keys import Keys
-from tests.support.processes import Api, Stack, start_together
+from tests.support.processes import Api, Stack, stack_on, start_together
 from tests.support.sentinel import DATA_PASSWORD, SentinelSet
 from tests.support.sse import STREAM_TIMEOUT_S, Stream, read_sse, words
 from tests.support.waiting import eventually, while_clients_run
@@ -43,12 +43,8 @@ async def sentinel_stack(
     sentinel_set: SentinelSet, key_prefix: str, tmp_path: Path
 ) -> AsyncIterator[Stack]:
     """Processes that find Redis through the Sentinels; all stopped afterwards."""
-    processes = Stack(sentinel_set.url, key_prefix, tmp_path)
-    try:
+    with stack_on(sentinel_set.url, key_prefix, tmp_path) as processes:
         yield processes
-    finally:
-        processes.stop()
-        print(processes.logs())  # shown by pytest only when the test failed
 
 
 async def _follow(client: httpx.AsyncClient, api: Api, context: str, into: Stream) -> None:
@@ -156,11 +152,13 @@ async def test_primary_killed_under_load_the_system_fails_over_without_a_restart
         keys = Keys(stack.prefix)
         found = [bool(new_primary.exists(keys.task(s.task_id))) for _, s in late]
     assert found == [not replica_lags] * len(late)
+    accepted = [at for _, s, at in steady if at >= killed_at and s.status == 200]
     before = Counter(_outcome(s, b) for b, s, at in steady if at < killed_at)
     during = Counter(_outcome(s, b) for b, s, at in steady if at >= killed_at)
     print(
-        f"\nfailover: Sentinels promoted the replica {failover_s:.1f} s after the kill; "
-        f"first request served {first_ok[0]:.1f} s after it\n"
+        f"\nfailover: Sentinels promoted the replica {failover_s:.1f} s after the kill; the API "
+        f"accepted requests again {min(accepted, default=0) - killed_at:.1f} s after it, and the "
+        f"first one after the promotion was answered {first_ok[0]:.1f} s after it\n"
         f"late requests ({'replica lagging' if replica_lags else 'replica in sync'}): "
         f"{dict(late_outcomes)}, the last ended {max(late_ended) - killed_at:.1f} s after the "
         "kill\n"

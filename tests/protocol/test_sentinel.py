@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import pytest
-from redis.asyncio import Redis
+from redis.asyncio import Redis, SSLConnection
 from redis.asyncio.client import PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -126,3 +126,29 @@ def _replicated(sentinel_set: SentinelSet) -> Callable[[], bool]:
             return bool(replica.info("replication")["slave_repl_offset"] >= offset)
 
     return check
+
+
+@pytest.mark.parametrize("tls", [False, True])
+async def test_the_url_gives_database_user_password_and_tls_not_the_address(tls: bool) -> None:
+    scheme, query = ("rediss", "?ssl_cert_reqs=none") if tls else ("redis", "")
+    settings = CommonSettings(
+        redis_url=f"{scheme}://app:data-pw@ignored:1/3{query}",
+        redis_sentinels="s0:26379,s1:26380",
+        redis_sentinel_master="m",
+        redis_sentinel_password="sentinel-pw",
+    )
+    redis = make_redis(settings, max_connections=2, socket_timeout_s=5)
+    pool = redis.connection_pool
+    assert isinstance(pool, SentinelBlockingPool)
+    master = pool.connection_kwargs
+    assert (master["db"], master["username"], master["password"]) == (3, "app", "data-pw")
+    assert "host" not in master and "port" not in master  # asked of the Sentinels instead
+    assert issubclass(pool.connection_class, SSLConnection) == tls
+    sentinel_pools = [s.connection_pool for s in pool.sentinel_manager.sentinels]
+    assert [p.connection_kwargs["port"] for p in sentinel_pools] == [26379, 26380]
+    for sentinel_pool in sentinel_pools:
+        assert sentinel_pool.connection_kwargs["password"] == "sentinel-pw"  # not the data one
+        assert issubclass(sentinel_pool.connection_class, SSLConnection) == tls
+    if tls:
+        assert master["ssl_cert_reqs"] == sentinel_pool.connection_kwargs["ssl_cert_reqs"] == "none"
+    await redis.aclose()

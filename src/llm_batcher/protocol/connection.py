@@ -55,9 +55,9 @@ class _MasterTlsConnection(_MasterConnection, SSLConnection):
 class SentinelBlockingPool(SentinelConnectionPool, BlockingConnectionPool):
     """The master's connections as Sentinels name it, bounded as BlockingConnectionPool is.
 
-    The order of the bases matters. SentinelConnectionPool.__init__ picks the connection class
-    (SentinelManagedConnection, which asks the Sentinels where to connect) and takes its own
-    options, then hands the rest to BlockingConnectionPool.__init__ (max_connections, timeout).
+    The order of the bases matters. SentinelConnectionPool.__init__ takes its own options and
+    gives the connections a reference to the pool (through which they ask the Sentinels where to
+    connect), then hands the rest to BlockingConnectionPool.__init__ (max_connections, timeout).
     SentinelConnectionPool overrides neither get_connection nor release, so callers wait for a
     free connection (BlockingConnectionPool's) instead of getting "Too many connections".
     """

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
@@ -19,7 +18,7 @@ from llm_batcher.protocol.connection import REDIS_UNAVAILABLE, SentinelBlockingP
 from llm_batcher.protocol.scripts import Script, source
 from llm_batcher.settings import CommonSettings
 from tests.support.results import make_queue, submit
-from tests.support.sentinel import DATA_PASSWORD, SentinelSet
+from tests.support.sentinel import DATA_PASSWORD, MASTER, SENTINEL_PASSWORD, SentinelSet
 from tests.support.waiting import eventually
 
 T = TypeVar("T")
@@ -85,7 +84,7 @@ async def test_every_connection_follows_a_failover(
     with sentinel_set.replica.client(DATA_PASSWORD) as replica:
         assert replica.script_exists(submit_sha) == [False]  # scripts are not replicated
 
-    sentinel_set.primary.signal(signal.SIGKILL)
+    sentinel_set.primary.kill()  # SIGKILL, reaped: its sockets are closed
     with pytest.raises(RedisConnectionError):  # the old master's connections fail...
         await queue.claims.read_new("c1", 10, 100)
     await asyncio.to_thread(sentinel_set.wait_failover)
@@ -152,3 +151,30 @@ async def test_the_url_gives_database_user_password_and_tls_not_the_address(tls:
     if tls:
         assert master["ssl_cert_reqs"] == sentinel_pool.connection_kwargs["ssl_cert_reqs"] == "none"
     await redis.aclose()
+
+
+async def test_when_the_old_master_lives_on_every_connection_leaves_it(
+    client: Redis, sentinel_set: SentinelSet, key_prefix: str
+) -> None:
+    """A failover whose old master lives on (SENTINEL FAILOVER, or a partition): it stays a
+    master, accepting writes, until the Sentinels demote it about 10 s later. The pool asks the
+    Sentinels every MASTER_CHECK_S, so every connection leaves it well before, the blocking
+    reader included, and no write goes to it."""
+    queue = make_queue(client, key_prefix)
+    await queue.claims.ensure_group()
+    await queue.claims.read_new("c1", 10, 50)  # the blocking reader holds a connection
+    with sentinel_set.sentinels[0].client(SENTINEL_PASSWORD) as sentinel:
+        assert sentinel.sentinel_failover(MASTER)
+    await asyncio.to_thread(sentinel_set.wait_failover)
+
+    async def on_new_master() -> bool:
+        port = (await once_back(lambda: client.info("server")))["tcp_port"]
+        return bool(port == sentinel_set.replica.port)
+
+    await eventually(on_new_master, 5, "commands to reach the new master")
+    task_id = await once_back(lambda: submit(queue, "after a manual failover"))
+    claims = await once_back(lambda: queue.claims.read_new("c1", 10, 200))
+    assert [c.task_id for c in claims] == [task_id]
+    with sentinel_set.primary.client(DATA_PASSWORD) as old_master:
+        assert old_master.info("replication")["role"] == "master"  # not demoted yet
+        assert not old_master.exists(queue.keys.task(task_id))

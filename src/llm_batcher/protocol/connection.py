@@ -10,6 +10,10 @@ NOSCRIPT (the script cache is not replicated), and re-subscribes pub/sub channel
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -20,6 +24,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from llm_batcher.settings import CommonSettings
+
+log = logging.getLogger(__name__)
+
+MASTER_CHECK_S = 1.0
+"""How often a process asks the Sentinels whether the master moved (while it uses Redis)."""
 
 REDIS_UNAVAILABLE: tuple[type[BaseException], ...] = (
     RedisConnectionError,
@@ -62,8 +71,45 @@ class SentinelBlockingPool(SentinelConnectionPool, BlockingConnectionPool):
     free connection (BlockingConnectionPool's) instead of getting "Too many connections".
     """
 
+    def __init__(self, service_name: str, sentinel_manager: Sentinel, **kwargs: Any) -> None:
+        super().__init__(service_name, sentinel_manager, **kwargs)  # type: ignore[no-untyped-call]
+        self._checked_at = -MASTER_CHECK_S
+        self._check: asyncio.Task[None] | None = None
+
+    async def get_connection(self) -> Any:  # type: ignore[override]
+        self._check_master_soon()
+        return await super().get_connection()  # type: ignore[no-untyped-call]
+
+    def _check_master_soon(self) -> None:
+        """Ask the Sentinels, at most every MASTER_CHECK_S and in the background, whether the
+        master moved. redis-py asks only when a connection connects; but when the old master
+        lives on (a manual failover, a partition), the connections open to it stay usable, and
+        the Sentinels demoted it only 10 s later: writes went to it until then, and were lost."""
+        now = time.monotonic()
+        if now - self._checked_at < MASTER_CHECK_S or self._check is not None:
+            return
+        self._checked_at = now
+        self._check = asyncio.get_running_loop().create_task(self._check_master())
+
+    async def _check_master(self) -> None:
+        try:
+            known = self.master_address
+            address = await self.sentinel_manager.discover_master(self.service_name)
+            if known is not None and address != known:
+                log.warning("the Sentinels name a new master, %s:%s; reconnecting", *address)
+                self.master_address = address
+                await self.disconnect(inuse_connections=True)  # in use too: the reader, pub/sub
+        except REDIS_UNAVAILABLE as exc:  # no Sentinel answers: the connections will tell
+            log.debug("master check skipped: %s", exc)
+        finally:
+            self._check = None
+
     async def aclose(self) -> None:
         """Close the pool's connections, and the Sentinel clients, which nothing else owns."""
+        if self._check is not None:
+            self._check.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._check
         await super().aclose()
         await self.sentinel_manager.aclose()
 
@@ -118,7 +164,7 @@ def _sentinel_pool(settings: CommonSettings, options: dict[str, Any]) -> Sentine
     sentinels = Sentinel(settings.sentinel_addresses, sentinel_kwargs=sentinel_options)  # type: ignore[no-untyped-call]
     master = settings.redis_sentinel_master
     connection_class = _MasterTlsConnection if tls else _MasterConnection
-    return SentinelBlockingPool(master, sentinels, connection_class=connection_class, **options)  # type: ignore[no-untyped-call]
+    return SentinelBlockingPool(master, sentinels, connection_class=connection_class, **options)
 
 
 def reply_text(value: bytes | str) -> str:

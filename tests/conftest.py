@@ -15,7 +15,8 @@ from redis.asyncio import Redis
 
 from llm_batcher.local.embedded_redis import EmbeddedRedis
 from tests.support.full import TinyRedis
-from tests.support.processes import Stack
+from tests.support.processes import Stack, stack_on
+from tests.support.sentinel import SentinelSet
 from tests.support.sse import STREAM_TIMEOUT_S
 from tests.support.tools import check_tools
 from tests.support.up import Up, up_env
@@ -110,12 +111,8 @@ async def stack(
 ) -> AsyncIterator[Stack]:
     """Start APIs and workers with stack.api() / stack.worker() on the session Redis under this
     test's key prefix (its keys removed after); all are stopped afterwards."""
-    processes = Stack(redis_url, key_prefix, tmp_path)
-    try:
+    with stack_on(redis_url, key_prefix, tmp_path) as processes:
         yield processes
-    finally:
-        processes.stop()
-        print(processes.logs())  # shown by pytest only when the test failed
 
 
 @pytest.fixture
@@ -123,12 +120,8 @@ async def own_stack(
     own_redis: EmbeddedRedis, key_prefix: str, tmp_path: Path
 ) -> AsyncIterator[Stack]:
     """Processes on a Redis server of this test's own, which the test may stop and restart."""
-    processes = Stack(own_redis.url, key_prefix, tmp_path)
-    try:
+    with stack_on(own_redis.url, key_prefix, tmp_path) as processes:
         yield processes
-    finally:
-        processes.stop()
-        print(processes.logs())
 
 
 @pytest.fixture
@@ -147,3 +140,16 @@ async def run_up(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Up]]]:
         for up in started:
             await up.close()
             print(up.output())  # shown by pytest only when the test failed
+
+
+@pytest.fixture
+def sentinel_set(tmp_path: Path) -> Iterator[SentinelSet]:
+    """A primary, a replica and three Sentinels of this test's own (tests/support/sentinel.py),
+    ready for a failover; all stopped afterwards."""
+    servers = SentinelSet(tmp_path / "sentinel")
+    try:
+        servers.start()
+        yield servers
+    finally:
+        servers.stop()
+        print(servers.logs())  # shown by pytest only when the test failed

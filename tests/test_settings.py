@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from llm_batcher.settings import ApiSettings, CommonSettings, OperatorSettings, WorkerSettings
 from tests.support.processes import BIN
@@ -43,6 +44,8 @@ def test_settings_are_read_from_the_environment_when_built(monkeypatch: pytest.M
         ("worker", "LLMB_MAX_BATCH", "four"),
         ("api", "LLMB_REDIS_URL", "http://not-redis"),
         ("api", "LLMB_PORT", "70000"),
+        ("worker", "LLMB_REDIS_SENTINELS", "sentinel-0"),  # no port
+        ("api", "LLMB_REDIS_SENTINELS", "sentinel-0:26379"),  # no LLMB_REDIS_SENTINEL_MASTER
     ],
 )
 def test_a_bad_value_stops_the_process_with_one_line(
@@ -70,3 +73,18 @@ def test_the_worker_tells_the_mock_whether_to_honour_directives(
     assert WorkerSettings(llm_files="argv").llm_argv[1:] == ["--directives=on"]
     monkeypatch.setenv("LLMB_LLM_COMMAND", "my-llm")
     assert "--directives=on" not in WorkerSettings().llm_argv  # only the mock knows the flag
+
+
+def test_sentinels_are_host_port_pairs() -> None:
+    settings = CommonSettings(
+        redis_sentinels="s0:26379, 10.0.0.2:26380,[::1]:26381", redis_sentinel_master="m"
+    )
+    assert settings.sentinel_addresses == [("s0", 26379), ("10.0.0.2", 26380), ("::1", 26381)]
+    assert CommonSettings().sentinel_addresses == []
+    for bad in ("s0", "s0:", ":26379", "s0:port", "s0:70000"):
+        with pytest.raises(ValidationError, match="is not host:port"):
+            CommonSettings(redis_sentinels=bad, redis_sentinel_master="m")
+    with pytest.raises(ValidationError, match="needs a redis:// or rediss://"):
+        CommonSettings(
+            redis_sentinels="s0:1", redis_sentinel_master="m", redis_url="unix:///run/redis.sock"
+        )

@@ -43,6 +43,18 @@ class CommonSettings(BaseSettings):
     redis_password: str | None = Field(
         None, description="Redis password, if not in the URL (the chart sets it from a Secret)."
     )
+    redis_sentinels: str = Field(
+        "",
+        description="Comma-separated host:port of Redis Sentinels. When set, every process asks "
+        "them for the master of LLMB_REDIS_SENTINEL_MASTER (again after a failover), and "
+        "LLMB_REDIS_URL gives only the database, user, password and TLS (its host is ignored).",
+    )
+    redis_sentinel_master: str = Field(
+        "", description="Name the Sentinels monitor the master under; needed with the Sentinels."
+    )
+    redis_sentinel_password: str | None = Field(
+        None, description="Password of the Sentinels themselves, if they have one."
+    )
     key_prefix: str = Field("llmb", description="Prefix of every Redis key this deployment uses.")
     result_ttl_s: float = Field(
         3600, gt=0, description="How long a task's answer stays in Redis for resuming streams."
@@ -75,6 +87,26 @@ class CommonSettings(BaseSettings):
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _check_sentinels(cls, value: str) -> str:
+        for address in comma_list(value):
+            host_port(address)
+        return value
+
+    @model_validator(mode="after")
+    def _check_sentinel_master(self) -> CommonSettings:
+        if self.redis_sentinels and not self.redis_sentinel_master:
+            raise ValueError("LLMB_REDIS_SENTINELS needs LLMB_REDIS_SENTINEL_MASTER")
+        if self.redis_sentinels and self.redis_url.startswith("unix://"):
+            raise ValueError("LLMB_REDIS_SENTINELS needs a redis:// or rediss:// LLMB_REDIS_URL")
+        return self
+
+    @property
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        """The (host, port) of each Sentinel of LLMB_REDIS_SENTINELS (empty: no Sentinel)."""
+        return [host_port(address) for address in comma_list(self.redis_sentinels)]
 
     @field_validator("key_prefix")
     @classmethod
@@ -420,3 +452,12 @@ def labels(value: str) -> dict[str, str]:
 def comma_list(value: str) -> list[str]:
     """The items of a comma-separated list, blanks dropped."""
     return [name.strip() for name in value.split(",") if name.strip()]
+
+
+def host_port(address: str) -> tuple[str, int]:
+    """``host:port`` (or ``[v6 address]:port``) as a pair; ValueError naming what is wrong."""
+    host, sep, port = address.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{address!r} is not host:port")
+    return host, int(port)

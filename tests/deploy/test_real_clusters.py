@@ -314,3 +314,33 @@ def test_a_changed_generated_secret_rolls_the_pods_that_read_it() -> None:
     assert keyed["worker"] == before["worker"] and keyed["redis"] == before["redis"]
     generated = _checksums(render())  # the chart's own Redis password Secret
     assert generated["worker"] != before["worker"] and generated["redis"] != before["redis"]
+
+
+# === Redis behind Sentinel =====================================================================
+
+
+def test_an_external_redis_behind_sentinel() -> None:
+    rendered = render_scenario("sentinel")
+    for name in ("llm-batcher-api", "llm-batcher-worker"):
+        env = env_of(rendered.container("Deployment", name))
+        assert env["LLMB_REDIS_SENTINELS"]["value"] == ",".join(
+            f"redis-node-{i}.redis-headless.llmb.svc.cluster.local:26379" for i in range(3)
+        )
+        assert env["LLMB_REDIS_SENTINEL_MASTER"]["value"] == "mymaster"
+        secret = env["LLMB_REDIS_SENTINEL_PASSWORD"]["valueFrom"]["secretKeyRef"]
+        assert secret == {"name": "redis", "key": "redis-password"}
+        assert env["LLMB_REDIS_URL"]["value"] == "redis://redis/0"
+    egress = rendered.get("NetworkPolicy", "llm-batcher-api")["spec"]["egress"]
+    ports = {p["port"] for rule in egress for p in rule["ports"]}
+    assert {26379, 6379} <= ports  # the Sentinels, and the master they name
+    # The URL may be left out: the Sentinels name the host.
+    values = {"redis": {"enabled": False}, "externalRedis": {"sentinel": {"hosts": ["s:26379"]}}}
+    chart().validate_schema(values)
+    env = env_of(render(values).container("Deployment", "llm-batcher-worker"))
+    assert env["LLMB_REDIS_URL"]["value"] == "redis://redis/0"
+    assert "LLMB_REDIS_SENTINEL_PASSWORD" not in env
+    with pytest.raises(helm_python.HelmValuesError):  # neither a URL nor Sentinels
+        chart().validate_schema({"redis": {"enabled": False}})
+    # The chart's own Redis has no Sentinel: the values are left alone.
+    mine = render({"externalRedis": {"sentinel": {"hosts": ["s:26379"]}}})
+    assert "LLMB_REDIS_SENTINELS" not in env_of(mine.container("Deployment", "llm-batcher-api"))

@@ -30,6 +30,9 @@ from tests.deploy.support import (
 DERIVED = {
     "redis_url": "redis.enabled (the chart's Redis) or externalRedis.url",
     "redis_password": "the Secret of redis.auth or externalRedis.existingSecret",
+    "redis_sentinels": "externalRedis.sentinel.hosts",
+    "redis_sentinel_master": "externalRedis.sentinel.masterName",
+    "redis_sentinel_password": "the Secret of externalRedis.sentinel.existingSecret",
     "tmp_dir": "worker.tmpDir.path, an emptyDir",
     "worker_id": "the pod name",
     "api_keys": "the Secret of api.auth",
@@ -57,7 +60,8 @@ def _chart_set(container: dict[str, Any], extra_env: list[dict[str, Any]]) -> se
 
 def _unset(rendered: Rendered) -> set[str]:
     """Optional settings the chart rightly leaves unset: no password when Redis has none, no
-    keys when API keys are off, never a keys file."""
+    keys when API keys are off, never a keys file, no Sentinel unless externalRedis.sentinel
+    names some."""
     values = rendered.values
     has_password = (
         values["redis"]["auth"]["enabled"]
@@ -65,6 +69,11 @@ def _unset(rendered: Rendered) -> set[str]:
         else bool(values["externalRedis"]["existingSecret"])
     )
     unset = {"LLMB_API_KEYS_FILE"}
+    sentinel = values["externalRedis"].get("sentinel") or {}
+    if values["redis"]["enabled"] or not sentinel.get("hosts"):
+        unset |= {"LLMB_REDIS_SENTINELS", "LLMB_REDIS_SENTINEL_MASTER"}
+    if values["redis"]["enabled"] or not sentinel.get("existingSecret"):
+        unset.add("LLMB_REDIS_SENTINEL_PASSWORD")
     if not values["api"]["auth"]["enabled"]:
         unset |= {"LLMB_API_KEYS", "LLMB_ADMIN_KEYS"}
     return unset if has_password else unset | {"LLMB_REDIS_PASSWORD"}

@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -223,6 +223,18 @@ class Stack:
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.log_path.name}\n{p.log()[-6000:]}" for p in self.procs)
+
+
+@contextlib.contextmanager
+def stack_on(redis_url: str, prefix: str, log_dir: Path) -> Iterator[Stack]:
+    """A Stack on this Redis and key prefix whose processes are all stopped after the block;
+    their logs are printed then (pytest shows them when the test failed)."""
+    processes = Stack(redis_url, prefix, log_dir)
+    try:
+        yield processes
+    finally:
+        processes.stop()
+        print(processes.logs())
 
 
 async def start_together(*starts: Coroutine[Any, Any, Any]) -> list[Any]:

@@ -74,6 +74,9 @@ global.imageRegistry, set here or by a parent chart, replaces every image's regi
 {{- define "llm-batcher.redisUrl" -}}
 {{- if .Values.redis.enabled }}
 {{- printf "redis://%s-redis:%d/0" (include "llm-batcher.fullname" .) (int .Values.redis.port) }}
+{{- else if (include "llm-batcher.sentinels" .) }}
+{{- /* The Sentinels name the master: the URL gives only the database, user and TLS. */}}
+{{- .Values.externalRedis.url | default "redis://redis/0" }}
 {{- else }}
 {{- required "externalRedis.url is required when redis.enabled is false" .Values.externalRedis.url }}
 {{- end }}
@@ -162,7 +165,27 @@ Helm holds numbers as floats, which print as 1e+06 from a million up. */}}
       key: {{ include "llm-batcher.redisSecretKey" $ctx }}
 {{- end }}
 {{- end }}
+{{- if include "llm-batcher.sentinels" $ctx }}
+{{- with $ctx.Values.externalRedis.sentinel }}
+- name: LLMB_REDIS_SENTINELS
+  value: {{ join "," .hosts | quote }}
+- name: LLMB_REDIS_SENTINEL_MASTER
+  value: {{ .masterName | quote }}
+{{- with .existingSecret }}
+- name: LLMB_REDIS_SENTINEL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $ctx.Values.externalRedis.sentinel.existingSecretPasswordKey }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{ include "llm-batcher.settingsEnv" (dict "settings" $ctx.Values.config "prefix" "LLMB_") | trim }}
+{{- end }}
+
+{{/* Non-empty when the pods reach an external Redis through Sentinels. */}}
+{{- define "llm-batcher.sentinels" -}}
+{{- if and (not .Values.redis.enabled) (dig "sentinel" "hosts" list .Values.externalRedis) }}true{{ end }}
 {{- end }}
 
 {{/* Non-empty when the chart's Redis gives the API and the workers ACL users of their own. */}}
@@ -270,6 +293,22 @@ initContainers:
     - podSelector:
         matchLabels:
           {{- include "llm-batcher.selectorLabels" (dict "ctx" $ "component" "redis") | nindent 10 }}
+{{- else if include "llm-batcher.sentinels" . }}
+{{- /* The Sentinels' ports, and the port of the servers they name. */}}
+{{- $sentinel := .Values.externalRedis.sentinel }}
+{{- $ports := list (int $sentinel.redisPort) }}
+{{- range $sentinel.hosts }}
+{{- $ports = append $ports (last (splitList ":" .) | int) }}
+{{- end }}
+- ports:
+    {{- range ($ports | uniq) }}
+    - port: {{ . }}
+      protocol: TCP
+    {{- end }}
+  {{- with .Values.networkPolicy.egress.externalRedisTo }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
 {{- else }}
 {{- $host := (urlParse .Values.externalRedis.url).host }}
 - ports:

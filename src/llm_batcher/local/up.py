@@ -51,8 +51,9 @@ def _child_env(
     args: argparse.Namespace, redis_url: str, redis_password: str | None
 ) -> dict[str, str]:
     env = dict(os.environ, LLMB_REDIS_URL=redis_url, PYTHONUNBUFFERED="1")
-    if redis_password is not None:
+    if redis_password is not None:  # the embedded server, which no Sentinel watches
         env["LLMB_REDIS_PASSWORD"] = redis_password
+        env["LLMB_REDIS_SENTINELS"] = ""
     # A local stack: the test page's samples steer the mock with `@mock` lines.
     env.setdefault("LLMB_MOCK_DIRECTIVES", "true")
     flags = {

@@ -55,6 +55,9 @@ log = logging.getLogger(__name__)
 
 _TURN_POLL_S = 0.02  # how often an idle worker asks whether it may read
 _IDLE_NOTE_S = 0.25  # how often an idle worker renews its mark in keys.idle
+# Longest wait between tries while Redis is unavailable: a Sentinel failover or a restart ends
+# in seconds, and the backoff's overshoot past it (up to this long) delays the worker's return.
+_REDIS_RETRY_MAX_S = 1.0
 
 
 class Worker:
@@ -154,7 +157,7 @@ class Worker:
                 log.warning("Redis unavailable or refusing (%s); retrying in %.1f s", exc, backoff)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), backoff)
-                backoff = min(backoff * 2, 5.0)
+                backoff = min(backoff * 2, _REDIS_RETRY_MAX_S)
                 ahead = [c for c in ahead if c.entry_id in self.held]  # those not dropped
                 continue
             if claims:

@@ -1,5 +1,6 @@
 """Clients that hang up: before their task started (it is cancelled and never reaches the LLM),
-and in the middle of the answer (it costs nothing: the batch completes, the task ends `done`)."""
+in the middle of the answer (it costs nothing: the batch completes, the task ends `done`), and
+followers of another client's task, whose hang-up never cancels it."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from llm_batcher.contract import Event
+from tests.support.metrics import scrape, value
 from tests.support.processes import Stack
 from tests.support.results import queue_length, task_state
 from tests.support.sse import SLOW, after_task, after_tokens, read_sse, words
@@ -79,3 +82,62 @@ async def test_hanging_up_mid_stream_costs_nothing(
     replay = await read_sse(client, "GET", url, headers={"Last-Event-ID": f"{task_id}:-1"})
     assert replay.terminal.kind == "done"
     assert replay.text == replay.terminal.data["text"] == words(8, "quit-")
+
+
+async def _hang_ups(api_url: str, outcome: str) -> float:
+    """The /generate streams this API counted as ended by the client, with this outcome."""
+    samples = await scrape(f"{api_url}/metrics")
+    labels = {"outcome": outcome, "code": "", "endpoint": "generate"}
+    return value(samples, "llm_batcher_requests_total", **labels)
+
+
+async def test_followers_hanging_up_never_cancel_only_the_submitter_may(
+    stack: Stack, client: httpx.AsyncClient, redis: Redis
+) -> None:
+    """A follower (Last-Event-ID or last_event_id from -1, GET or POST) hanging up before the
+    first token, or a resumer hanging up mid-stream, leaves the submitter's task running: only
+    the request that queued it cancels it (the submitter's own hang-up is tested above)."""
+    api = await stack.api()  # no worker yet: the task stays queued while the followers leave
+    url = f"{api.url}/generate"
+    body = words(8)
+    seen: list[Event] = []
+
+    def note(events: list[Event]) -> bool:
+        seen[:] = events
+        return False
+
+    submitter = asyncio.create_task(
+        read_sse(client, "GET", url, params={"context": SLOW + body}, until=note)
+    )
+    await eventually(lambda: bool(seen), 10, "the submitter's `task` event")
+    task_id = str(seen[0].data["task_id"])
+    from_start = f"{task_id}:-1"
+    followers = [
+        read_sse(client, "GET", url, until=after_task, headers={"Last-Event-ID": from_start}),
+        read_sse(client, "GET", url, until=after_task, params={"last_event_id": from_start}),
+        read_sse(client, "POST", url, until=after_task, headers={"Last-Event-ID": from_start}),
+    ]
+    for left in await asyncio.gather(*followers):
+        assert left.kinds == ["task"], left.kinds
+
+    async def only_the_submitter_reads() -> bool:
+        samples = await scrape(f"{api.url}/metrics")
+        return value(samples, "llm_batcher_open_streams") <= 1
+
+    await eventually(only_the_submitter_reads, 10, "the API to close the followers' streams")
+    assert await task_state(redis, stack.prefix, task_id) == ("queued", None)
+    assert await _hang_ups(api.url, "disconnected") == len(followers)
+
+    await stack.worker()
+    resumers = [
+        read_sse(client, "GET", url, until=after_tokens(2), headers={"Last-Event-ID": from_start}),
+        read_sse(
+            client, "GET", url, until=after_tokens(1), params={"last_event_id": f"{task_id}:2"}
+        ),
+    ]
+    for left in await asyncio.gather(*resumers):
+        assert not left.ended_by_server and left.tokens, left.kinds
+    stream = await asyncio.wait_for(submitter, 20)
+    done = stream.assert_exact(body)
+    assert done["attempt"] == 1
+    assert await _hang_ups(api.url, "cancelled") == 0

@@ -222,3 +222,31 @@ async def test_sigterm_past_the_drain_time_hands_the_batch_to_another_worker(
         assert (done.data["attempt"], done.data["worker"]) == (2, "rescuer")
     # re-running takes 3 s; waiting for the lease instead would have taken 10 s more
     assert handover_s < lease_ms / 1000, handover_s
+
+
+async def test_a_live_worker_keeps_its_tasks_through_a_batch_twice_the_lease(
+    redis: Redis, redis_url: str, key_prefix: str, tmp_path: Path
+) -> None:
+    """A worker renews its leases while its batch runs: with another worker idle beside it, a
+    batch lasting twice the lease is not taken over (without renewal, the idle worker reclaims
+    the tasks after one lease and they bounce between the workers)."""
+    lease_ms, itl_ms, words = 1500, 150, 20  # 20 tokens x 150 ms: 3 s, twice the lease
+    queue = make_queue(redis, key_prefix)
+    await queue.claims.ensure_group()
+    settings = {"lease_ms": lease_ms, "window_ms": 2000, "max_batch": 4}
+    async with (
+        running_worker(redis_url, key_prefix, tmp_path, worker_id="first", **settings) as (a, _),
+        running_worker(redis_url, key_prefix, tmp_path, worker_id="second", **settings) as (b, _),
+    ):
+        ids, bodies = await submit_slow_batch(queue, itl_ms=itl_ms, words=words)
+        results = await asyncio.gather(*(wait_result(queue, t, 30) for t in ids))
+        logs = a.log() + b.log()
+
+    runners = set()
+    for entries, body in zip(results, bodies, strict=True):
+        done = assert_complete_answer(entries, body)
+        assert done.data is not None
+        assert (done.data["attempt"], done.data["batch_size"]) == (1, 4), done.data
+        runners.add(done.data["worker"])
+    assert len(runners) == 1, runners  # one batch, on one worker, while the other was idle
+    assert "took over" not in logs

@@ -39,20 +39,24 @@ async def beat(queue: TaskQueue, worker: str) -> None:
 
 @contextlib.asynccontextmanager
 async def beating(queue: TaskQueue, worker: str) -> AsyncIterator[None]:
-    """``worker`` beats every timeout/4 (as worker/heartbeat.py does) while the block runs."""
+    """``worker`` beats every timeout/4 (as worker/heartbeat.py does) while the block runs.
+
+    The loop ends on an event, not by cancellation: a cancellation that lands inside a Redis
+    call can be swallowed by the client, and the loop would then beat on, and the test hang."""
+    stop = asyncio.Event()
 
     async def loop() -> None:
-        while True:
+        while not stop.is_set():
             await beat(queue, worker)
-            await asyncio.sleep(BEAT_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), BEAT_S)
 
     task = asyncio.create_task(loop())
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        stop.set()
+        await asyncio.wait_for(task, 10)
 
 
 async def beaten_for(queue: TaskQueue, worker: str, ms: int) -> bool:

@@ -12,8 +12,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.processes import BIN, Stack, base_env
+from tests.support.processes import Stack
 from tests.support.sse import Stream, read_sse, words
+from tests.test_dlq import run_dlq
 
 pytestmark = pytest.mark.system
 
@@ -23,15 +24,7 @@ POISON = "@mock ttft_ms=0 itl_ms=20 fail=exit fail_after=2\n" + words(5, "p")
 
 async def dlq(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
     """Run `llm-batcher dlq ARGS` on the test's Redis and prefix."""
-    env = base_env(stack.redis_url, stack.prefix, log_level="INFO")
-    proc = await asyncio.create_subprocess_exec(
-        str(BIN / "llm-batcher"), "dlq", *args, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    async with asyncio.timeout(60):
-        out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return subprocess.CompletedProcess(list(args), proc.returncode, out.decode(), err.decode())
+    return await run_dlq(stack.redis_url, stack.prefix, *args)
 
 
 async def dlq_json(stack: Stack, *args: str) -> Any:

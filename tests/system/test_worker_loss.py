@@ -1,0 +1,170 @@
+"""Losing a worker at awkward moments, with the real processes: paused mid-batch until another
+worker takes its tasks over (fencing), or killed while it holds the read turn. Every client still
+gets its exact answer, once, and no LLM runs on for a worker that lost its tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from llm_batcher.protocol.keys import WORKER_GROUP
+from llm_batcher.protocol.queue import TaskQueue
+from tests.support.metrics import scrape, value
+from tests.support.processes import Stack, alive, llm_children, start_together
+from tests.support.results import (
+    WHOLE_ANSWER,
+    assert_complete_answer,
+    make_queue,
+    tokens_written,
+)
+from tests.support.sse import STREAM_TIMEOUT_S, Stream, read_sse, words
+from tests.support.waiting import eventually, while_clients_run
+
+pytestmark = pytest.mark.system
+
+
+def follow(client: httpx.AsyncClient, api_url: str, context: str, into: Stream) -> asyncio.Task:
+    """A client reading one /generate answer in the background."""
+    url, params = f"{api_url}/generate", {"context": context}
+    return asyncio.create_task(read_sse(client, "GET", url, into=into, params=params))
+
+
+async def run_by(queue: TaskQueue, task_id: str) -> tuple[str, int]:
+    """The worker of the task's latest attempt, and that attempt's number."""
+    worker, attempt = await queue.redis.hmget(queue.keys.task(task_id), ["worker", "attempt"])
+    return (worker or b"").decode(), int(attempt or 0)
+
+
+async def test_a_worker_paused_until_taken_over_is_fenced_out_and_stops_its_llm(
+    stack: Stack, client: httpx.AsyncClient, redis: Redis, key_prefix: str
+) -> None:
+    """SIGSTOP a worker mid-batch until another worker has taken its tasks over, then SIGCONT
+    it: its LLM ran on meanwhile, and every write of that output is refused (fenced); it stops
+    that LLM, and each client sees one clean answer, from the new attempt."""
+    # One batch of 3 (it starts when full). argv: no spare LLM waits beside the batch's, so the
+    # batch's LLM is the only llm-mock below the worker.
+    settings = {"window_ms": 2000, "max_batch": 3}
+    api, *workers = await start_together(
+        stack.api(), *(stack.worker(llm_files="argv", **settings) for _ in range(2))
+    )
+    await stack.wait_ready(api)
+    queue = make_queue(redis, key_prefix)
+    # 80 tokens of 100 ms: the paused worker's LLM is still writing when the worker resumes
+    bodies = [f"client {i}: {words(80, f'p{i}-w')}" for i in range(3)]
+    answers = [Stream() for _ in bodies]
+    clients = [
+        follow(client, api.url, f"@mock ttft_ms=0 itl_ms=100\n{body}", answer)
+        for body, answer in zip(bodies, answers, strict=True)
+    ]
+    try:
+        await while_clients_run(
+            lambda: all(len(a.tokens) >= 3 for a in answers), clients, 15, "3 tokens everywhere"
+        )
+        task_ids = [a.task_id for a in answers]
+        owners = {(await run_by(queue, t))[0] for t in task_ids}
+        assert len(owners) == 1, owners  # one batch, on one worker
+        victim = next(w for w in workers if w.id in owners)
+        survivor = next(w for w in workers if w is not victim)
+        mocks = llm_children(victim.proc.pid)
+        assert len(mocks) == 1, mocks
+
+        victim.proc.signal(signal.SIGSTOP)
+        try:
+
+            async def taken_over() -> bool:
+                runs = [await run_by(queue, t) for t in task_ids]
+                return all(run == (survivor.id, 2) for run in runs)
+
+            await eventually(taken_over, 15, "the survivor to take the tasks over")
+            # at least what the paused worker wrote: the survivor writes only past that
+            written_when_taken = sum([await tokens_written(queue, t) for t in task_ids])
+            assert alive(mocks), "the paused worker's LLM ended before the worker resumed"
+        finally:
+            victim.proc.signal(signal.SIGCONT)
+        await asyncio.wait_for(asyncio.gather(*clients), STREAM_TIMEOUT_S)
+    finally:
+        for task in clients:
+            task.cancel()
+
+    for answer, body in zip(answers, bodies, strict=True):
+        done = answer.assert_exact(body)  # ids 0..n-1 in order, no repeat, one `done`, last
+        assert (done["worker"], done["attempt"]) == (survivor.id, 2), done
+        assert answer.connections == 1
+        # the result stream itself, as any later reader gets it
+        entries = await queue.results.after(answer.task_id, -1, count=WHOLE_ANSWER)
+        assert_complete_answer(entries, body)
+    # The resumed worker learnt from its refused writes that the tasks are no longer its own,
+    # stopped the LLM it had left running, and runs on.
+    fenced = [f"task {t} is no longer this worker's (fenced)" for t in task_ids]
+    await eventually(
+        lambda: all(line in victim.proc.log() for line in fenced), 15, "the refused writes"
+    )
+    stopping = "no task is this worker's any more; stopping it"
+    await eventually(lambda: stopping in victim.proc.log(), 10, "the resumed worker to stop")
+    await eventually(lambda: not alive(mocks), 10, "the fenced batch's llm-mock to exit")
+    assert llm_children(victim.proc.pid) == []
+    # not one token of what its LLM wrote while it was paused got through
+    samples = await scrape(f"http://127.0.0.1:{victim.port}/metrics")
+    assert value(samples, "llm_batcher_tokens_relayed_total") <= written_when_taken
+    assert victim.proc.popen.poll() is None
+
+
+async def test_a_worker_killed_holding_the_read_turn_blocks_reads_only_until_it_expires(
+    stack: Stack, client: httpx.AsyncClient, redis: Redis, key_prefix: str
+) -> None:
+    """Idle workers take turns at reading new tasks (keys.reader, a key with an expiry). A
+    worker killed while it holds the turn never ends it: the other worker waits for the turn to
+    expire, then serves the dead worker's task and those queued meanwhile."""
+    # A long fixed window and batches of 3: the worker that reads a lone task holds the read
+    # turn through the window, waiting for more. That is the state this test kills it in.
+    settings = {"window_ms": 3000, "max_batch": 3}
+    api, *workers = await start_together(stack.api(), *(stack.worker(**settings) for _ in range(2)))
+    await stack.wait_ready(api)
+    queue = make_queue(redis, key_prefix)
+    bodies = [f"request {i}: {words(6, f't{i}-w')}" for i in range(3)]
+    answers = [Stream() for _ in bodies]
+    clients = [follow(client, api.url, bodies[0], answers[0])]
+    try:
+        await while_clients_run(lambda: bool(answers[0].events), clients, 10, "the first task")
+        turn: dict[str, object] = {}
+
+        async def in_window() -> bool:
+            """Whether the worker holding the read turn holds the first task (it waits for
+            more); notes the holder and when its turn expires, by Redis's clock."""
+            async with redis.pipeline(transaction=True) as pipe:
+                pipe.time().get(queue.keys.reader).pttl(queue.keys.reader)
+                pipe.xpending_range(queue.keys.tasks, WORKER_GROUP, "-", "+", 10)
+                (seconds, micros), holder, ttl_ms, pending = await pipe.execute()
+            if holder is None or [r["consumer"] for r in pending] != [holder]:
+                return False
+            turn.update(holder=holder.decode(), expires_ms=seconds * 1000 + micros // 1000 + ttl_ms)
+            return True
+
+        await eventually(in_window, 10, "a worker to hold the read turn and the first task")
+        victim = next(w for w in workers if w.id == turn["holder"])
+        survivor = next(w for w in workers if w is not victim)
+        victim.proc.kill_group()
+        assert await redis.get(queue.keys.reader) == victim.id.encode()  # a dead worker's turn
+        clients += [follow(client, api.url, bodies[i], answers[i]) for i in (1, 2)]
+        await asyncio.wait_for(asyncio.gather(*clients), STREAM_TIMEOUT_S)
+    finally:
+        for task in clients:
+            task.cancel()
+
+    expires_ms = int(turn["expires_ms"])  # type: ignore[call-overload]
+    started_ms = []
+    for answer, body in zip(answers, bodies, strict=True):
+        done = answer.assert_exact(body)
+        assert (done["worker"], done["attempt"]) == (survivor.id, 1), done  # the victim ran none
+        created_ms, attempt_ms = await redis.hmget(
+            queue.keys.task(answer.task_id), ["created_ms", "attempt_ms"]
+        )
+        # queued while the dead worker's turn stood, started only once it expired (give or take
+        # the millisecond the clocks are rounded to)
+        assert int(created_ms) < expires_ms <= int(attempt_ms) + 1, (created_ms, expires_ms)
+        started_ms.append(int(attempt_ms))
+    print(f"\nMEASURED started_after_the_dead_turn_expired_ms={max(started_ms) - expires_ms}")

@@ -42,38 +42,30 @@ async def run_by(queue: TaskQueue, task_id: str) -> tuple[str, int]:
 async def test_a_worker_paused_until_taken_over_is_fenced_out_and_stops_its_llm(
     stack: Stack, client: httpx.AsyncClient, redis: Redis, key_prefix: str
 ) -> None:
-    """SIGSTOP a worker mid-batch until another worker has taken its tasks over, then SIGCONT
-    it: its LLM ran on meanwhile, and every write of that output is refused (fenced); it stops
-    that LLM, and each client sees one clean answer, from the new attempt."""
+    """SIGSTOP a worker mid-batch, let another worker take its tasks over, then SIGCONT it: its
+    LLM ran on meanwhile, and every write of that output is refused (fenced); it stops that LLM
+    long before its end, and each client sees one clean answer, from the new attempt."""
     # One batch of 3 (it starts when full). argv: no spare LLM waits beside the batch's, so the
     # batch's LLM is the only llm-mock below the worker.
-    settings = {"window_ms": 2000, "max_batch": 3}
-    api, *workers = await start_together(
-        stack.api(), *(stack.worker(llm_files="argv", **settings) for _ in range(2))
-    )
+    settings = {"window_ms": 2000, "max_batch": 3, "llm_files": "argv"}
+    # The paused worker's LLM would take 30 s (150 tokens of 200 ms), the other's 7.5 s.
+    api, victim = await start_together(stack.api(), stack.worker(mock_itl_ms=200, **settings))
     await stack.wait_ready(api)
     queue = make_queue(redis, key_prefix)
-    # 80 tokens of 100 ms: the paused worker's LLM is still writing when the worker resumes
-    bodies = [f"client {i}: {words(80, f'p{i}-w')}" for i in range(3)]
+    bodies = [f"client {i}: {words(150, f'p{i}-w')}" for i in range(3)]  # echoed
     answers = [Stream() for _ in bodies]
-    clients = [
-        follow(client, api.url, f"@mock ttft_ms=0 itl_ms=100\n{body}", answer)
-        for body, answer in zip(bodies, answers, strict=True)
-    ]
+    clients = [follow(client, api.url, b, a) for b, a in zip(bodies, answers, strict=True)]
     try:
         await while_clients_run(
             lambda: all(len(a.tokens) >= 3 for a in answers), clients, 15, "3 tokens everywhere"
         )
         task_ids = [a.task_id for a in answers]
-        owners = {(await run_by(queue, t))[0] for t in task_ids}
-        assert len(owners) == 1, owners  # one batch, on one worker
-        victim = next(w for w in workers if w.id in owners)
-        survivor = next(w for w in workers if w is not victim)
         mocks = llm_children(victim.proc.pid)
         assert len(mocks) == 1, mocks
 
         victim.proc.signal(signal.SIGSTOP)
         try:
+            survivor = await stack.worker(mock_itl_ms=50, **settings)
 
             async def taken_over() -> bool:
                 runs = [await run_by(queue, t) for t in task_ids]
@@ -85,6 +77,16 @@ async def test_a_worker_paused_until_taken_over_is_fenced_out_and_stops_its_llm(
             assert alive(mocks), "the paused worker's LLM ended before the worker resumed"
         finally:
             victim.proc.signal(signal.SIGCONT)
+        # Resumed, it learns from its refused writes that the tasks are no longer its own and
+        # stops the LLM it left running, while the survivor's attempt runs on.
+        fenced = [f"task {t} is no longer this worker's (fenced)" for t in task_ids]
+        await while_clients_run(
+            lambda: all(line in victim.proc.log() for line in fenced), clients, 15, "refusals"
+        )
+        stopping = "no task is this worker's any more; stopping it"
+        await eventually(lambda: stopping in victim.proc.log(), 10, "the resumed worker to stop")
+        await eventually(lambda: not alive(mocks), 10, "the fenced batch's llm-mock to exit")
+        assert llm_children(victim.proc.pid) == []
         await asyncio.wait_for(asyncio.gather(*clients), STREAM_TIMEOUT_S)
     finally:
         for task in clients:
@@ -97,17 +99,7 @@ async def test_a_worker_paused_until_taken_over_is_fenced_out_and_stops_its_llm(
         # the result stream itself, as any later reader gets it
         entries = await queue.results.after(answer.task_id, -1, count=WHOLE_ANSWER)
         assert_complete_answer(entries, body)
-    # The resumed worker learnt from its refused writes that the tasks are no longer its own,
-    # stopped the LLM it had left running, and runs on.
-    fenced = [f"task {t} is no longer this worker's (fenced)" for t in task_ids]
-    await eventually(
-        lambda: all(line in victim.proc.log() for line in fenced), 15, "the refused writes"
-    )
-    stopping = "no task is this worker's any more; stopping it"
-    await eventually(lambda: stopping in victim.proc.log(), 10, "the resumed worker to stop")
-    await eventually(lambda: not alive(mocks), 10, "the fenced batch's llm-mock to exit")
-    assert llm_children(victim.proc.pid) == []
-    # not one token of what its LLM wrote while it was paused got through
+    # not one token of what its LLM wrote while it was paused got through; and it runs on
     samples = await scrape(f"http://127.0.0.1:{victim.port}/metrics")
     assert value(samples, "llm_batcher_tokens_relayed_total") <= written_when_taken
     assert victim.proc.popen.poll() is None

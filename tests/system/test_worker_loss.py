@@ -105,15 +105,17 @@ async def test_a_worker_paused_until_taken_over_is_fenced_out_and_stops_its_llm(
     assert victim.proc.popen.poll() is None
 
 
-async def test_a_worker_killed_holding_the_read_turn_blocks_reads_only_until_it_expires(
+async def test_a_worker_killed_holding_the_read_turn_holds_up_reads_until_it_expires(
     stack: Stack, client: httpx.AsyncClient, redis: Redis, key_prefix: str
 ) -> None:
     """Idle workers take turns at reading new tasks (keys.reader, a key with an expiry). A
-    worker killed while it holds the turn never ends it: the other worker waits for the turn to
-    expire, then serves the dead worker's task and those queued meanwhile."""
+    worker killed while it holds the turn never ends it: the other worker reads nothing until
+    the turn expires, and then at once serves the dead worker's task and those queued
+    meanwhile."""
     # A long fixed window and batches of 3: the worker that reads a lone task holds the read
     # turn through the window, waiting for more. That is the state this test kills it in.
-    settings = {"window_ms": 3000, "max_batch": 3}
+    window_ms = 3000
+    settings = {"window_ms": window_ms, "max_batch": 3}
     api, *workers = await start_together(stack.api(), *(stack.worker(**settings) for _ in range(2)))
     await stack.wait_ready(api)
     queue = make_queue(redis, key_prefix)
@@ -122,7 +124,7 @@ async def test_a_worker_killed_holding_the_read_turn_blocks_reads_only_until_it_
     clients = [follow(client, api.url, bodies[0], answers[0])]
     try:
         await while_clients_run(lambda: bool(answers[0].events), clients, 10, "the first task")
-        turn: dict[str, object] = {}
+        turns: list[tuple[bytes, int]] = []
 
         async def in_window() -> bool:
             """Whether the worker holding the read turn holds the first task (it waits for
@@ -133,21 +135,21 @@ async def test_a_worker_killed_holding_the_read_turn_blocks_reads_only_until_it_
                 (seconds, micros), holder, ttl_ms, pending = await pipe.execute()
             if holder is None or [r["consumer"] for r in pending] != [holder]:
                 return False
-            turn.update(holder=holder.decode(), expires_ms=seconds * 1000 + micros // 1000 + ttl_ms)
+            turns.append((holder, seconds * 1000 + micros // 1000 + ttl_ms))
             return True
 
         await eventually(in_window, 10, "a worker to hold the read turn and the first task")
-        victim = next(w for w in workers if w.id == turn["holder"])
+        holder, expires_ms = turns[-1]
+        victim = next(w for w in workers if w.id.encode() == holder)
         survivor = next(w for w in workers if w is not victim)
         victim.proc.kill_group()
-        assert await redis.get(queue.keys.reader) == victim.id.encode()  # a dead worker's turn
+        assert await redis.get(queue.keys.reader) == holder  # a dead worker's turn
         clients += [follow(client, api.url, bodies[i], answers[i]) for i in (1, 2)]
         await asyncio.wait_for(asyncio.gather(*clients), STREAM_TIMEOUT_S)
     finally:
         for task in clients:
             task.cancel()
 
-    expires_ms = int(turn["expires_ms"])  # type: ignore[call-overload]
     started_ms = []
     for answer, body in zip(answers, bodies, strict=True):
         done = answer.assert_exact(body)
@@ -159,4 +161,9 @@ async def test_a_worker_killed_holding_the_read_turn_blocks_reads_only_until_it_
         # the millisecond the clocks are rounded to)
         assert int(created_ms) < expires_ms <= int(attempt_ms) + 1, (created_ms, expires_ms)
         started_ms.append(int(attempt_ms))
-    print(f"\nMEASURED started_after_the_dead_turn_expired_ms={max(started_ms) - expires_ms}")
+    late_ms = max(started_ms) - expires_ms
+    print(f"\nMEASURED started_after_the_dead_turn_expired_ms={late_ms}")
+    # Reading resumed at the expiry: typically within tens of ms. The bound is wide on purpose:
+    # it allows for the survivor's own window (had it read the new tasks before the dead
+    # worker's heartbeat lapsed, they would wait for a third) and for a loaded machine.
+    assert late_ms < window_ms + 2000, late_ms

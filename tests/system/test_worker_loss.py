@@ -5,7 +5,9 @@ gets its exact answer, once, and no LLM runs on for a worker that lost its tasks
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -14,7 +16,7 @@ from redis.asyncio import Redis
 from llm_batcher.protocol.keys import WORKER_GROUP
 from llm_batcher.protocol.queue import TaskQueue
 from tests.support.metrics import scrape, value
-from tests.support.processes import Stack, alive, llm_children, start_together
+from tests.support.processes import Stack, Worker, alive, llm_children, start_together
 from tests.support.results import (
     WHOLE_ANSWER,
     assert_complete_answer,
@@ -25,6 +27,10 @@ from tests.support.sse import STREAM_TIMEOUT_S, Stream, read_sse, words
 from tests.support.waiting import eventually, while_clients_run
 
 pytestmark = pytest.mark.system
+
+# One batch of 3 (it starts when full). argv: no spare LLM waits beside the batch's, so the
+# batch's LLM is the only llm-mock below its worker.
+SETTINGS = {"window_ms": 2000, "max_batch": 3, "llm_files": "argv"}
 
 
 def follow(client: httpx.AsyncClient, api_url: str, context: str, into: Stream) -> asyncio.Task:
@@ -39,17 +45,38 @@ async def run_by(queue: TaskQueue, task_id: str) -> tuple[str, int]:
     return (worker or b"").decode(), int(attempt or 0)
 
 
+@contextlib.asynccontextmanager
+async def paused_until_taken_over(
+    stack: Stack, victim: Worker, queue: TaskQueue, task_ids: list[str], **settings: object
+) -> AsyncIterator[Worker]:
+    """SIGSTOP ``victim``, start another worker with ``settings`` and wait until it runs every
+    one of ``task_ids`` (a new attempt); the block runs then, and SIGCONT follows it."""
+    victim.proc.signal(signal.SIGSTOP)
+    try:
+        survivor = await stack.worker(**settings)
+
+        async def taken_over() -> bool:
+            return all([await run_by(queue, t) == (survivor.id, 2) for t in task_ids])
+
+        await eventually(taken_over, 15, "the other worker to take the tasks over")
+        yield survivor
+    finally:
+        victim.proc.signal(signal.SIGCONT)
+
+
 async def test_a_worker_paused_until_taken_over_is_fenced_out_and_stops_its_llm(
     stack: Stack, client: httpx.AsyncClient, redis: Redis, key_prefix: str
 ) -> None:
     """SIGSTOP a worker mid-batch, let another worker take its tasks over, then SIGCONT it: its
     LLM ran on meanwhile, and every write of that output is refused (fenced); it stops that LLM
     long before its end, and each client sees one clean answer, from the new attempt."""
-    # One batch of 3 (it starts when full). argv: no spare LLM waits beside the batch's, so the
-    # batch's LLM is the only llm-mock below the worker.
-    settings = {"window_ms": 2000, "max_batch": 3, "llm_files": "argv"}
-    # The paused worker's LLM would take 30 s (150 tokens of 200 ms), the other's 7.5 s.
-    api, victim = await start_together(stack.api(), stack.worker(mock_itl_ms=200, **settings))
+    # The paused worker's LLM would take 30 s (150 tokens of 200 ms), the other's 7.5 s. Its
+    # long lease: its first renewal is due 20 s after its start, after it resumed, so that the
+    # refusal of a write is how it learns the tasks are gone (a renewal first would stop the
+    # batch before it writes; the next test).
+    api, victim = await start_together(
+        stack.api(), stack.worker(mock_itl_ms=200, lease_ms=60_000, **SETTINGS)
+    )
     await stack.wait_ready(api)
     queue = make_queue(redis, key_prefix)
     bodies = [f"client {i}: {words(150, f'p{i}-w')}" for i in range(3)]  # echoed
@@ -62,21 +89,12 @@ async def test_a_worker_paused_until_taken_over_is_fenced_out_and_stops_its_llm(
         task_ids = [a.task_id for a in answers]
         mocks = llm_children(victim.proc.pid)
         assert len(mocks) == 1, mocks
-
-        victim.proc.signal(signal.SIGSTOP)
-        try:
-            survivor = await stack.worker(mock_itl_ms=50, **settings)
-
-            async def taken_over() -> bool:
-                runs = [await run_by(queue, t) for t in task_ids]
-                return all(run == (survivor.id, 2) for run in runs)
-
-            await eventually(taken_over, 15, "the survivor to take the tasks over")
+        async with paused_until_taken_over(
+            stack, victim, queue, task_ids, mock_itl_ms=50, **SETTINGS
+        ) as survivor:
             # at least what the paused worker wrote: the survivor writes only past that
             written_when_taken = sum([await tokens_written(queue, t) for t in task_ids])
             assert alive(mocks), "the paused worker's LLM ended before the worker resumed"
-        finally:
-            victim.proc.signal(signal.SIGCONT)
         # Resumed, it learns from its refused writes that the tasks are no longer its own and
         # stops the LLM it left running, while the survivor's attempt runs on.
         fenced = [f"task {t} is no longer this worker's (fenced)" for t in task_ids]
@@ -103,6 +121,49 @@ async def test_a_worker_paused_until_taken_over_is_fenced_out_and_stops_its_llm(
     samples = await scrape(f"http://127.0.0.1:{victim.port}/metrics")
     assert value(samples, "llm_batcher_tokens_relayed_total") <= written_when_taken
     assert victim.proc.popen.poll() is None
+
+
+async def test_a_paused_worker_whose_llm_is_silent_stops_it_when_its_renewal_finds_it_lost(
+    stack: Stack, client: httpx.AsyncClient, redis: Redis, key_prefix: str
+) -> None:
+    """The same pause, while the LLM has written nothing yet (a long prefill; a hang looks the
+    same): there is no write to refuse, so the worker's next lease renewal, which finds the tasks
+    gone, must stop the LLM, or it would hold the worker until the batch deadline."""
+    api, victim = await start_together(
+        stack.api(),
+        stack.worker(mock_ttft_ms=60_000, **SETTINGS),  # a minute to its first token
+    )
+    await stack.wait_ready(api)
+    queue = make_queue(redis, key_prefix)
+    bodies = [f"silent {i}: {words(10, f's{i}-w')}" for i in range(3)]
+    answers = [Stream() for _ in bodies]
+    clients = [follow(client, api.url, b, a) for b, a in zip(bodies, answers, strict=True)]
+    try:
+        await while_clients_run(lambda: all(a.events for a in answers), clients, 10, "3 tasks")
+        task_ids = [a.task_id for a in answers]
+
+        async def llm_started() -> bool:
+            runs = [await run_by(queue, t) for t in task_ids]
+            return runs == [(victim.id, 1)] * 3 and bool(llm_children(victim.proc.pid))
+
+        await eventually(llm_started, 10, "the batch's LLM to start")
+        mocks = llm_children(victim.proc.pid)
+        async with paused_until_taken_over(stack, victim, queue, task_ids, **SETTINGS) as survivor:
+            pass
+        stopping = "no task is this worker's any more; stopping it"
+        await eventually(lambda: stopping in victim.proc.log(), 10, "the resumed worker to stop")
+        await eventually(lambda: not alive(mocks), 10, "the lost batch's llm-mock to exit")
+        assert llm_children(victim.proc.pid) == []
+        await asyncio.wait_for(asyncio.gather(*clients), STREAM_TIMEOUT_S)
+    finally:
+        for task in clients:
+            task.cancel()
+
+    log = victim.proc.log()
+    for answer, body in zip(answers, bodies, strict=True):
+        done = answer.assert_exact(body)
+        assert (done["worker"], done["attempt"]) == (survivor.id, 2), done
+        assert f"task {answer.task_id} is no longer this worker's (not held)" in log
 
 
 async def test_a_worker_killed_holding_the_read_turn_holds_up_reads_until_it_expires(

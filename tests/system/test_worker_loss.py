@@ -10,6 +10,7 @@ import signal
 from collections.abc import AsyncIterator
 
 import httpx
+import psutil
 import pytest
 from redis.asyncio import Redis
 
@@ -64,6 +65,15 @@ async def paused_until_taken_over(
         victim.proc.signal(signal.SIGCONT)
 
 
+async def stopped_its_llm(worker: Worker, mocks: list[psutil.Process]) -> None:
+    """Wait until ``worker`` has stopped its batch and the batch's LLM ``mocks`` exited; none
+    is left below it."""
+    stopping = "no task is this worker's any more; stopping it"
+    await eventually(lambda: stopping in worker.proc.log(), 10, "the worker to stop its batch")
+    await eventually(lambda: not alive(mocks), 10, "the batch's llm-mock to exit")
+    assert llm_children(worker.proc.pid) == []
+
+
 async def test_a_worker_paused_until_taken_over_is_fenced_out_and_stops_its_llm(
     stack: Stack, client: httpx.AsyncClient, redis: Redis, key_prefix: str
 ) -> None:
@@ -101,10 +111,7 @@ async def test_a_worker_paused_until_taken_over_is_fenced_out_and_stops_its_llm(
         await while_clients_run(
             lambda: all(line in victim.proc.log() for line in fenced), clients, 15, "refusals"
         )
-        stopping = "no task is this worker's any more; stopping it"
-        await eventually(lambda: stopping in victim.proc.log(), 10, "the resumed worker to stop")
-        await eventually(lambda: not alive(mocks), 10, "the fenced batch's llm-mock to exit")
-        assert llm_children(victim.proc.pid) == []
+        await stopped_its_llm(victim, mocks)
         await asyncio.wait_for(asyncio.gather(*clients), STREAM_TIMEOUT_S)
     finally:
         for task in clients:
@@ -150,10 +157,7 @@ async def test_a_paused_worker_whose_llm_is_silent_stops_it_when_its_renewal_fin
         mocks = llm_children(victim.proc.pid)
         async with paused_until_taken_over(stack, victim, queue, task_ids, **SETTINGS) as survivor:
             pass
-        stopping = "no task is this worker's any more; stopping it"
-        await eventually(lambda: stopping in victim.proc.log(), 10, "the resumed worker to stop")
-        await eventually(lambda: not alive(mocks), 10, "the lost batch's llm-mock to exit")
-        assert llm_children(victim.proc.pid) == []
+        await stopped_its_llm(victim, mocks)
         await asyncio.wait_for(asyncio.gather(*clients), STREAM_TIMEOUT_S)
     finally:
         for task in clients:

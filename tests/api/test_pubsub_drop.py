@@ -21,7 +21,8 @@ from llm_batcher.api.hub import RESYNC, ResultHub
 from llm_batcher.local.embedded_redis import EmbeddedRedis
 from llm_batcher.protocol.keys import Keys, token_entry_id
 from tests.support.processes import Api, Stack, start_together
-from tests.support.sse import STREAM_TIMEOUT_S, Stream, read_sse, words
+from tests.support.results import task_state
+from tests.support.sse import STREAM_TIMEOUT_S, Stream, read_sse, sse_events, words
 from tests.support.waiting import eventually, while_clients_run
 
 pytestmark = pytest.mark.system
@@ -160,3 +161,46 @@ async def test_streams_that_open_while_the_connection_is_killed_get_their_answer
         answer.assert_exact(body)
     assert kills >= 2, "the connection was not killed while the streams opened"
     print(f"MEASURED pubsub_kills_while_opening={kills}")
+
+
+async def test_a_hang_up_while_the_connection_is_down_still_cancels_and_unsubscribes(
+    own_stack: Stack, own_client: Redis, client: httpx.AsyncClient
+) -> None:
+    """A cancellation does not ride on pub/sub, and the dropped subscription of a stream that
+    ended meanwhile is not sent again when the connection comes back."""
+    api = await own_stack.api()  # no worker yet: the task stays queued
+    url = f"{api.url}/generate"
+    keep = Stream()  # a stream that stays open keeps the hub subscribed, and its reader reading
+    keeper = asyncio.create_task(read_sse(client, "GET", url, into=keep, params={"context": "k"}))
+    try:
+        await eventually(lambda: keep.events, 10, "the first stream to open")
+        reconnections = api.proc.log().count(RECONNECTED)
+        async with client.stream("GET", url, params={"context": "gone"}) as response:
+            first = await anext(sse_events(response))
+            # killed right before the hang-up: its unsubscription meets a dropped connection,
+            # or, when the hub is quicker, the new one
+            assert await own_client.client_kill_filter(_type="pubsub") == 1
+        gone = Stream([first])
+        await eventually(
+            lambda: api.proc.log().count(RECONNECTED) > reconnections, 10, "a reconnection"
+        )
+
+        async def cancelled() -> bool:
+            return await task_state(
+                redis=own_client, prefix=own_stack.prefix, task_id=gone.task_id
+            ) == ("error", "cancelled")
+
+        await eventually(cancelled, 10, "the task to end with error `cancelled`")
+        channel = Keys(own_stack.prefix).result(gone.task_id)
+
+        async def unsubscribed() -> bool:
+            return dict(await own_client.pubsub_numsub(channel)).get(channel.encode()) == 0
+
+        await eventually(unsubscribed, 10, "no subscription to the ended stream")
+        worker = await own_stack.worker()
+        async with asyncio.timeout(STREAM_TIMEOUT_S):
+            await keeper
+        keep.assert_exact("k")
+        assert gone.task_id not in worker.proc.log()
+    finally:
+        keeper.cancel()

@@ -51,6 +51,9 @@ SWEEP_CHUNK = 1000
 
 Item = ResultEntry | str
 
+_SEND_FAILURES: tuple[type[BaseException], ...] = (*REDIS_UNAVAILABLE, AttributeError)
+"""What a send meets on a connection being reconnected (see _ReconnectAwarePubSub.send)."""
+
 
 def _retrieve(future: asyncio.Future[None]) -> None:
     """Mark a future's error as seen: an unsubscription's failure has no one to tell."""
@@ -100,37 +103,45 @@ class _ReconnectAwarePubSub(PubSub):
             self.hub.connected()
 
     async def send(self, command: str, channels: list[str]) -> None:
-        """(Un)subscribe ``channels``. On a dropped connection the reader reconnects, and
-        subscribes again to what is recorded: a subscription is recorded all the same, and sent
-        then; an unsubscription is forgotten. While the reader is idle (nothing subscribed), the
-        connection is (re)connected here, once more if the first send finds it dropped."""
+        """(Un)subscribe ``channels``. While the reader reads, the hub's wish is recorded first
+        (redis-py records it once sent): the reader's next reconnection subscribes to what is
+        recorded, so a subscription that a dropped connection did not take is sent then (one
+        sent twice is harmless), and an unsubscription is not undone. While the reader is idle
+        (nothing subscribed), the connection is (re)connected here, once more if the first
+        send finds it dropped."""
         wanted: dict[Any, Any] = dict.fromkeys(channels)
         names = self._normalize_keys(wanted)
-        if self.subscribed:
-            try:
-                if self.connection is None or not self.connection.is_connected:
-                    raise RedisConnectionError("the pub/sub connection is down")
-                await self.connection.send_command(command, *channels, check_health=False)
-            except REDIS_UNAVAILABLE:
-                if command == _UNSUBSCRIBE:
-                    for name in names:
-                        self.channels.pop(name, None)
-                    return
-        else:
-            for attempt in range(2):
-                await self.connect()  # type: ignore[no-untyped-call]
-                assert self.connection is not None
-                try:
-                    await self.connection.send_command(command, *channels)
-                    break
-                except REDIS_UNAVAILABLE:
-                    if attempt:
-                        raise
+        if not self.subscribed:
+            await self._send_alone(command, channels)
+            if command == _SUBSCRIBE:
+                self.channels.update(names)
+            return
         if command == _SUBSCRIBE:
             self.channels.update(names)
-            self.pending_unsubscribe_channels.difference_update(names)
         else:
-            self.pending_unsubscribe_channels.update(names)
+            for name in names:
+                self.channels.pop(name, None)
+        try:
+            if self.connection is None or not self.connection.is_connected:
+                raise RedisConnectionError("the pub/sub connection is down")
+            await self.connection.send_command(command, *channels, check_health=False)
+        except _SEND_FAILURES as exc:
+            # The reader reconnects, and sends what is recorded. A send on a connection being
+            # reconnected meets a ConnectionError, or an AttributeError from redis-py: the
+            # writer the reader has just dropped.
+            log.info("pub/sub %s deferred to the reconnection: %r", command, exc)
+
+    async def _send_alone(self, command: str, channels: list[str]) -> None:
+        """Send with nothing reading the connection: (re)connecting it here is safe."""
+        for attempt in range(2):
+            await self.connect()  # type: ignore[no-untyped-call]
+            assert self.connection is not None
+            try:
+                await self.connection.send_command(command, *channels)
+                return
+            except REDIS_UNAVAILABLE:
+                if attempt:
+                    raise
 
 
 class ResultHub:

@@ -173,7 +173,7 @@ async def test_a_hang_up_while_the_connection_is_down_still_cancels_and_unsubscr
     keep = Stream()  # a stream that stays open keeps the hub subscribed, and its reader reading
     keeper = asyncio.create_task(read_sse(client, "GET", url, into=keep, params={"context": "k"}))
     try:
-        await eventually(lambda: keep.events, 10, "the first stream to open")
+        await eventually(lambda: bool(keep.events), 10, "the first stream to open")
         reconnections = api.proc.log().count(RECONNECTED)
         async with client.stream("GET", url, params={"context": "gone"}) as response:
             first = await anext(sse_events(response))

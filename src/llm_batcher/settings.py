@@ -134,6 +134,12 @@ class ApiSettings(CommonSettings):
     shutdown_grace_s: float = Field(
         20, ge=0, description="On SIGTERM, how long open streams may finish before being closed."
     )
+    send_timeout_s: float = Field(
+        30,
+        gt=0,
+        description="A stream whose client takes no data for this long (its socket buffers "
+        "full) is closed.",
+    )
     stats_slowest: int = Field(
         10, ge=0, le=1000, description="How many of the slowest requests /stats lists."
     )

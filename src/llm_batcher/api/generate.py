@@ -198,4 +198,9 @@ def parse_event_id(value: str) -> tuple[str, int]:
 def respond(state: AppState, stream: StreamState) -> SseResponse:
     """The SSE response of one task's stream."""
     task_stream = TaskStream(state.queue, state.hub, state.settings, stream)
-    return SseResponse(task_stream.events(), headers=SSE_HEADERS, on_close=task_stream.close)
+    return SseResponse(
+        task_stream.events(),
+        headers=SSE_HEADERS,
+        send_timeout_s=state.settings.send_timeout_s,
+        on_close=task_stream.close,
+    )

@@ -24,6 +24,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from llm_batcher.api.liveness import RedisLiveness
 from llm_batcher.background import keep_running, spawn
@@ -49,6 +50,9 @@ SWEEP_CHUNK = 1000
 """Tasks checked in one pipeline (one round trip) of the sweep."""
 
 Item = ResultEntry | str
+
+_SEND_FAILURES: tuple[type[BaseException], ...] = (*REDIS_UNAVAILABLE, AttributeError)
+"""What a send meets on a connection being reconnected (see _ReconnectAwarePubSub.send)."""
 
 
 def _retrieve(future: asyncio.Future[None]) -> None:
@@ -83,7 +87,13 @@ class Subscription:
 
 
 class _ReconnectAwarePubSub(PubSub):
-    """redis-py reconnects and resubscribes by itself; the hub must know when it did."""
+    """redis-py reconnects and resubscribes by itself; the hub must know when it did.
+
+    Only the reader reconnects while it reads. A (un)subscription sent on a connection found
+    dropped used to reconnect it too (redis-py's retry does), at the same time as the reader:
+    their handshakes read the same socket at once, and the stream that subscribed failed with a
+    RuntimeError (a connection killed while streams opened, tests/api/test_pubsub_drop.py).
+    """
 
     hub: ResultHub | None = None
 
@@ -91,6 +101,47 @@ class _ReconnectAwarePubSub(PubSub):
         await super().on_connect(connection)
         if self.hub is not None:
             self.hub.connected()
+
+    async def send(self, command: str, channels: list[str]) -> None:
+        """(Un)subscribe ``channels``. While the reader reads, the hub's wish is recorded first
+        (redis-py records it once sent): the reader's next reconnection subscribes to what is
+        recorded, so a subscription that a dropped connection did not take is sent then (one
+        sent twice is harmless), and an unsubscription is not undone. While the reader is idle
+        (nothing subscribed), the connection is (re)connected here, once more if the first
+        send finds it dropped."""
+        wanted: dict[Any, Any] = dict.fromkeys(channels)
+        names = self._normalize_keys(wanted)
+        if not self.subscribed:
+            await self._send_alone(command, channels)
+            if command == _SUBSCRIBE:
+                self.channels.update(names)
+            return
+        if command == _SUBSCRIBE:
+            self.channels.update(names)
+        else:
+            for name in names:
+                self.channels.pop(name, None)
+        try:
+            if self.connection is None or not self.connection.is_connected:
+                raise RedisConnectionError("the pub/sub connection is down")
+            await self.connection.send_command(command, *channels, check_health=False)
+        except _SEND_FAILURES as exc:
+            # The reader reconnects, and sends what is recorded. A send on a connection being
+            # reconnected meets a ConnectionError, or an AttributeError from redis-py: the
+            # writer the reader has just dropped.
+            log.info("pub/sub %s deferred to the reconnection: %r", command, exc)
+
+    async def _send_alone(self, command: str, channels: list[str]) -> None:
+        """Send with nothing reading the connection: (re)connecting it here is safe."""
+        for attempt in range(2):
+            await self.connect()  # type: ignore[no-untyped-call]
+            assert self.connection is not None
+            try:
+                await self.connection.send_command(command, *channels)
+                return
+            except REDIS_UNAVAILABLE:
+                if attempt:
+                    raise
 
 
 class ResultHub:
@@ -106,7 +157,6 @@ class ResultHub:
         self._subs: dict[str, set[Subscription]] = {}
         self._confirmed: dict[str, asyncio.Event] = {}
         self._reader: asyncio.Task[None] | None = None
-        self._ever_connected = False
         self._reader_runs = 0
         self._wake = asyncio.Event()  # set when the reader may have something to read
         self._idle = asyncio.Event()  # set while no stream is open
@@ -222,10 +272,7 @@ class ResultHub:
             try:
                 for command, run in itertools.groupby(commands, key=lambda c: c[0]):
                     channels = [channel for _, channel in run]
-                    if command == _SUBSCRIBE:
-                        await self._pubsub.subscribe(*channels)
-                    else:
-                        await self._pubsub.unsubscribe(*channels)
+                    await self._pubsub.send(command, channels)
             except BaseException as exc:  # every waiting stream gets it, cancellation included
                 sent.set_exception(exc)
                 if not isinstance(exc, Exception):
@@ -240,11 +287,16 @@ class ResultHub:
                 await event.wait()
 
     def connected(self) -> None:
-        """Called on every (re)connection of the pub/sub connection."""
-        if self._ever_connected:
-            log.info("pub/sub reconnected; %d stream(s) re-read their results", self.open_streams)
-            self._broadcast(RESYNC)
-        self._ever_connected = True
+        """Called on every reconnection of the pub/sub connection, once it has subscribed again.
+
+        Every time, the first one included: what was published since a stream last read Redis
+        (when the hub found the connection gone, say) reached no one. redis-py does not call
+        this for the connection's first connect, which the hub used to take its first call for:
+        the first reconnection of a process, after Redis was unreachable for a moment, told no
+        stream, and one whose last entries fell in that gap waited for them until its deadline.
+        """
+        log.info("pub/sub reconnected; %d stream(s) re-read their results", self.open_streams)
+        self._broadcast(RESYNC)
 
     def _broadcast(self, item: str) -> None:
         for subs in self._subs.values():

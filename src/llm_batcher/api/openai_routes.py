@@ -105,13 +105,21 @@ async def _answer(request: Request, parse: Callable[[bytes], CompletionRequest])
             state.queue, state.hub, state.settings, stream, ChunkEncoder(answer), asked.endpoint
         )
         return SseResponse(
-            task_stream.events(), headers=generate.SSE_HEADERS, on_close=task_stream.close
+            task_stream.events(),
+            headers=generate.SSE_HEADERS,
+            send_timeout_s=state.settings.send_timeout_s,
+            on_close=task_stream.close,
         )
     collector = Collector(answer)
     task_stream = TaskStream(
         state.queue, state.hub, state.settings, stream, collector, asked.endpoint
     )
-    return CollectedResponse(task_stream.events(), collector.result, on_close=task_stream.close)
+    return CollectedResponse(
+        task_stream.events(),
+        collector.result,
+        send_timeout_s=state.settings.send_timeout_s,
+        on_close=task_stream.close,
+    )
 
 
 def _check_model(state: AppState, model: str) -> None:

@@ -51,13 +51,19 @@ class CoalescingTransport(asyncio.Transport):
     model. A stream's `task` event follows its headers in the same turn, and its last events
     come with the terminator; joined, they take two. The data leaves at the start of the next
     turn, before the I/O polled then is handled: nothing waits for company.
+
+    A connection closed with data its client has not taken is aborted if the data is still
+    there ``close_wait_s`` later. asyncio's close waits for the data to leave, forever for a
+    client that reads nothing: after the send timeout had ended such a client's stream, its
+    socket and its unsent bytes stayed in the API as long as the client kept the connection.
     """
 
-    def __init__(self, transport: asyncio.Transport) -> None:
+    def __init__(self, transport: asyncio.Transport, close_wait_s: float) -> None:
         super().__init__()
         self._transport = transport
         self._pending: list[bytes] = []
         self._loop = asyncio.get_running_loop()
+        self._close_wait_s = close_wait_s
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not data:
@@ -87,6 +93,13 @@ class CoalescingTransport(asyncio.Transport):
     def close(self) -> None:
         self._flush()
         self._transport.close()
+        if self._transport.get_write_buffer_size():
+            self._loop.call_later(self._close_wait_s, self._abort_unsent)
+
+    def _abort_unsent(self) -> None:
+        if self._transport.get_write_buffer_size():  # else it is closed already, or closing
+            log.info("aborting a closed connection whose client did not take its last data")
+            self._transport.abort()
 
     def abort(self) -> None:
         self._pending.clear()
@@ -127,7 +140,8 @@ class ApiHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol (a C parser: h11's pure-Python one cost the API about a
     quarter of its CPU per request), with four changes:
 
-    - writes of one loop turn leave in one send (CoalescingTransport);
+    - writes of one loop turn leave in one send, and a connection closed with data its client
+      does not take is aborted after the send timeout (CoalescingTransport);
     - a request head (URL and headers) larger than ``head_limit`` bytes is refused with 400:
       httptools itself has no limit, and a client could make the API buffer any amount;
     - a refused request's 400 reaches the client. uvicorn answers a request it cannot parse
@@ -147,13 +161,21 @@ class ApiHttpProtocol(HttpToolsProtocol):
     _reading = True  # the current request has not all arrived
     _read_timer: asyncio.TimerHandle | None = None
 
-    def __init__(self, *args: Any, head_limit: int, read_timeout_s: float, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        head_limit: int,
+        read_timeout_s: float,
+        send_timeout_s: float,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.head_limit = head_limit
         self.read_timeout_s = read_timeout_s
+        self.send_timeout_s = send_timeout_s
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(CoalescingTransport(transport))
+        super().connection_made(CoalescingTransport(transport, self.send_timeout_s))
         self._arm_read_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -276,7 +298,10 @@ def serve(settings: ApiSettings) -> int:
     # a percent-encoded context fits, with room for the other parameters and the headers
     head_limit = settings.max_context_bytes * 3 + 16384
     protocol = functools.partial(
-        ApiHttpProtocol, head_limit=head_limit, read_timeout_s=settings.request_read_timeout_s
+        ApiHttpProtocol,
+        head_limit=head_limit,
+        read_timeout_s=settings.request_read_timeout_s,
+        send_timeout_s=settings.send_timeout_s,
     )
     config = uvicorn.Config(
         create_app(settings),

@@ -18,7 +18,6 @@ from collections.abc import AsyncGenerator, Callable, Mapping
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-SEND_TIMEOUT_S = 30.0
 _CANCELS = 10  # cancellations of a response whose client hung up, at most
 _CANCEL_AGAIN_S = 0.5  # between them
 
@@ -33,7 +32,8 @@ class SseResponse(Response):
         frames: AsyncGenerator[bytes, None],
         headers: Mapping[str, str] | None = None,
         status_code: int = 200,  # FastAPI's OpenAPI reads the default from the signature
-        send_timeout_s: float = SEND_TIMEOUT_S,
+        *,
+        send_timeout_s: float,
         on_close: Callable[[], None] | None = None,
     ) -> None:
         """``on_close`` runs when the response ends, even one that never started its frames
@@ -74,7 +74,7 @@ class SseResponse(Response):
             if timed_out:
                 task.uncancel()
                 raise TimeoutError(
-                    f"the client took no data for {self.send_timeout_s:.0f} s"
+                    f"the client took no data for {self.send_timeout_s:g} s"
                 ) from None
             if not self._hung_up:
                 raise
@@ -135,9 +135,11 @@ class CollectedResponse(SseResponse):
         self,
         frames: AsyncGenerator[bytes, None],
         result: Callable[[], tuple[int, bytes]],
+        *,
+        send_timeout_s: float,
         on_close: Callable[[], None] | None = None,
     ) -> None:
-        super().__init__(frames, on_close=on_close)
+        super().__init__(frames, send_timeout_s=send_timeout_s, on_close=on_close)
         self.result = result
 
     async def send_frames(self, frames: AsyncGenerator[bytes, None], send: Send) -> None:

@@ -13,13 +13,14 @@ result, one record per request, goes to RESULT.json.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import resource
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from llm_batcher.bench.client import Connection, Outcome
@@ -73,18 +74,38 @@ def raise_open_file_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-async def closed_client(
-    job: Job, client: int, budget: Iterator[int], outcomes: list[Outcome]
-) -> None:
-    """One closed-loop client: requests one after the other, on one connection, while the
-    run's shared ``budget`` lasts (so every client keeps going until the run's last requests,
-    whatever its pauses)."""
+@dataclass
+class Budget:
+    """The requests of a closed-loop run, shared by its clients: each takes the next after its
+    pause, so every client keeps going to the end of the run; once they are all taken, the
+    clients still pausing stop at once instead of finishing their pause."""
+
+    left: int
+    spent: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def take(self) -> bool:
+        if self.left <= 0:
+            self.spent.set()
+            return False
+        self.left -= 1
+        return True
+
+    async def pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.spent.wait(), seconds)
+
+
+async def closed_client(job: Job, client: int, budget: Budget, outcomes: list[Outcome]) -> None:
+    """One closed-loop client: requests one after the other, on one connection, each after a
+    pause when the job has one, while the budget lasts."""
     conn = Connection(job.host, job.port)
     pauses = random.Random(client)
     try:
-        for seq, _ in enumerate(budget):
+        for seq in range(job.requests):  # a client takes at most all of them
             if job.think_ms > 0:
-                await asyncio.sleep(pauses.expovariate(1000 / job.think_ms))
+                await budget.pause(pauses.expovariate(1000 / job.think_ms))
+            if not budget.take():
+                return
             context, body = make_context(job, client, seq)
             outcome = Outcome(sent_s=time.monotonic())
             outcomes.append(outcome)
@@ -94,7 +115,7 @@ async def closed_client(
 
 
 async def closed_loop(job: Job, outcomes: list[Outcome]) -> None:
-    budget = iter(range(job.requests))
+    budget = Budget(job.requests)
     async with asyncio.TaskGroup() as group:
         for client in range(min(job.concurrency, job.requests)):
             group.create_task(closed_client(job, client, budget, outcomes))

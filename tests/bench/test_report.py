@@ -13,6 +13,7 @@ from llm_batcher.bench.report import (
     ApiFigures,
     Row,
     Samples,
+    all_busy_share,
     batch_sizes,
     cpu_split,
     peak_open,
@@ -86,6 +87,17 @@ def test_peak_open() -> None:
 def test_batch_sizes_count_each_batch_once() -> None:
     records = [record(0, batch=1, size=2), record(1, batch=1, size=2), record(2, batch=2, size=1)]
     assert batch_sizes(records) == {1: 1, 2: 1}
+
+
+def test_all_busy_share_counts_requests_sent_while_every_worker_ran_a_batch() -> None:
+    # Each batch's model starts 9 ms after its request was sent (first token 310 ms later, read
+    # 1 ms after its stamp, 300 ms to the first token) and ends 0.5 s after it was sent.
+    records = [record(0, batch=0), record(1, batch=1), record(9, batch=2)]
+    # one worker: the second request came while the first batch ran; the others found it free
+    assert all_busy_share(records, 0.3, workers=1) == pytest.approx(1 / 3)
+    assert all_busy_share(records, 0.3, workers=2) == 0.0
+    unstamped = [record(0, relay=()), record(1, ok=False, batch=1)]
+    assert all_busy_share(unstamped, 0.3, workers=1) is None
 
 
 def saturation_scenario(concurrency: int) -> Scenario:
@@ -224,12 +236,15 @@ def test_the_light_run_offers_its_share_of_full_batches() -> None:
 
 
 def test_light_targets() -> None:
-    rows = [row(scenario="c64 at 60%", kind=LIGHT, concurrency=64, added_ttft_ms=(20.0, 70.0))]
+    rows = [row(scenario="c64 at 60%", kind=LIGHT, concurrency=64, added_ttft_ms=(20.0, 70.0),
+                all_busy_share=0.25)]  # fmt: skip
     add_checks(rows, [StackConfig(workers=4, max_batch=4)])
     assert verdicts(rows[0]) == {
         "c64 at 60%: every answer": True, "c64 at 60%: added TTFT p50": True,
         "c64 at 60%: added TTFT p99": False,
+        "c64 at 60%: sent while every worker ran a batch": None,  # shown, not a target
     }  # fmt: skip
+    assert rows[0].checks[-1].measured == "25%" and rows[0].met is False
 
 
 def test_table_files_and_plots(tmp_path: Path) -> None:

@@ -77,7 +77,12 @@ def added_ttft(row: Row, limits_ms: tuple[float, float]) -> list[Check]:
 
 
 def light_checks(row: Row) -> list[Check]:
-    return [answers(row), *added_ttft(row, LIGHT_ADDED_TTFT_MS)]
+    """Every answer and the added time; beside them, not a target, how many requests found
+    every worker busy, which the added time's tail comes from (docs/benchmarks.md)."""
+    share = row.all_busy_share
+    busy = Check(f"{row.scenario}: sent while every worker ran a batch", "-",
+                 "n/a" if share is None else f"{share:.0%}", None)  # fmt: skip
+    return [answers(row), *added_ttft(row, LIGHT_ADDED_TTFT_MS), busy]
 
 
 def capacity_checks(row: Row) -> list[Check]:

@@ -28,7 +28,7 @@ def test_a_tiny_bench_writes_its_report(tmp_path: Path) -> None:
     report = json.loads((out / "report.json").read_text())
     assert report["settings"]["quick"] is True
     rows = {row["scenario"]: row for row in report["rows"]}
-    assert list(rows) == ["c2", "20 streams", "cpu 9 tok", "cpu 41 tok"]
+    assert list(rows) == ["c2", "c64 at 60%", "20 streams", "cpu 9 tok", "cpu 41 tok"]
     for row in rows.values():
         assert (row["ok"], row["errors"]) == (row["requests"], {}), row["scenario"]
         assert row["throughput_rps"] > 0 and row["mean_batch"] >= 1
@@ -36,6 +36,7 @@ def test_a_tiny_bench_writes_its_report(tmp_path: Path) -> None:
         assert row["api"]["rss_bytes"] > 0 and row["api"]["redis_connections"] >= 1
         assert row["events_per_cpu_s"] > 0 and row["checks"]
     assert rows["c2"]["ratio"] > 0 and rows["c2"]["events"] == 6 * 11
+    assert rows["c64 at 60%"]["ideal_rps"] == pytest.approx(19.2)  # 0.6 of 4 workers' 32/s
     assert rows["20 streams"]["peak_open"] == 20
     markdown = (out / "report.md").read_text()
     assert "| scenario | req/s |" in markdown and "## Targets" in markdown

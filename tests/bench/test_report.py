@@ -13,6 +13,7 @@ from llm_batcher.bench.report import (
     ApiFigures,
     Row,
     Samples,
+    all_busy_share,
     batch_sizes,
     cpu_split,
     peak_open,
@@ -21,12 +22,15 @@ from llm_batcher.bench.report import (
     summarise,
 )
 from llm_batcher.bench.scenarios import (
+    KINDS,
+    LIGHT,
     SATURATION_MODEL,
     Model,
     Options,
     Scenario,
     build_plan,
     ideal_rps,
+    light,
 )
 from llm_batcher.bench.stack import StackConfig
 from llm_batcher.bench.targets import add_checks
@@ -83,6 +87,17 @@ def test_peak_open() -> None:
 def test_batch_sizes_count_each_batch_once() -> None:
     records = [record(0, batch=1, size=2), record(1, batch=1, size=2), record(2, batch=2, size=1)]
     assert batch_sizes(records) == {1: 1, 2: 1}
+
+
+def test_all_busy_share_counts_requests_sent_while_every_worker_ran_a_batch() -> None:
+    # Each batch's model starts 9 ms after its request was sent (first token 310 ms later, read
+    # 1 ms after its stamp, 300 ms to the first token) and ends 0.5 s after it was sent.
+    records = [record(0, batch=0), record(1, batch=1), record(9, batch=2)]
+    # one worker: the second request came while the first batch ran; the others found it free
+    assert all_busy_share(records, 0.3, workers=1) == pytest.approx(1 / 3)
+    assert all_busy_share(records, 0.3, workers=2) == 0.0
+    unstamped = [record(0, relay=()), record(1, ok=False, batch=1)]
+    assert all_busy_share(unstamped, 0.3, workers=1) is None
 
 
 def saturation_scenario(concurrency: int) -> Scenario:
@@ -198,14 +213,38 @@ def test_efficiency_splits_cpu_between_requests_and_events() -> None:
 
 
 def test_the_quick_plan_has_every_kind_and_small_counts() -> None:
-    kinds = ("saturation", "capacity", "efficiency")
     opts = Options(quick=True, workers=2, max_batch=4, window_ms=None, concurrency=None,
-                   streams=None, open_rate=1000.0, kinds=kinds)  # fmt: skip
+                   streams=None, open_rate=1000.0, kinds=KINDS)  # fmt: skip
     groups = build_plan(opts)
     names = [s.name for g in groups for s in g.scenarios]
-    assert names == ["c1", "c8", "c64", "1000 streams", "cpu 9 tok", "cpu 41 tok"]
-    assert [g.hold for g in groups] == [False, True]
-    assert groups[1].config.max_batch == 32
+    assert names == ["c1", "c8", "c64", "c64 at 60%", "1000 streams", "cpu 9 tok", "cpu 41 tok"]
+    assert [g.hold for g in groups] == [False, False, True]
+    assert [g.config.workers for g in groups] == [2, 4, 2]  # the light run: 4, as its target
+    assert groups[2].config.max_batch == 32
+
+
+def test_the_light_run_offers_its_share_of_full_batches() -> None:
+    four = StackConfig(workers=4, max_batch=4)  # full batches: 16 every 0.5 s, 32 a second
+    scenario = light(four, 0.6, quick=False)
+    assert (scenario.name, scenario.kind, scenario.concurrency) == ("c64 at 60%", LIGHT, 64)
+    # 64 clients, each pausing think_ms and then waiting 500 ms for its answer: 19.2 a second
+    assert scenario.think_ms == pytest.approx(64 / 19.2 * 1000 - 500)
+    assert ideal_rps(scenario, four) == pytest.approx(19.2)
+    assert scenario.requests == round(19.2 * 60)  # a minute of load; a quick run's, 20 s
+    assert light(four, 0.6, quick=True).requests == round(19.2 * 20)
+    assert light(four, 0.15, quick=True, requests=7).requests == 7
+
+
+def test_light_targets() -> None:
+    rows = [row(scenario="c64 at 60%", kind=LIGHT, concurrency=64, added_ttft_ms=(20.0, 70.0),
+                all_busy_share=0.25)]  # fmt: skip
+    add_checks(rows, [StackConfig(workers=4, max_batch=4)])
+    assert verdicts(rows[0]) == {
+        "c64 at 60%: every answer": True, "c64 at 60%: added TTFT p50": True,
+        "c64 at 60%: added TTFT p99": False,
+        "c64 at 60%: sent while every worker ran a batch": None,  # shown, not a target
+    }  # fmt: skip
+    assert rows[0].checks[-1].measured == "25%" and rows[0].met is False
 
 
 def test_table_files_and_plots(tmp_path: Path) -> None:

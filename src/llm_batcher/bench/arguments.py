@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from llm_batcher.bench.scenarios import KINDS
+from llm_batcher.bench.scenarios import KINDS, LIGHT_CLIENTS, LIGHT_LOAD, LIGHT_WORKERS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,6 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--concurrency", help="closed-loop clients of the saturation runs (default 1,8,64,512)")
     add("--streams", type=int, help="streams of the capacity run (default 10000, quick 1000)")
     add("--open-rate", type=float, default=1000.0, help="streams opened a second (default 1000)")
+    add("--light-load", type=float, default=LIGHT_LOAD,
+        help=f"load the light run's {LIGHT_CLIENTS} clients offer, as a share of what "
+        f"{LIGHT_WORKERS} workers' full batches serve (default {LIGHT_LOAD})")  # fmt: skip
     add("--requests", type=int, help="requests of each closed-loop run (default: by scenario)")
     add(
         "--set",

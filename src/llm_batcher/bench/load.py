@@ -1,7 +1,9 @@
 """The load generator: `python -m llm_batcher.bench.load JOB.json RESULT.json`.
 
 It runs in a process of its own, so that its CPU time is not the API's and the API's is not its.
-Closed loop: N clients, each sending its next request as soon as its last stream ended. Open loop:
+Closed loop: N clients, each sending its next request as soon as its last stream ended, or after
+a random pause (exponential, with a given mean, and also before the first request, so that the
+clients do not start in step; seeded, so that runs repeat). Open loop:
 streams opened at a fixed rate, each on its own connection, all held until they end. Every
 request has a context of its own, steered by a `@mock` line, so each answer is known in advance
 and the model's time is exact. A JSON line of progress goes to stdout every half second; the
@@ -11,12 +13,14 @@ result, one record per request, goes to RESULT.json.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import random
 import resource
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from llm_batcher.bench.client import Connection, Outcome
@@ -42,6 +46,7 @@ class Job:
     itl_ms: int
     words: int
     open_rate: float = 1000.0  # open loop: streams opened per second
+    think_ms: float = 0.0  # closed loop: mean pause before each request
     request_timeout_s: float = 300.0
     deadline_s: float = 900.0
 
@@ -69,11 +74,38 @@ def raise_open_file_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-async def closed_client(job: Job, client: int, count: int, outcomes: list[Outcome]) -> None:
-    """One closed-loop client: ``count`` requests, one after the other, on one connection."""
+@dataclass
+class Budget:
+    """The requests of a closed-loop run, shared by its clients: each takes the next after its
+    pause, so every client keeps going to the end of the run; once they are all taken, the
+    clients still pausing stop at once instead of finishing their pause."""
+
+    left: int
+    spent: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def take(self) -> bool:
+        if self.left <= 0:
+            self.spent.set()
+            return False
+        self.left -= 1
+        return True
+
+    async def pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.spent.wait(), seconds)
+
+
+async def closed_client(job: Job, client: int, budget: Budget, outcomes: list[Outcome]) -> None:
+    """One closed-loop client: requests one after the other, on one connection, each after a
+    pause when the job has one, while the budget lasts."""
     conn = Connection(job.host, job.port)
+    pauses = random.Random(client)
     try:
-        for seq in range(count):
+        for seq in range(job.requests):  # a client takes at most all of them
+            if job.think_ms > 0:
+                await budget.pause(pauses.expovariate(1000 / job.think_ms))
+            if not budget.take():
+                return
             context, body = make_context(job, client, seq)
             outcome = Outcome(sent_s=time.monotonic())
             outcomes.append(outcome)
@@ -83,12 +115,10 @@ async def closed_client(job: Job, client: int, count: int, outcomes: list[Outcom
 
 
 async def closed_loop(job: Job, outcomes: list[Outcome]) -> None:
-    clients = min(job.concurrency, job.requests)
-    share, extra = divmod(job.requests, clients)
+    budget = Budget(job.requests)
     async with asyncio.TaskGroup() as group:
-        for client in range(clients):
-            count = share + (1 if client < extra else 0)
-            group.create_task(closed_client(job, client, count, outcomes))
+        for client in range(min(job.concurrency, job.requests)):
+            group.create_task(closed_client(job, client, budget, outcomes))
 
 
 async def open_stream(job: Job, index: int, outcomes: list[Outcome]) -> None:

@@ -6,7 +6,8 @@ Pure: the same records always give the same rows, so this is tested with made-up
 from __future__ import annotations
 
 import math
-from collections import Counter
+from bisect import bisect_right
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -59,6 +60,7 @@ class Row:
     events_per_cpu_s: float | None
     cpu_ms_per_request: float | None
     checks: list[Check] = field(default_factory=list)
+    all_busy_share: float | None = None  # of the answered requests, see all_busy_share()
 
     @property
     def met(self) -> bool | None:
@@ -126,6 +128,31 @@ def batch_sizes(records: Sequence[Mapping[str, object]]) -> dict[int, int]:
     return dict(sorted(Counter(int(str(s)) for s in sizes.values() if s is not None).items()))
 
 
+def all_busy_share(
+    records: Sequence[Mapping[str, object]], ttft_s: float, workers: int
+) -> float | None:
+    """The share of answered requests sent while every worker was running a batch: those wait
+    for one to end, whatever the window. A batch runs from its model's start (its first token's
+    stamp, ``relay_us[0]`` before the client read it, less the model's time to first token) to
+    its last answer's end; its set-up before the model starts is not counted, so this is a lower
+    bound. None without stamped tokens."""
+    batches: defaultdict[object, list[Mapping[str, object]]] = defaultdict(list)
+    for r in records:
+        if r["ok"] and r.get("batch_id") and _ints(r["relay_us"]):
+            batches[r["batch_id"]].append(r)
+    if not batches:
+        return None
+    starts, ends = [], []
+    for members in batches.values():
+        starts.append(min(_f(r["first_s"]) - _ints(r["relay_us"])[0] / 1e6 for r in members))
+        ends.append(max(_f(r["end_s"]) for r in members))
+    starts = sorted(t - ttft_s for t in starts)
+    ends.sort()
+    sent = [_f(r["sent_s"]) for members in batches.values() for r in members]
+    busy = sum(1 for t in sent if bisect_right(starts, t) - bisect_right(ends, t) >= workers)
+    return busy / len(sent)
+
+
 def summarise(
     scenario: Scenario,
     config: StackConfig,
@@ -164,6 +191,7 @@ def summarise(
         api=api,
         events_per_cpu_s=events / cpu if cpu else None,
         cpu_ms_per_request=cpu * 1000 / len(records) if cpu and records else None,
+        all_busy_share=all_busy_share(ok, ttft_s, config.workers),
     )
     return row, Samples(added, relay)
 

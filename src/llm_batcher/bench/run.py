@@ -55,9 +55,12 @@ def options(args: argparse.Namespace) -> Options:
     levels = tuple(int(c) for c in args.concurrency.split(",")) if args.concurrency else None
     if args.workers < 1 or args.max_batch < 1 or any(c < 1 for c in levels or ()):
         raise SystemExit("llm-batcher bench: --workers, --max-batch, --concurrency must be >= 1")
+    if not 0 < args.light_load < 1:
+        raise SystemExit("llm-batcher bench: --light-load must be between 0 and 1")
     env = tuple(_setting(item) for item in args.set)
     return Options(args.quick, args.workers, args.max_batch, args.window_ms, levels,
-                   args.streams, args.open_rate, kinds, args.requests, env)  # fmt: skip
+                   args.streams, args.open_rate, kinds, args.requests, env,
+                   args.light_load)  # fmt: skip
 
 
 def _setting(item: str) -> tuple[str, str]:
@@ -163,7 +166,7 @@ def make_job(stack: Stack, scenario: Scenario, name: str, model: Model) -> Job:
     deadline = expected_duration_s(scenario, stack.config)
     return Job(name, stack.host, stack.port, scenario.mode, scenario.concurrency,
                scenario.requests, model.ttft_ms, model.itl_ms, model.words, scenario.open_rate,
-               request_timeout_s=deadline, deadline_s=deadline)  # fmt: skip
+               scenario.think_ms, request_timeout_s=deadline, deadline_s=deadline)  # fmt: skip
 
 
 async def warm_up(stack: Stack, out: Path) -> None:

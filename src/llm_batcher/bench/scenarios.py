@@ -12,12 +12,17 @@ from dataclasses import dataclass
 from llm_batcher.bench.stack import StackConfig
 
 SATURATION = "saturation"
+LIGHT = "light"
 CAPACITY = "capacity"
 EFFICIENCY = "efficiency"
-KINDS = (SATURATION, CAPACITY, EFFICIENCY)
+KINDS = (SATURATION, LIGHT, CAPACITY, EFFICIENCY)
 FULL_CONCURRENCY = (1, 8, 64, 512)
 QUICK_CONCURRENCY = (1, 8, 64)
 THROUGHPUT_MAX_BATCH = 32  # batches of the zero-delay stack, as in the issue's measurement
+LIGHT_WORKERS = 4  # the light-load run's stack, as the target names it
+LIGHT_CLIENTS = 64
+LIGHT_LOAD = 0.6  # offered load of the light-load run, as a share of its stack's capacity
+LIGHT_S = (60, 20)  # seconds of load of the light-load run: full, quick
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,7 @@ class Scenario:
     requests: int
     model: Model
     open_rate: float = 1000.0
+    think_ms: float = 0.0  # closed loop: mean pause before each request (exponential)
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,7 @@ class Options:
     kinds: tuple[str, ...]
     requests: int | None = None  # per closed-loop scenario, instead of the defaults
     env: tuple[tuple[str, str], ...] = ()  # more settings of a local stack
+    light_load: float = LIGHT_LOAD  # offered load of the light-load run, share of capacity
 
 
 def build_plan(opts: Options) -> list[Group]:
@@ -89,6 +96,10 @@ def build_plan(opts: Options) -> list[Group]:
         levels = opts.concurrency or (QUICK_CONCURRENCY if opts.quick else FULL_CONCURRENCY)
         scenarios = tuple(saturation(c, config, opts.quick, opts.requests) for c in levels)
         groups.append(Group(SATURATION, config, scenarios))
+    if LIGHT in opts.kinds:
+        config = StackConfig(LIGHT_WORKERS, opts.max_batch, opts.window_ms, opts.env)
+        scenario = light(config, opts.light_load, opts.quick, opts.requests)
+        groups.append(Group(LIGHT, config, (scenario,)))
     rest = [s for s in (capacity(opts), *efficiency(opts)) if s is not None]
     if rest:
         config = StackConfig(opts.workers, THROUGHPUT_MAX_BATCH, opts.window_ms, opts.env)
@@ -115,6 +126,21 @@ def default_requests(concurrency: int, config: StackConfig, quick: bool) -> int:
     return max(2 * concurrency, batches * config.workers * config.max_batch)
 
 
+def light(config: StackConfig, load: float, quick: bool, requests: int | None = None) -> Scenario:
+    """LIGHT_CLIENTS closed-loop clients that pause between requests, so that they offer
+    ``load`` (a share) of what the stack's full batches could serve, for about LIGHT_S
+    seconds. The pauses are random (exponential), so arrivals are not in step with batches, as
+    a crowd of independent users' are not."""
+    model = SATURATION_MODEL
+    capacity_rps = config.workers * config.max_batch * 1000 / model.batch_ms
+    cycle_ms = LIGHT_CLIENTS / (load * capacity_rps) * 1000
+    think_ms = max(0.0, cycle_ms - model.batch_ms)
+    if requests is None:
+        requests = max(LIGHT_CLIENTS, round(load * capacity_rps * LIGHT_S[quick]))
+    name = f"c{LIGHT_CLIENTS} at {load:.0%}"
+    return Scenario(name, LIGHT, "closed", LIGHT_CLIENTS, requests, model, think_ms=think_ms)
+
+
 def capacity(opts: Options) -> Scenario | None:
     if CAPACITY not in opts.kinds:
         return None
@@ -138,9 +164,12 @@ def efficiency(opts: Options) -> Sequence[Scenario]:
 
 def ideal_rps(scenario: Scenario, config: StackConfig) -> float | None:
     """Requests a second if every batch were full and started the moment the last one ended;
-    None for a zero-delay model, whose ideal is unbounded."""
+    with pauses between requests, what the clients offer if each answer took the model's time
+    alone; None for a zero-delay model, whose ideal is unbounded."""
     if scenario.model.batch_ms == 0:
         return None
+    if scenario.think_ms > 0:
+        return scenario.concurrency * 1000 / (scenario.think_ms + scenario.model.batch_ms)
     in_flight = min(scenario.concurrency, config.workers * config.max_batch)
     return in_flight * 1000 / scenario.model.batch_ms
 

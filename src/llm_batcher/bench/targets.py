@@ -1,7 +1,8 @@
 """The targets of the performance issue, as checks on the rows of a run.
 
 1. saturation: throughput >= 0.97 x ideal at concurrency 8 and more, mean batch >= 3.9 (of 4);
-2. added time to first token at concurrency 1: p50 <= 15 ms, p99 <= 40 ms;
+2. added time to first token at concurrency 1: p50 <= 15 ms, p99 <= 40 ms; with 64 clients
+   below saturation (4 workers): p50 <= 25 ms, p99 <= 60 ms;
 3. relay with 64 streams open: p50 <= 2 ms, p99 <= 10 ms;
 4. 10,000 streams held by one API process: all complete, RSS <= 1 GiB, <= 10 Redis connections,
    /healthz within 1 s;
@@ -15,12 +16,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from llm_batcher.bench.report import FULL_STREAMS, MIB, Check, Row, cpu_split
-from llm_batcher.bench.scenarios import CAPACITY, EFFICIENCY, SATURATION
+from llm_batcher.bench.scenarios import CAPACITY, EFFICIENCY, LIGHT, SATURATION
 from llm_batcher.bench.stack import StackConfig
 
 MIN_RATIO = 0.97
 BATCH_SLACK = 0.1  # mean batch >= max_batch - 0.1, i.e. 3.9 for batches of 4
 ADDED_TTFT_MS = (15.0, 40.0)
+LIGHT_ADDED_TTFT_MS = (25.0, 60.0)
 RELAY_MS = (2.0, 10.0)
 RELAY_STREAMS = 64
 MAX_RSS_BYTES = 1024 * MIB
@@ -54,9 +56,7 @@ def saturation_checks(row: Row, config: StackConfig) -> list[Check]:
     name, c = row.scenario, row.concurrency
     checks = [answers(row)]
     if c == 1:
-        p50, p99 = row.added_ttft_ms
-        checks.append(at_most(f"{name}: added TTFT p50", p50, ADDED_TTFT_MS[0], "ms"))
-        checks.append(at_most(f"{name}: added TTFT p99", p99, ADDED_TTFT_MS[1], "ms"))
+        checks += added_ttft(row, ADDED_TTFT_MS)
     if c >= 8:
         checks.append(at_least(f"{name}: throughput / ideal", row.ratio, MIN_RATIO, ""))
         batch = config.max_batch - BATCH_SLACK
@@ -66,6 +66,23 @@ def saturation_checks(row: Row, config: StackConfig) -> list[Check]:
         checks.append(at_most(f"{name}: relay p50", p50, RELAY_MS[0], "ms"))
         checks.append(at_most(f"{name}: relay p99", p99, RELAY_MS[1], "ms"))
     return checks
+
+
+def added_ttft(row: Row, limits_ms: tuple[float, float]) -> list[Check]:
+    p50, p99 = row.added_ttft_ms
+    return [
+        at_most(f"{row.scenario}: added TTFT p50", p50, limits_ms[0], "ms"),
+        at_most(f"{row.scenario}: added TTFT p99", p99, limits_ms[1], "ms"),
+    ]
+
+
+def light_checks(row: Row) -> list[Check]:
+    """Every answer and the added time; beside them, not a target, how many requests found
+    every worker busy, which the added time's tail comes from (docs/benchmarks.md)."""
+    share = row.all_busy_share
+    busy = Check(f"{row.scenario}: sent while every worker ran a batch", "-",
+                 "n/a" if share is None else f"{share:.0%}", None)  # fmt: skip
+    return [answers(row), *added_ttft(row, LIGHT_ADDED_TTFT_MS), busy]
 
 
 def capacity_checks(row: Row) -> list[Check]:
@@ -119,6 +136,8 @@ def add_checks(rows: Sequence[Row], configs: Sequence[StackConfig]) -> None:
     for row, config in zip(rows, configs, strict=True):
         if row.kind == SATURATION:
             row.checks = saturation_checks(row, config)
+        elif row.kind == LIGHT:
+            row.checks = light_checks(row)
         elif row.kind == CAPACITY:
             row.checks = capacity_checks(row)
     efficiency_checks(rows)

@@ -94,12 +94,11 @@ class ChaosStack:
     # --- faults -------------------------------------------------------------------------------
 
     def busy_worker(self) -> Supervised | None:
-        """A worker running a batch now (it has a batch folder), if any."""
+        """A worker running a batch now (it has a batch folder), if any: of those, the one
+        restarted least often, so that the kills go round."""
         busy = {p.name.removeprefix(BATCH_DIR_PREFIX).split("-")[0] for p in self.batch_dirs()}
-        for worker in self.local.workers:
-            if worker.proc is not None and str(worker.proc.pid) in busy:
-                return worker
-        return None
+        running = [w for w in self.local.workers if w.proc and str(w.proc.pid) in busy]
+        return min(running, key=lambda w: w.restarts, default=None)
 
     async def kill(self, child: Supervised) -> None:
         """SIGKILL a process and its process group (an LLM child has a session of its own and

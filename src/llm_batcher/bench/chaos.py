@@ -21,6 +21,7 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -99,7 +100,7 @@ class Soak:
     config: ChaosConfig
     stack: ChaosStack
     clients: Clients
-    say: Any
+    say: Callable[[str], None]
     exchanges: list[Exchange] = field(default_factory=list)
     disconnects: list[Disconnect] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)
@@ -245,7 +246,9 @@ async def _holds(condition: Any, timeout_s: float) -> bool:
     return True
 
 
-async def run_soak(config: ChaosConfig, data_dir: Path, log: TextIO, say: Any) -> dict[str, Any]:
+async def run_soak(
+    config: ChaosConfig, data_dir: Path, log: TextIO, say: Callable[[str], None]
+) -> dict[str, Any]:
     """Run one soak on a stack of its own in ``data_dir``; the report."""
     started = time.time()
     batch_root = data_dir / "batches"

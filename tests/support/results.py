@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 
 from llm_batcher.clock import now_ms
 from llm_batcher.contract import Event, check, done_event, error_event, task_event, token_event
-from llm_batcher.protocol.keys import TERMINAL_ENTRY_ID, Keys, token_entry_id
+from llm_batcher.protocol.keys import TERMINAL_ENTRY_ID, WORKER_GROUP, Keys, token_entry_id
 from llm_batcher.protocol.outcomes import ErrorCode
 from llm_batcher.protocol.queue import TaskQueue
 from llm_batcher.protocol.results import ResultEntry
@@ -56,6 +56,17 @@ async def dead_letter(
         await queue.tasks.append(task, 0, list(tokens), now_ms())
     await queue.tasks.fail(task, code, f"the LLM failed; see batch b-{task_id[:4]}")
     return task_id
+
+
+async def holds(queue: TaskQueue, consumer: str, n: int) -> bool:
+    """Whether ``consumer`` holds exactly ``n`` task entries."""
+    rows = await queue.redis.xpending_range(queue.keys.tasks, WORKER_GROUP, "-", "+", 100)
+    return sum(1 for r in rows if r["consumer"].decode() == consumer) == n
+
+
+async def tokens_written(queue: TaskQueue, task_id: str) -> int:
+    """Entries in the task's result stream: its tokens so far, while it runs."""
+    return int(await queue.redis.xlen(queue.keys.result(task_id)))
 
 
 def _is_terminal_id(entry_id: bytes | str) -> bool:

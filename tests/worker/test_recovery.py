@@ -11,12 +11,18 @@ import pytest
 from redis.asyncio import Redis
 
 from llm_batcher.clock import now_ms
-from llm_batcher.protocol.keys import WORKER_GROUP
 from llm_batcher.protocol.queue import TaskQueue
 from llm_batcher.protocol.results import ResultEntry
 from llm_batcher.settings import WorkerSettings
 from tests.support.processes import running_worker, start_worker
-from tests.support.results import assert_complete_answer, make_queue, submit, wait_result
+from tests.support.results import (
+    assert_complete_answer,
+    holds,
+    make_queue,
+    submit,
+    tokens_written,
+    wait_result,
+)
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.system
@@ -24,16 +30,6 @@ pytestmark = pytest.mark.system
 
 def slow_body(task: int, words: int) -> str:
     return " ".join(f"t{task}w{i}" for i in range(words))
-
-
-async def holds(queue: TaskQueue, consumer: str, n: int) -> bool:
-    """Whether ``consumer`` holds exactly ``n`` task entries."""
-    rows = await queue.redis.xpending_range(queue.keys.tasks, WORKER_GROUP, "-", "+", 100)
-    return sum(1 for r in rows if r["consumer"].decode() == consumer) == n
-
-
-async def tokens_written(queue: TaskQueue, task_id: str) -> int:
-    return int(await queue.redis.xlen(queue.keys.result(task_id)))
 
 
 async def submit_slow_batch(

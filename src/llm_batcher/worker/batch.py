@@ -22,9 +22,10 @@ waiting for its deadline, and the worker goes on with the rest of its batch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
@@ -113,6 +114,8 @@ class BatchRunner:
         self.queue = queue
         self.settings = settings
         self.launcher = make_launcher(settings)
+        # the running batch's runs, and the scope that stops it once none of them is ours
+        self._running: tuple[list[TaskRun], asyncio.Timeout] | None = None
 
     def open(self) -> None:
         """Start what runs between batches (a spare LLM child, if the settings keep one)."""
@@ -137,12 +140,15 @@ class BatchRunner:
         started = time.monotonic()
         metrics.BATCH_SIZE.observe(len(runs))
         try:
-            async with LlmChild.run(
-                self.launcher,
-                [t.context for t in tasks],
-                tmp_root=self.settings.tmp_dir,
-                timeout_s=self.settings.batch_timeout_s,
-            ) as child:
+            async with (
+                self._losable(runs) as gone,
+                LlmChild.run(
+                    self.launcher,
+                    [t.context for t in tasks],
+                    tmp_root=self.settings.tmp_dir,
+                    timeout_s=self.settings.batch_timeout_s,
+                ) as child,
+            ):
                 async for lines in child.chunks():
                     _apply(runs, lines)
                     if tail is not None and any(r.finished for r in runs):
@@ -153,16 +159,16 @@ class BatchRunner:
                         # (lease lost, or lost with a Redis restart): the batch is over. Its LLM
                         # is stopped rather than awaited: its exit would add nothing.
                         if not all(r.finished for r in runs):
-                            log.info(
-                                "batch %s: no task is this worker's any more; stopping it",
-                                batch_id,
-                                extra={"batch_id": batch_id},
-                            )
+                            _log_none_ours(batch_id)
                         break
             if not all(r.finished or r.closed for r in runs):
                 raise ChildFailure(
                     FailureCause.TRUNCATED, "the LLM exited without finishing every context"
                 )
+        except TimeoutError:
+            if not gone.expired():
+                raise
+            _log_none_ours(batch_id)  # lose() stopped it
         except ChildFailure as failure:
             metrics.BATCH_DURATION.observe(time.monotonic() - started)
             metrics.LLM_FAILURES.labels(failure.cause).inc()
@@ -174,6 +180,37 @@ class BatchRunner:
             batch_id, (time.monotonic() - started) * 1000, extra={"batch_id": batch_id},
         )  # fmt: skip
         return []
+
+    @contextlib.asynccontextmanager
+    async def _losable(self, runs: list[TaskRun]) -> AsyncIterator[asyncio.Timeout]:
+        """While the batch runs, lose() may end it: the scope expires, the LLM is stopped."""
+        async with asyncio.timeout(None) as gone:
+            self._running = (runs, gone)
+            try:
+                yield gone
+            finally:
+                self._running = None
+
+    def lose(self, entry_ids: Collection[str]) -> None:
+        """Tasks this worker no longer holds (its lease renewal says so: taken over while it was
+        paused or starved, or ended): drop their output, and once no task of the running batch
+        is left, stop its LLM at once. Refused writes would stop it too, but only at its next
+        output, which an LLM in a long prefill, or hung, may not write before the batch
+        deadline; meanwhile this worker would serve nothing."""
+        if self._running is None:
+            return
+        runs, gone = self._running
+        for run in runs:
+            # A finished run's `done` may be on its way (its FINISH is what removed the entry):
+            # it closes when that write returns, refused or not.
+            if run.task.entry_id in entry_ids and not (run.closed or run.finished):
+                run.closed = True
+                log.warning(
+                    "task %s is no longer this worker's (not held); dropping its output",
+                    run.task.task_id, extra={"task_id": run.task.task_id},
+                )  # fmt: skip
+        if all(r.closed for r in runs) and not all(r.finished for r in runs):
+            gone.reschedule(asyncio.get_running_loop().time())
 
     async def _flush(self, runs: list[TaskRun], batch_id: str) -> None:
         """Write new tokens, then the `done` of every task the child finished: the last tokens
@@ -330,6 +367,14 @@ class BatchRunner:
                 extra={"batch_id": batch_id},
             )  # fmt: skip
         return retry
+
+
+def _log_none_ours(batch_id: str) -> None:
+    log.info(
+        "batch %s: no task is this worker's any more; stopping it",
+        batch_id,
+        extra={"batch_id": batch_id},
+    )
 
 
 def _apply(runs: list[TaskRun], lines: list[ChildLine]) -> None:

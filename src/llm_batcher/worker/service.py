@@ -380,6 +380,8 @@ class Worker:
             log.info(
                 "task %s is no longer held by this worker", task_id, extra={"task_id": task_id}
             )
+        if lost:
+            self.runner.lose(lost)
 
     def _mark_redis_ok(self) -> None:
         self.redis_ok_at = time.monotonic()

@@ -3,6 +3,7 @@ stream, and recovery without a restart of the API or the worker."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import httpx
@@ -106,3 +107,29 @@ async def test_a_frozen_redis_gives_fast_503s_and_the_stream_survives(
     assert stream.text == stream.terminal.data["text"] == answer
     task_id = events[0].data["task_id"]
     assert [e.id for e in stream.tokens] == [f"{task_id}:{i}" for i in range(12)]
+
+
+async def test_after_a_redis_restart_no_request_is_refused_on_a_dead_connection(
+    own_redis: EmbeddedRedis, own_stack: Stack, client: httpx.AsyncClient
+) -> None:
+    """Concurrent submits open several connections of the API's pool; a Redis restart closes
+    them all. Once the API is ready again, each taken from the pool is made again, not sent a
+    command that fails (each refused one request with 503 redis_unavailable: the chaos soak)."""
+    api = await own_stack.api()
+    await own_stack.worker(window_ms=0)
+    await own_stack.wait_ready(api, 15)
+
+    async def submit_all(label: str) -> list[Stream]:
+        return list(await asyncio.gather(*(
+            read_sse(client, "POST", f"{api.url}/generate", json={"context": f"{label} {i}"})
+            for i in range(6)
+        )))  # fmt: skip
+
+    assert all(s.status == 200 for s in await submit_all("before"))
+    own_redis.stop()
+    own_redis.start()
+    await own_stack.wait_ready(api, 15)
+    after = await submit_all("after")
+    assert [(s.status, s.body) for s in after] == [(200, None)] * 6
+    for i, stream in enumerate(after):
+        stream.assert_exact(f"after {i}")

@@ -145,3 +145,30 @@ async def test_redis_refusing_writes_mid_batch_loses_nothing(
 
 async def _at_least(redis: Redis, key: str, n: int) -> bool:
     return int(await redis.xlen(key)) >= n
+
+
+async def test_after_a_redis_restart_stale_connections_cost_no_batch(
+    own_redis: EmbeddedRedis, key_prefix: str, tmp_path: Path
+) -> None:
+    """A batch's tasks are started each on a connection of the pool, which a Redis restart leaves
+    dead: the first batch after the restart must still start, on connections made again, not
+    wait for its lease to lapse and be taken over (found by the chaos soak: each dead connection
+    of the pool failed one batch, whose tasks then waited 5 s)."""
+    bodies = [f"{FAST}restart {i} " + " ".join(f"w{k}" for k in range(4)) for i in range(4)]
+    async with running_worker(
+        own_redis.url, key_prefix, tmp_path, lease_ms=5000, window_ms=2000, max_batch=4
+    ) as (worker, port):
+        for label in ("before", "after"):
+            async with client(own_redis.url) as redis:
+                queue = make_queue(redis, key_prefix)
+                await queue.claims.ensure_group()
+                ids = [await submit(queue, f"{body} {label}") for body in bodies]
+                results = [await wait_result(queue, task_id, timeout_s=20) for task_id in ids]
+            for entries, body in zip(results, bodies, strict=True):
+                done = assert_complete_answer(entries, f"{body} {label}".split("\n", 1)[1])
+                assert done.data is not None and done.data["attempt"] == 1, (label, done.data)
+            if label == "before":
+                own_redis.stop()
+                own_redis.start()  # same port, empty data; the pool's connections are dead
+                await eventually(lambda: ready_is(port, 200), 15, "/readyz to answer 200 again")
+        assert "Redis failed during a batch" not in worker.log()

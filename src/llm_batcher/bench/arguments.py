@@ -30,5 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a setting of every process of the stack, e.g. to compare two policies (repeatable)",
     )
     add("--scenarios", default=",".join(KINDS), help=f"some of {','.join(KINDS)} (default all)")
+    add("--chaos", action="store_true", help="the chaos soak instead of the scenarios: faults "
+        "injected under load, every invariant tallied (docs/benchmarks.md)")  # fmt: skip
+    add("--minutes", type=float, default=3.0, help="how long the chaos soak loads (default 3)")
     add("--url", help="measure the API at this URL instead of starting a stack "
         "(--workers and --max-batch must then describe it)")  # fmt: skip

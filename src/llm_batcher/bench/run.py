@@ -71,6 +71,10 @@ def _setting(item: str) -> tuple[str, str]:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.chaos:
+        from llm_batcher.bench import chaos
+
+        return chaos.main(args)
     opts = options(args)
     out = Path(args.out)
     (out / "raw").mkdir(parents=True, exist_ok=True)

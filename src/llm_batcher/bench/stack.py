@@ -1,8 +1,9 @@
 """The system under test: a local stack as `llm-batcher up` runs it, or one already running.
 
-A local stack is an embedded Valkey (no persistence), the API and N workers, each supervised by
-`llm_batcher.local`; their logs go to a file, not to the terminal. Workers can be started after
-the API, so that a scenario can open all its streams before any task is served.
+A local stack is an embedded Valkey (no persistence unless asked), the API (or several, each on a
+port of its own) and N workers, each supervised by `llm_batcher.local`, which restarts a child that
+dies; their logs go to a file, not to the terminal. Workers can be started after the API, so that a
+scenario can open all its streams before any task is served.
 """
 
 from __future__ import annotations
@@ -26,12 +27,15 @@ READY_TIMEOUT_S = 60.0
 @dataclass(frozen=True)
 class StackConfig:
     """What the workers run with; None keeps the setting's default. ``env``: more LLMB_*
-    settings for every process of a local stack."""
+    settings for every process of a local stack; ``apis``: API replicas; ``persistent``: Redis
+    writes its AOF (appendonly), so that a restart keeps its data."""
 
     workers: int
     max_batch: int
     window_ms: int | None = None
     env: tuple[tuple[str, str], ...] = ()
+    apis: int = 1
+    persistent: bool = False
 
 
 @dataclass
@@ -79,14 +83,16 @@ class LocalStack:
     data_dir: Path
     log: TextIO
     redis: EmbeddedRedis | None = None
-    children: list[Supervised] = field(default_factory=list)  # the API first
+    children: list[Supervised] = field(default_factory=list)  # every one launched
+    apis: list[Supervised] = field(default_factory=list)
+    workers: list[Supervised] = field(default_factory=list)
     runners: list[asyncio.Task[None]] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    api_ports: list[int] = field(default_factory=list)
 
     async def start(self, config: StackConfig, with_workers: bool) -> Stack:
-        self.redis = EmbeddedRedis(self.data_dir / "redis", appendonly=False)
+        self.redis = EmbeddedRedis(self.data_dir / "redis", appendonly=config.persistent)
         await asyncio.to_thread(self.redis.start)
-        port = free_port()
         self.env = dict(os.environ, LLMB_REDIS_URL=self.redis.url, PYTHONUNBUFFERED="1")
         self.env.update({"LLMB_MAX_BATCH": str(config.max_batch), "LLMB_LOG_LEVEL": "INFO"})
         # Every bench context carries a `@mock` line (its timing and the stamp it measures).
@@ -94,23 +100,30 @@ class LocalStack:
         if config.window_ms is not None:
             self.env["LLMB_WINDOW_MS"] = str(config.window_ms)
         self.env.update(config.env)
-        api_env = dict(self.env, LLMB_HOST="127.0.0.1", LLMB_PORT=str(port))
-        url = f"http://127.0.0.1:{port}/healthz"
-        api = await self._launch(ChildSpec("api", [*_CLI, "api"], api_env, url))
+        specs = []
+        for i in range(1, config.apis + 1):
+            port = free_port()
+            self.api_ports.append(port)
+            api_env = dict(self.env, LLMB_HOST="127.0.0.1", LLMB_PORT=str(port))
+            url = f"http://127.0.0.1:{port}/healthz"
+            name = "api" if config.apis == 1 else f"api-{i}"
+            specs.append(ChildSpec(name, [*_CLI, "api"], api_env, url))
+        self.apis = list(await asyncio.gather(*(self._launch(spec) for spec in specs)))
+        api = self.apis[0]
         assert api.proc is not None
-        stack = Stack("127.0.0.1", port, api.proc.pid, config, self)
+        stack = Stack("127.0.0.1", self.api_ports[0], api.proc.pid, config, self)
         if with_workers:
             await self.start_workers(config)
         return stack
 
     async def start_workers(self, config: StackConfig) -> None:
         specs = []
-        for i in range(len(self.children), config.workers + 1):
+        for i in range(len(self.workers) + 1, config.workers + 1):
             port = free_port()
             env = dict(self.env, LLMB_HEALTH_PORT=str(port), LLMB_WORKER_ID=f"worker-{i}")
             url = f"http://127.0.0.1:{port}/healthz"
             specs.append(ChildSpec(f"worker-{i}", [*_CLI, "worker"], env, url))
-        await asyncio.gather(*(self._launch(spec) for spec in specs))
+        self.workers += await asyncio.gather(*(self._launch(spec) for spec in specs))
 
     async def _launch(self, spec: ChildSpec) -> Supervised:
         child = Supervised(spec, self._say, out=self.log)
@@ -127,10 +140,10 @@ class LocalStack:
         self.log.write(f"{'bench':<10} | {line}\n")
 
     async def stop(self) -> None:
-        """API first (streams end), then workers, then Redis."""
-        if self.children:
-            await self.children[0].stop()
-        await asyncio.gather(*(child.stop() for child in self.children[1:]))
+        """APIs first (streams end), then workers, then Redis."""
+        apis = [child for child in self.children if child.spec.argv[-1] == "api"]
+        await asyncio.gather(*(child.stop() for child in apis))
+        await asyncio.gather(*(child.stop() for child in self.children if child not in apis))
         await asyncio.gather(*self.runners)
         if self.redis is not None:
             await asyncio.to_thread(self.redis.stop)

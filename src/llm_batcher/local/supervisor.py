@@ -12,6 +12,7 @@ import contextlib
 import logging
 import signal
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TextIO
@@ -21,6 +22,9 @@ import httpx
 from llm_batcher.local.procs import die_with_parent
 
 log = logging.getLogger(__name__)
+
+FIRST_BACKOFF_S = 0.5  # before the first restart; doubled for each quick death after it
+MAX_BACKOFF_S = 10.0
 
 
 @dataclass
@@ -32,6 +36,7 @@ class ChildSpec:
     env: dict[str, str]
     ready_url: str | None = None
     stop_timeout_s: float = 30.0
+    stable_s: float = 30.0  # a child that ran this long before it died restarts at the first pace
 
 
 @dataclass
@@ -48,9 +53,11 @@ class Supervised:
     _helpers: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def run(self) -> None:
-        """Start the child, restart it whenever it dies, until stopped."""
-        backoff = 0.5
+        """Start the child, restart it whenever it dies, until stopped: after FIRST_BACKOFF_S if
+        it had run stable_s, else after a pause that doubles with each quick death in a row."""
+        backoff = FIRST_BACKOFF_S
         while not self._stopping:
+            started = time.monotonic()
             await self._start()
             assert self.proc is not None
             code = await self.proc.wait()
@@ -58,9 +65,13 @@ class Supervised:
                 break
             self.ready.clear()
             self.restarts += 1
+            if time.monotonic() - started >= self.spec.stable_s:
+                # It had been running well: this death is not the latest of a crash loop, and
+                # must not wait as long as the tenth restart of one would.
+                backoff = FIRST_BACKOFF_S
             self.say(f"!! {self.spec.name} exited with status {code}; restart in {backoff:.1f} s")
             await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 10.0)
+            backoff = min(backoff * 2, MAX_BACKOFF_S)
 
     async def _start(self) -> None:
         preexec = die_with_parent if sys.platform.startswith("linux") else None

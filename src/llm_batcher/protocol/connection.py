@@ -22,6 +22,7 @@ from redis.asyncio.connection import parse_url
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.maint_notifications import MaintNotificationsConfig
 
 from llm_batcher.settings import CommonSettings
 
@@ -131,6 +132,13 @@ def make_redis(
         "socket_timeout": socket_timeout_s,
         "socket_keepalive": True,
         "health_check_interval": 30,
+        # Off: redis-py checks a connection it takes from the pool (a server that closed it, as
+        # on a restart, is seen, and the connection made again) only with these notifications
+        # off. With redis-py's default ("auto"), after a Redis restart each connection of the
+        # pool failed the next command sent on it: a refused request on the API, an abandoned
+        # batch on a worker (found by the chaos soak). They serve Redis Enterprise's planned
+        # maintenance, which Redis and Valkey do not announce.
+        "maint_notifications_config": MaintNotificationsConfig(enabled=False),
     }
     if settings.redis_sentinels:
         return Redis.from_pool(_sentinel_pool(settings, options))

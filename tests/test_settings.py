@@ -46,6 +46,7 @@ def test_settings_are_read_from_the_environment_when_built(monkeypatch: pytest.M
         ("api", "LLMB_PORT", "70000"),
         ("worker", "LLMB_REDIS_SENTINELS", "sentinel-0"),  # no port
         ("api", "LLMB_REDIS_SENTINELS", "sentinel-0:26379"),  # no LLMB_REDIS_SENTINEL_MASTER
+        ("worker", "LLMB_RESULT_TTL_S", "60"),  # below LLMB_TASK_TIMEOUT_S (300)
     ],
 )
 def test_a_bad_value_stops_the_process_with_one_line(

@@ -103,6 +103,17 @@ class CommonSettings(BaseSettings):
             raise ValueError("LLMB_REDIS_SENTINELS needs a redis:// or rediss:// LLMB_REDIS_URL")
         return self
 
+    @model_validator(mode="after")
+    def _check_result_ttl(self) -> CommonSettings:
+        # A task's keys expire one result TTL after its arrival: a task still within its
+        # deadline then would lose them mid-run and end `lost`.
+        if self.result_ttl_s < self.task_timeout_s:
+            raise ValueError(
+                f"LLMB_RESULT_TTL_S ({self.result_ttl_s:g}) must be at least "
+                f"LLMB_TASK_TIMEOUT_S ({self.task_timeout_s:g})"
+            )
+        return self
+
     @property
     def sentinel_addresses(self) -> list[tuple[str, int]]:
         """The (host, port) of each Sentinel of LLMB_REDIS_SENTINELS (empty: no Sentinel)."""

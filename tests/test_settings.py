@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
+from llm_batcher.listeners import listener
 from llm_batcher.settings import ApiSettings, CommonSettings, OperatorSettings, WorkerSettings
 from tests.support.processes import BIN
 
@@ -47,6 +49,8 @@ def test_settings_are_read_from_the_environment_when_built(monkeypatch: pytest.M
         ("worker", "LLMB_REDIS_SENTINELS", "sentinel-0"),  # no port
         ("api", "LLMB_REDIS_SENTINELS", "sentinel-0:26379"),  # no LLMB_REDIS_SENTINEL_MASTER
         ("worker", "LLMB_RESULT_TTL_S", "60"),  # below LLMB_TASK_TIMEOUT_S (300)
+        ("api", "LLMB_LISTEN_FD", "987"),  # not open
+        ("worker", "LLMB_HEALTH_FD", "1"),  # a pipe, not a socket
     ],
 )
 def test_a_bad_value_stops_the_process_with_one_line(
@@ -61,6 +65,14 @@ def test_a_bad_value_stops_the_process_with_one_line(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert variable in lines[0] and "invalid" in lines[0]
+
+
+def test_an_inherited_socket_must_be_a_listening_one() -> None:
+    with listener() as listening, socket.socket() as idle:
+        assert ApiSettings(listen_fd=listening.fileno()).listen_fd == listening.fileno()
+        with pytest.raises(ValidationError, match="not a listening socket"):
+            WorkerSettings(health_fd=idle.fileno())
+        assert listening.fileno() >= 0  # only looked at: still open
 
 
 def test_the_worker_tells_the_mock_whether_to_honour_directives(

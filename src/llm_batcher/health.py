@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 
+from llm_batcher.listeners import inherited
 from llm_batcher.metrics import exposition
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,8 @@ Readiness = Callable[[], tuple[bool, dict[str, object]]]
 
 class HealthServer:
     """Serves a process's state to probes (``readiness``; None: no probes) and its
-    ``registry`` to Prometheus (None: no /metrics)."""
+    ``registry`` to Prometheus (None: no /metrics), on ``host``:``port`` or, given ``fd``, on
+    that listening socket inherited from the parent."""
 
     def __init__(
         self,
@@ -36,16 +38,21 @@ class HealthServer:
         port: int,
         readiness: Readiness | None,
         registry: CollectorRegistry | None,
+        fd: int | None = None,
     ) -> None:
         self.host = host
         self.port = port
+        self.fd = fd
         self.readiness = readiness
         self.registry = registry
         self._server: asyncio.Server | None = None
 
     async def start(self) -> int:
         """Start listening; returns the bound port."""
-        self._server = await asyncio.start_server(self._handle, self.host, self.port)
+        if self.fd is not None:
+            self._server = await asyncio.start_server(self._handle, sock=inherited(self.fd))
+        else:
+            self._server = await asyncio.start_server(self._handle, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
 

@@ -19,6 +19,8 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from llm_batcher.listeners import check_listening
+
 MOCK_PROGRAM = "llm-mock"
 MOCK_STDIN_FLAG = "--files-from-stdin"
 MOCK_DIRECTIVES_FLAG = "--directives"
@@ -29,6 +31,21 @@ def _metrics_port(usual: str) -> Any:
     return Field(
         0, ge=0, le=65535, description=f"Serve /metrics only on this port (0: on the {usual} port)."
     )
+
+
+def _listen_fd(instead_of: str) -> Any:
+    """A setting naming a listening socket inherited from the parent (listeners.py)."""
+    return Field(
+        None,
+        ge=0,
+        description=f"Serve on this inherited listening socket (a file descriptor) instead of "
+        f"binding {instead_of}: a parent that binds port 0 itself knows the port before this "
+        "process starts (`llm-batcher up`, the tests).",
+    )
+
+
+def _check_listen_fd(value: int | None) -> int | None:
+    return None if value is None else check_listening(value)
 
 
 class CommonSettings(BaseSettings):
@@ -127,7 +144,21 @@ class CommonSettings(BaseSettings):
         return value
 
 
-class ApiSettings(CommonSettings):
+class ServingSettings(CommonSettings):
+    """What the API and the worker share: /metrics on its own port, if asked."""
+
+    metrics_port: int = _metrics_port("main")
+    metrics_fd: int | None = _listen_fd("LLMB_METRICS_PORT")
+
+    _metrics_fd_ok = field_validator("metrics_fd")(_check_listen_fd)
+
+    @property
+    def metrics_apart(self) -> bool:
+        """/metrics is served on a port of its own, not on the process's main port."""
+        return bool(self.metrics_port) or self.metrics_fd is not None
+
+
+class ApiSettings(ServingSettings):
     """Settings of `llm-batcher api`."""
 
     host: str = Field("127.0.0.1", description="Address the API listens on.")
@@ -193,6 +224,9 @@ class ApiSettings(CommonSettings):
     )
     docs: bool = Field(True, description="Serve /docs and /openapi.json.")
     metrics_port: int = _metrics_port("API")
+    listen_fd: int | None = _listen_fd("LLMB_HOST:LLMB_PORT")
+
+    _listen_fd_ok = field_validator("listen_fd")(_check_listen_fd)
 
     @field_validator("stream_limit_exempt")
     @classmethod
@@ -274,7 +308,7 @@ def split_keys(text: str) -> list[str]:
     return [key for key in text.replace(",", " ").split() if key]
 
 
-class WorkerSettings(CommonSettings):
+class WorkerSettings(ServingSettings):
     """Settings of `llm-batcher worker`."""
 
     max_batch: int = Field(4, ge=1, le=256, description="Most tasks in one LLM batch.")
@@ -331,6 +365,9 @@ class WorkerSettings(CommonSettings):
         "top of the allowlist (PATH, HOME, LANG, LC_*, TMPDIR, TZ, PYTHON*, LLMB_MOCK_*).",
     )
     metrics_port: int = _metrics_port("health")
+    health_fd: int | None = _listen_fd("LLMB_HEALTH_HOST:LLMB_HEALTH_PORT")
+
+    _health_fd_ok = field_validator("health_fd")(_check_listen_fd)
 
     # --- what one request may cost ----------------------------------------------------------
     max_tokens: int = Field(

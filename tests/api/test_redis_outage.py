@@ -18,7 +18,9 @@ from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.system
 
-FAST_503_S = 1.5  # LLMB_REDIS_TIMEOUT_S is 1 s by default
+FAST_503_S = 3.0
+"""The bound says a request is answered soon instead of hanging on Redis: LLMB_REDIS_TIMEOUT_S
+(1 s by default) plus 2 s of room for a loaded machine."""
 
 
 async def assert_fast_503s(client: httpx.AsyncClient, api: Api, task_id: str) -> None:

@@ -18,6 +18,8 @@ from tests.support.sse import Stream, read_sse, sse_events, words
 
 pytestmark = pytest.mark.system
 
+GRACE_S = 2
+
 
 async def wait_exit(proc_wait: object, timeout_s: float) -> int:
     """The exit status of a process, waited for off the event loop."""
@@ -27,7 +29,9 @@ async def wait_exit(proc_wait: object, timeout_s: float) -> int:
 async def test_sigterm_closes_long_streams_for_them_to_resume_elsewhere(
     stack: Stack, client: httpx.AsyncClient, redis: Redis
 ) -> None:
-    draining = await stack.api(shutdown_grace_s=1)
+    # The grace leaves 2 s for the test's two requests below before the stream is closed, and
+    # its last token would come over 3 s after that: wide margins both ways on a loaded machine.
+    draining = await stack.api(shutdown_grace_s=GRACE_S)
     other = await stack.api()
     await stack.worker()
     answer = words(30)
@@ -48,9 +52,11 @@ async def test_sigterm_closes_long_streams_for_them_to_resume_elsewhere(
                 assert refused.json()["code"] == "shutting_down"
     closed_after_s = time.monotonic() - sent_at
     first = Stream(events)
+    # Closed before its end (no terminal event, tokens missing), and not before the grace time:
+    # a lower bound, which load cannot break (it only delays).
     assert not first.terminals, first.kinds
     assert 2 <= len(first.tokens) < 30
-    assert 0.9 <= closed_after_s < 3, closed_after_s  # after the 1 s grace, not at the end
+    assert closed_after_s >= GRACE_S - 0.1, closed_after_s
     assert await wait_exit(draining.proc.wait, 10) == 0
 
     rest = await read_sse(
@@ -71,7 +77,9 @@ async def test_sigterm_closes_long_streams_for_them_to_resume_elsewhere(
 async def test_a_stream_that_ends_within_the_grace_time_gets_its_done(
     stack: Stack, client: httpx.AsyncClient
 ) -> None:
-    api = await stack.api(shutdown_grace_s=10)
+    # A grace time far longer than the wait for the exit below: an exit within that wait is one
+    # that did not wait out the grace (no elapsed time is asserted).
+    api = await stack.api(shutdown_grace_s=600)
     await stack.worker()
     answer = words(8)
     context = "@mock ttft_ms=0 itl_ms=100\n" + answer  # under a second
@@ -80,14 +88,12 @@ async def test_a_stream_that_ends_within_the_grace_time_gets_its_done(
         async for event in sse_events(response):
             events.append(event)
             if len(events) == 2:
-                sent_at = time.monotonic()
                 api.proc.signal(signal.SIGTERM)
     stream = Stream(events)
     assert stream.terminal.kind == "done"
     assert stream.text == answer
     # the process exits once its last stream ended, without waiting out the grace time
-    assert await wait_exit(api.proc.wait, 8) == 0
-    assert time.monotonic() - sent_at < 5
+    assert await wait_exit(api.proc.wait, 60) == 0
 
 
 async def test_a_task_still_queued_at_shutdown_is_not_cancelled(

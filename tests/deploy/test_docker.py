@@ -34,7 +34,6 @@ from pathlib import Path
 import pytest
 
 from llm_batcher.contract import EventKind
-from llm_batcher.local.embedded_redis import free_port
 from tests.deploy.docker_support import (
     BUILD_LABEL,
     COMPOSE,
@@ -343,15 +342,18 @@ def test_api_sigterm_exits_0(stack: Stack) -> None:
 # === compose.yaml ==============================================================================
 
 
-@dataclass(frozen=True)
+@dataclass
 class ComposeProject:
-    port: int
+    """The Compose stack. Its API is published on a port Docker picks (LLMB_API_PORT=0), read
+    back after each `up`: a port chosen here could be taken before Docker binds it."""
+
+    port: int = 0
 
     def run(self, *args: str, timeout_s: float = 180) -> str:
         env = os.environ | {
             "LLMB_IMAGE_TAG": TAG,
             "LLMB_REDIS_IMAGE": REDIS_IMAGE,
-            "LLMB_API_PORT": str(self.port),
+            "LLMB_API_PORT": "0",
         }
         result = subprocess.run(
             [COMPOSE, "--project-name", RUN_ID, "--file", str(COMPOSE_FILE), *args],
@@ -366,6 +368,7 @@ class ComposeProject:
 
     def up(self) -> None:
         self.run("up", "-d", "--no-build")
+        self.port = int(self.run("port", "api", "8000").strip().rsplit(":", 1)[1])
         try:
             ready = f"http://127.0.0.1:{self.port}/readyz"
             wait_until("compose: API ready", lambda: counts_a_worker(ready), timeout_s=90)
@@ -376,7 +379,7 @@ class ComposeProject:
 
 @pytest.fixture(scope="module")
 def compose(images: None) -> Iterator[ComposeProject]:
-    project = ComposeProject(free_port())
+    project = ComposeProject()
     start = time.monotonic()
     project.up()
     TIMES["docker-compose up until the API is ready"] = time.monotonic() - start

@@ -3,15 +3,13 @@ workers and their egress, ingress annotations per controller, and images pinned 
 
 from __future__ import annotations
 
-import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
-from llm_batcher.local.embedded_redis import free_port, valkey_binary
+from llm_batcher.local.embedded_redis import start_server, stop_process, valkey_binary
 from llm_batcher.protocol.acl import user_rules
 from tests.deploy.support import KUBE_VERSIONS, Rendered, env_of, render, validate_object
 
@@ -217,23 +215,16 @@ def test_a_redis_server_started_with_the_chart_args_knows_the_users(tmp_path: Pa
     }
     for name, value in passwords.items():
         args = [a.replace(f"$({name})", value) for a in args]
-    port = free_port()
-    args[args.index("--port") + 1] = str(port)
     args[args.index("--dir") + 1] = str(tmp_path)
-    server = subprocess.Popen(
-        [str(valkey_binary()), *args, "--bind", "127.0.0.1", "--save", ""],
-        stdout=subprocess.DEVNULL,
-    )
+
+    def argv(port: int) -> list[str]:
+        args[args.index("--port") + 1] = str(port)
+        return [str(valkey_binary()), *args, "--bind", "127.0.0.1", "--save", ""]
+
+    port, server = start_server(argv, tmp_path / "valkey.log", password="admin")
     try:
         api = redis.Redis(port=port, username="llmb-api", password="api")
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                assert api.set("prod:task:x", "1")
-                break
-            except redis.exceptions.ConnectionError:
-                assert time.monotonic() < deadline, "the server did not start"
-                time.sleep(0.05)
+        assert api.set("prod:task:x", "1")
         with pytest.raises(redis.exceptions.NoPermissionError):
             api.get("other:task:x")
         with pytest.raises(redis.exceptions.NoPermissionError):
@@ -241,5 +232,4 @@ def test_a_redis_server_started_with_the_chart_args_knows_the_users(tmp_path: Pa
         worker = redis.Redis(port=port, username="llmb-worker", password="w")
         assert worker.get("prod:task:x") == b"1"
     finally:
-        server.terminate()
-        server.wait(10)
+        stop_process(server)

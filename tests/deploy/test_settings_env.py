@@ -38,6 +38,10 @@ DERIVED = {
     "api_keys": "the Secret of api.auth",
     "admin_keys": "the Secret of api.auth",
     "api_keys_file": "never: the keys come from the Secret as LLMB_API_KEYS",
+    **dict.fromkeys(
+        ("listen_fd", "health_fd", "metrics_fd"),
+        "never: a socket a parent process hands down (`up`, the tests); a pod binds its ports",
+    ),
 }
 
 
@@ -60,15 +64,15 @@ def _chart_set(container: dict[str, Any], extra_env: list[dict[str, Any]]) -> se
 
 def _unset(rendered: Rendered) -> set[str]:
     """Optional settings the chart rightly leaves unset: no password when Redis has none, no
-    keys when API keys are off, never a keys file, no Sentinel unless externalRedis.sentinel
-    names some."""
+    keys when API keys are off, never a keys file nor an inherited socket, no Sentinel unless
+    externalRedis.sentinel names some."""
     values = rendered.values
     has_password = (
         values["redis"]["auth"]["enabled"]
         if values["redis"]["enabled"]
         else bool(values["externalRedis"]["existingSecret"])
     )
-    unset = {"LLMB_API_KEYS_FILE"}
+    unset = {"LLMB_API_KEYS_FILE", "LLMB_LISTEN_FD", "LLMB_HEALTH_FD", "LLMB_METRICS_FD"}
     sentinel = values["externalRedis"].get("sentinel") or {}
     if values["redis"]["enabled"] or not sentinel.get("hosts"):
         unset |= {"LLMB_REDIS_SENTINELS", "LLMB_REDIS_SENTINEL_MASTER"}

@@ -13,7 +13,7 @@ import pytest
 
 from llm_batcher.codec import FinishLine, ProtocolError, TokenLine, decode_line
 from llm_batcher.mock.cli import Context, MockConfig, build_plans, load_context
-from llm_batcher.mock.directives import split_context
+from llm_batcher.mock.directives import MAX_MS, split_context
 from llm_batcher.mock.tokens import FILLER_WORDS, tokenize
 from tests.support.contexts import ALL_TEXTS, FAST
 
@@ -105,20 +105,20 @@ def test_a_batch_of_four_takes_about_as_long_as_one(tmp_path: Path) -> None:
 
     one, four = duration_s(1), duration_s(4)
     assert one >= 0.45
-    assert four / one < 1.6, (one, four)
+    # Contexts played one after another would take 4x as long: 2.5x still tells the two apart
+    # and leaves room for a loaded machine, which slows the four-context run more (its start-up
+    # reads and encodes four files).
+    assert four / one < 2.5, (one, four)
 
 
 def test_lines_arrive_as_they_are_written(tmp_path: Path) -> None:
-    with spawn(tmp_path, ["@mock ttft_ms=0 itl_ms=300\none two three four five"]) as proc:
+    """The second token is due in an hour: the first is read only if it was flushed when it was
+    written (order, not time: nothing is measured)."""
+    with spawn(tmp_path, [f"@mock ttft_ms=0 itl_ms={MAX_MS}\none two"]) as proc:
         out = read_lines(proc)
-        first_at, first = out.next()
-        second_at, _ = out.next()
-        proc.wait(timeout=RUN_TIMEOUT_S)
-        exited_at = time.monotonic()
+        _, first = out.next()
+        assert proc.poll() is None  # still waiting to write the second
     assert decode_line(first, 1) == TokenLine(0, "one ")
-    assert second_at - first_at >= 0.1
-    assert exited_at - first_at >= 0.6
-    assert proc.returncode == 0
 
 
 def test_stamp_puts_the_write_time_before_each_token(tmp_path: Path) -> None:

@@ -205,4 +205,6 @@ async def test_reclaim_takes_milliseconds(queue: TaskQueue, reconciler: Reconcil
     elapsed_ms = (time.perf_counter() - began) * 1000
     print(f"\nMEASURED release_and_takeover_ms={elapsed_ms:.2f} for 8 tasks (lease {LEASE_MS} ms)")
     assert len(taken) == len(batch)
-    assert elapsed_ms < 500
+    # The claim is "far below the lease" (a few ms here): a tenth of it leaves a loaded machine
+    # half a second of slack over the old bound and still tells it from waiting out a lease.
+    assert elapsed_ms < LEASE_MS / 10

@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from llm_batcher.local.embedded_redis import free_port
+from llm_batcher.listeners import listener, port_of
 from tests.support.processes import Stack
 
 pytestmark = pytest.mark.system
@@ -19,9 +19,10 @@ async def test_docs_can_be_turned_off(stack: Stack, client: httpx.AsyncClient) -
 
 
 async def test_metrics_move_to_their_own_port(stack: Stack, client: httpx.AsyncClient) -> None:
-    api_metrics, worker_metrics = free_port(), free_port()
-    api = await stack.api(metrics_port=api_metrics)
-    worker = await stack.worker(metrics_port=worker_metrics)
+    api_socket, worker_socket = listener(), listener()
+    api_metrics, worker_metrics = port_of(api_socket), port_of(worker_socket)
+    api = await stack.api(metrics_fd=api_socket)
+    worker = await stack.worker(metrics_fd=worker_socket)
     # The public port (and the worker's probe port) no longer serve them...
     assert (await client.get(f"{api.url}/metrics")).status_code == 404
     assert (await client.get(f"http://127.0.0.1:{worker.port}/metrics")).status_code == 404

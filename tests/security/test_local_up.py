@@ -13,7 +13,6 @@ import pytest
 import redis.exceptions
 from redis.asyncio import Redis
 
-from llm_batcher.local.embedded_redis import free_port
 from tests.support.sse import generate
 from tests.support.up import Up
 
@@ -25,23 +24,19 @@ RunUp = Callable[..., Awaitable[Up]]
 async def test_up_embedded_valkey_needs_its_password_and_keeps_its_data_private(
     run_up: RunUp, client: httpx.AsyncClient, tmp_path: Path
 ) -> None:
-    port = free_port()
     data = tmp_path / "data"
     up = await run_up(
-        "--port", str(port), "--workers", "1", "--data-dir", str(data),
+        "--port", "0", "--workers", "1", "--data-dir", str(data),
         "--mock-ttft-ms", "0", "--mock-itl-ms", "0",
     )  # fmt: skip
     line = await up.wait_line(r"embedded Redis-compatible server \(Valkey\) at (redis://\S+),")
     url = line.split(" at ", 1)[1].split(",", 1)[0]
-    await up.wait_line(r"^up +\| api ready$", 30)
+    base = await up.api_url()
     await up.wait_line(r"^up +\| worker-1 ready$", 30)
-    (await generate(client, f"http://127.0.0.1:{port}", "with a password")).assert_exact(
-        "with a password"
-    )
+    (await generate(client, base, "with a password")).assert_exact("with a password")
     # A page whose name was rebound to 127.0.0.1 is refused: `up` trusts only local names.
-    rebound = await client.get(
-        f"http://127.0.0.1:{port}/stats", headers={"Host": f"attacker.example:{port}"}
-    )
+    port = base.rsplit(":", 1)[1]
+    rebound = await client.get(f"{base}/stats", headers={"Host": f"attacker.example:{port}"})
     assert rebound.status_code == 421
 
     # Another local user (or a page in a browser) tries the server without the password.

@@ -1,6 +1,7 @@
 """The real processes of a test: `llm-batcher api` and `worker` on the test's Redis and key
-prefix, started the way `llm-batcher up` starts them (own session, free port, LLMB_* settings),
-always stopped; and looks at the processes below them (the worker's `llm-mock`)."""
+prefix, started the way `llm-batcher up` starts them (own session, a listening socket bound here
+on a free port and passed down, LLMB_* settings), always stopped; and looks at the processes below
+them (the worker's `llm-mock`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import uuid
@@ -19,7 +21,7 @@ from typing import Any
 import httpx
 import psutil
 
-from llm_batcher.local.embedded_redis import free_port
+from llm_batcher.listeners import listener, port_of
 from llm_batcher.worker.child import BATCH_DIR_PREFIX
 from tests.support.waiting import eventually
 
@@ -29,11 +31,22 @@ BIN = Path(sys.executable).parent
 class Proc:
     """A child process of the test with its log in a file."""
 
-    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path) -> None:
+    def __init__(
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        log_path: Path,
+        pass_fds: list[int] | None = None,
+    ) -> None:
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.popen = subprocess.Popen(
-            argv, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+            argv,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            pass_fds=pass_fds or [],
         )
 
     @property
@@ -77,6 +90,21 @@ def base_env(redis_url: str, prefix: str, **settings: object) -> dict[str, str]:
     env.setdefault("LLMB_MOCK_ITL_MS", "0")
     env.setdefault("LLMB_MOCK_DIRECTIVES", "true")  # tests steer the mock; a test may say off
     return env
+
+
+def spawn(command: str, redis_url: str, prefix: str, log_path: Path, **settings: object) -> Proc:
+    """`llm-batcher <command>` with these settings. A setting whose value is a listening socket
+    (listeners.py: `health_fd=listener()`) passes that socket down; this process's copy is then
+    closed, so the port is the child's alone, as if it had bound it itself."""
+    sockets = [value for value in settings.values() if isinstance(value, socket.socket)]
+    fds = {k: v.fileno() for k, v in settings.items() if isinstance(v, socket.socket)}
+    env = base_env(redis_url, prefix, **(settings | fds))
+    try:
+        argv = [str(BIN / "llm-batcher"), command]
+        return Proc(argv, env, log_path, pass_fds=list(fds.values()))
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 async def wait_http(url: str, proc: Proc, timeout_s: float = 20) -> None:
@@ -124,14 +152,15 @@ async def start_worker(
     redis_url: str, prefix: str, log_dir: Path, **settings: object
 ) -> tuple[Proc, int]:
     """Start `llm-batcher worker`; returns it and its health port once /healthz answers."""
-    port = free_port()
+    health = listener()
+    port = port_of(health)
     settings.setdefault("worker_id", f"w-{uuid.uuid4().hex[:6]}")
     settings.setdefault("lease_ms", 1500)
     # Tests that form batches with a window want the window they name, every time; the adaptive
     # policy (the default) is tested where a test asks for it.
     settings.setdefault("window_policy", "fixed")
-    env = base_env(redis_url, prefix, health_port=port, **settings)
-    proc = Proc([str(BIN / "llm-batcher"), "worker"], env, log_dir / f"{settings['worker_id']}.log")
+    log_path = log_dir / f"{settings['worker_id']}.log"
+    proc = spawn("worker", redis_url, prefix, log_path, health_fd=health, **settings)
     await _started(proc, f"http://127.0.0.1:{port}/healthz")
     return proc, port
 
@@ -140,9 +169,9 @@ async def start_api(
     redis_url: str, prefix: str, log_dir: Path, **settings: object
 ) -> tuple[Proc, str]:
     """Start `llm-batcher api` on a free port; returns it and its base URL once /healthz answers."""
-    port = free_port()
-    env = base_env(redis_url, prefix, port=port, **settings)
-    proc = Proc([str(BIN / "llm-batcher"), "api"], env, log_dir / f"api-{port}.log")
+    sock = listener()
+    port = port_of(sock)
+    proc = spawn("api", redis_url, prefix, log_dir / f"api-{port}.log", listen_fd=sock, **settings)
     base_url = f"http://127.0.0.1:{port}"
     await _started(proc, f"{base_url}/healthz")
     return proc, base_url

@@ -20,7 +20,7 @@ from pathlib import Path
 from redis import Redis as SyncRedis
 from redis.exceptions import RedisError
 
-from llm_batcher.local.embedded_redis import free_port, valkey_binary
+from llm_batcher.local.embedded_redis import start_server, valkey_binary
 
 MASTER = "llmb-test"
 """The name the Sentinels monitor the primary under."""
@@ -37,25 +37,32 @@ def server_binary() -> str:
 
 @dataclass
 class Server:
-    """One redis-server process (data server or Sentinel) with its config and log in ``dir``."""
+    """One redis-server process (data server or Sentinel) with its config and log in ``dir``;
+    ``config(port)`` is its config on that port, which start() picks."""
 
     name: str
-    port: int
     dir: Path
-    config: str
+    config: Callable[[int], str]
+    password: str
     sentinel: bool = False
+    port: int = 0
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        """Start on a free port (another if a process takes it first: start_server) and wait
+        until it answers."""
         for folder in (self.dir / "primary", self.dir / "replica"):
             folder.mkdir(parents=True, exist_ok=True)
         conf = self.dir / f"{self.name}.conf"  # a Sentinel rewrites its config: a file of its own
-        conf.write_text(self.config)
-        argv = [server_binary(), str(conf), *(["--sentinel"] if self.sentinel else [])]
-        with open(self.dir / f"{self.name}.log", "ab") as log:
-            self.process = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
+
+        def argv(port: int) -> list[str]:
+            conf.write_text(self.config(port))
+            return [server_binary(), str(conf), *(["--sentinel"] if self.sentinel else [])]
+
+        log = self.dir / f"{self.name}.log"
+        self.port, self.process = start_server(
+            argv, log, password=self.password, start_new_session=True
+        )
 
     def signal(self, sig: int) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -124,16 +131,29 @@ class SentinelSet:
     sentinels: list[Server] = field(init=False)
 
     def __post_init__(self) -> None:
-        primary_port, replica_port = free_port(), free_port()
-        primary_config = _data_config(primary_port, None, self.dir / "primary")
-        self.primary = Server("primary", primary_port, self.dir, primary_config)
-        replica_config = _data_config(replica_port, primary_port, self.dir / "replica")
-        self.replica = Server("replica", replica_port, self.dir, replica_config)
-        self.sentinels = []
-        for i in range(3):
-            port = free_port()
-            config = _sentinel_config(port, primary_port, self.dir)
-            self.sentinels.append(Server(f"sentinel-{i}", port, self.dir, config, sentinel=True))
+        # The replica and the Sentinels name the primary's port: they start after it.
+        self.primary = Server(
+            "primary",
+            self.dir,
+            lambda port: _data_config(port, None, self.dir / "primary"),
+            DATA_PASSWORD,
+        )
+        self.replica = Server(
+            "replica",
+            self.dir,
+            lambda port: _data_config(port, self.primary.port, self.dir / "replica"),
+            DATA_PASSWORD,
+        )
+        self.sentinels = [
+            Server(
+                f"sentinel-{i}",
+                self.dir,
+                lambda port: _sentinel_config(port, self.primary.port, self.dir),
+                SENTINEL_PASSWORD,
+                sentinel=True,
+            )
+            for i in range(3)
+        ]
 
     @property
     def servers(self) -> list[Server]:
@@ -161,7 +181,7 @@ class SentinelSet:
     def start(self, timeout_s: float = 30) -> None:
         """Start every process; wait until the replica is in sync and every Sentinel sees the
         replica and the two other Sentinels (so that a failover can be agreed on at once)."""
-        for server in self.servers:
+        for server in self.servers:  # the primary first
             server.start()
         self._wait(self._ready, timeout_s, "the Sentinel deployment to be ready")
 

@@ -57,6 +57,14 @@ class Up:
         await eventually(seen, timeout_s, f"a line matching {pattern!r}")
         return self.matching(pattern)[count - 1]
 
+    async def api_url(self, timeout_s: float = 30) -> str:
+        """The API's base URL on 127.0.0.1, from the test page line `up` prints once the API is
+        ready (run with `--port 0`, `up` binds a free port and says which)."""
+        line = await self.wait_line(r"test page: http://localhost:\d+/", timeout_s)
+        port = re.search(r"http://localhost:(\d+)/", line)
+        assert port is not None, line
+        return f"http://127.0.0.1:{port[1]}"
+
     async def terminate(self, timeout_s: float = 30) -> int:
         """SIGTERM `up` and wait for it to exit (bounded); returns its exit status."""
         if self.proc.returncode is None:

@@ -15,7 +15,6 @@ import pytest
 from redis.asyncio import Redis
 
 from llm_batcher.clock import now_ms
-from llm_batcher.local.embedded_redis import free_port
 from llm_batcher.protocol.keys import Keys
 from llm_batcher.worker.child import BATCH_DIR_PREFIX
 from tests.support.processes import alive, command_lines, descendants
@@ -29,9 +28,10 @@ RunUp = Callable[..., Awaitable[Up]]
 UP_TIMEOUT_S = 30
 
 
-def up_args(tmp_path: Path, port: int, *extra: str) -> list[str]:
+def up_args(tmp_path: Path, *extra: str) -> list[str]:
+    """On a free port: `up` binds it and prints it (Up.api_url)."""
     return [
-        "--port", str(port), "--workers", "2", "--data-dir", str(tmp_path / "data"),
+        "--port", "0", "--workers", "2", "--data-dir", str(tmp_path / "data"),
         "--mock-ttft-ms", "0", "--mock-itl-ms", "0", *extra,
     ]  # fmt: skip
 
@@ -48,14 +48,14 @@ def worker_process(up: Up, worker_id: str) -> psutil.Process:
 async def test_up_serves_then_stops_on_sigterm_leaving_nothing_behind(
     run_up: RunUp, client: httpx.AsyncClient, tmp_path: Path
 ) -> None:
-    port = free_port()
-    up = await run_up(*up_args(tmp_path, port))
+    up = await run_up(*up_args(tmp_path))
     await up.wait_line(r"embedded Redis-compatible server \(Valkey\) at redis://")
     await up.wait_line(r"^up +\| api ready$", UP_TIMEOUT_S)
+    base = await up.api_url()
     await up.wait_line(r"^up +\| worker-2 ready$", UP_TIMEOUT_S)
     await up.wait_line(r"^up +\| worker-1 ready$", UP_TIMEOUT_S)
 
-    answer = await generate(client, f"http://127.0.0.1:{port}", "hello from up")
+    answer = await generate(client, base, "hello from up")
     answer.assert_exact("hello from up")
 
     children = descendants(up.proc.pid)
@@ -74,10 +74,10 @@ async def test_up_serves_then_stops_on_sigterm_leaving_nothing_behind(
 async def test_up_restarts_a_worker_killed_with_sigkill(
     run_up: RunUp, client: httpx.AsyncClient, tmp_path: Path
 ) -> None:
-    port = free_port()
-    up = await run_up(*up_args(tmp_path, port))
+    up = await run_up(*up_args(tmp_path))
     for name in ("api", "worker-1", "worker-2"):
         await up.wait_line(rf"^up +\| {name} ready$", UP_TIMEOUT_S)
+    base = await up.api_url()
     victim = worker_process(up, "worker-1")
 
     victim.send_signal(signal.SIGKILL)
@@ -94,10 +94,7 @@ async def test_up_restarts_a_worker_killed_with_sigkill(
         "the restarted worker-1 to be ready",
     )
     await eventually(lambda: worker_process(up, "worker-1").pid != victim.pid, 5, "a new worker")
-    answers = [
-        await generate(client, f"http://127.0.0.1:{port}", f"after the restart {i}")
-        for i in range(3)
-    ]
+    answers = [await generate(client, base, f"after the restart {i}") for i in range(3)]
     for i, answer in enumerate(answers):
         answer.assert_exact(f"after the restart {i}")
     children = descendants(up.proc.pid)
@@ -116,15 +113,12 @@ async def test_up_restarts_a_killed_workers_tasks_within_3_s(
     """With up's defaults, 8 tasks of 2.5 s on 2 workers: the tasks of the worker killed
     mid-batch start again within 3 s of the kill, on the other worker or on the killed one's
     restart under its id (times from the START of each new attempt, attempt_ms)."""
-    port = free_port()
-    up = await run_up(
-        *up_args(tmp_path, port, "--redis-url", redis_url), LLMB_KEY_PREFIX=key_prefix
-    )
+    up = await run_up(*up_args(tmp_path, "--redis-url", redis_url), LLMB_KEY_PREFIX=key_prefix)
     for name in ("api", "worker-1", "worker-2"):
         await up.wait_line(rf"^up +\| {name} ready$", UP_TIMEOUT_S)
     keys = Keys(key_prefix)
     bodies = [words(10, f"r{i}w") for i in range(8)]
-    base = f"http://127.0.0.1:{port}"
+    base = await up.api_url()
     answers = [
         asyncio.create_task(generate(client, base, f"@mock ttft_ms=250 itl_ms=250\n{body}"))
         for body in bodies
@@ -170,14 +164,11 @@ async def test_up_with_a_redis_url_starts_no_embedded_server(
     redis_url: str,
     key_prefix: str,
 ) -> None:
-    port = free_port()
-    up = await run_up(
-        *up_args(tmp_path, port, "--redis-url", redis_url), LLMB_KEY_PREFIX=key_prefix
-    )
+    up = await run_up(*up_args(tmp_path, "--redis-url", redis_url), LLMB_KEY_PREFIX=key_prefix)
     await up.wait_line(rf"using Redis at {redis_url}")
     await up.wait_line(r"^up +\| api ready$", UP_TIMEOUT_S)
 
-    answer = await generate(client, f"http://127.0.0.1:{port}", "on the session Redis")
+    answer = await generate(client, await up.api_url(), "on the session Redis")
     answer.assert_exact("on the session Redis")
 
     assert not up.matching(r"embedded|Valkey")

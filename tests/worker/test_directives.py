@@ -12,12 +12,13 @@ from tests.support.processes import running_worker
 from tests.support.results import (
     assert_complete_answer,
     make_queue,
-    read_as_they_come,
     submit,
     wait_result,
 )
 
 pytestmark = pytest.mark.system
+
+SLOW_TTFT_MS = 2000
 
 
 async def test_ttft_ms_delays_the_first_token(
@@ -25,14 +26,15 @@ async def test_ttft_ms_delays_the_first_token(
 ) -> None:
     queue = make_queue(redis, key_prefix)
     async with running_worker(redis_url, key_prefix, tmp_path, window_ms=0):
-        slow = await submit(queue, "@mock ttft_ms=700 itl_ms=0\nwaited for")
+        slow = await submit(queue, f"@mock ttft_ms={SLOW_TTFT_MS} itl_ms=0\nwaited for")
         slow_done = assert_complete_answer(await wait_result(queue, slow), "waited for")
         quick = await submit(queue, "@mock ttft_ms=0 itl_ms=0\nat once")
         quick_done = assert_complete_answer(await wait_result(queue, quick), "at once")
     assert slow_done.data is not None and quick_done.data is not None
-    assert slow_done.data["ttft_ms"] >= 700
-    # same worker, same queue: the difference is the directive
-    assert quick_done.data["ttft_ms"] < slow_done.data["ttft_ms"] - 400
+    assert slow_done.data["ttft_ms"] >= SLOW_TTFT_MS  # a lower bound: load only delays
+    # Same worker, same queue: the difference is the directive. The quick one has no wait of
+    # its own; only a machine delaying it by more than a second would break this.
+    assert quick_done.data["ttft_ms"] < SLOW_TTFT_MS - 1000
 
 
 async def test_itl_ms_spaces_the_tokens(
@@ -42,13 +44,14 @@ async def test_itl_ms_spaces_the_tokens(
     queue = make_queue(redis, key_prefix)
     async with running_worker(redis_url, key_prefix, tmp_path, window_ms=0):
         task_id = await submit(queue, f"@mock ttft_ms=0 itl_ms={itl_ms}\n{body}")
-        arrivals = await read_as_they_come(queue, task_id)
-    done = assert_complete_answer([a.entry for a in arrivals], body)
+        entries = await wait_result(queue, task_id)
+    done = assert_complete_answer(entries, body)
     assert done.data is not None
-    times = [a.at_s for a in arrivals if a.entry.kind == "token"]
-    assert len(times) == 5
-    assert times[-1] - times[0] >= 4 * itl_ms / 1000 * 0.75
-    assert done.data["total_ms"] - done.data["ttft_ms"] >= 4 * itl_ms * 0.75
+    # The mock writes token k no sooner than k * itl_ms after it starts, which is after the
+    # task arrived: a lower bound on the time to the last token, which load cannot break.
+    # (The times at which the test or the worker read the tokens could: a late read of the
+    # first one shortens the span between first and last.)
+    assert done.data["total_ms"] >= 4 * itl_ms
 
 
 async def test_extra_tokens_follow_the_echo(

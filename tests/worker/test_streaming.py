@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import shlex
 import statistics
 import sys
@@ -15,43 +14,62 @@ import pytest
 from redis.asyncio import Redis
 
 from llm_batcher.clock import now_ms
-from llm_batcher.protocol.keys import TERMINAL_ENTRY_ID, token_entry_id
+from llm_batcher.mock.tokens import tokenize
+from llm_batcher.protocol.keys import token_entry_id
 from llm_batcher.protocol.results import ResultEntry
 from tests.support.processes import running_worker
-from tests.support.results import assert_complete_answer, make_queue, read_as_they_come, submit
+from tests.support.results import assert_complete_answer, make_queue, submit, wait_result
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.system
 
-ITL_MS = 400
 SLOW_BODY = "one two three four five six"
 
+# An LLM that writes one token, then waits until the test has seen it in Redis and opened that
+# token's gate before it writes the next (bounded: past 30 s it exits, failing the batch).
+GATED_LLM = """
+import json, sys, time
+import redis
+gates = redis.Redis.from_url({redis_url!r})
+for index, token in enumerate({tokens!r}):
+    sys.stdout.write(json.dumps({{"index": 0, "token": token}}) + "\\n")
+    sys.stdout.flush()
+    for _ in range(3000):
+        if gates.exists(f"{gate}:{{index}}"):
+            break
+        time.sleep(0.01)
+    else:
+        sys.exit(3)
+sys.stdout.write(json.dumps({{"index": 0, "finish": "stop"}}) + "\\n")
+"""
 
-async def test_first_token_is_in_redis_while_the_batch_still_runs(
+
+async def test_each_token_is_in_redis_before_the_llm_writes_the_next(
     redis: Redis, redis_url: str, key_prefix: str, tmp_path: Path
 ) -> None:
+    """Each token is relayed on its own while the batch runs, not held back: the LLM writes a
+    token only after the test saw the one before in Redis. Order, not time: no clock is read."""
+    tokens = tokenize(SLOW_BODY)
+    gate = f"{key_prefix}:test-gate"
+    script = tmp_path / "gated_llm.py"
+    script.write_text(GATED_LLM.format(redis_url=redis_url, tokens=tokens, gate=gate))
+    command = shlex.join([sys.executable, str(script)])
     queue = make_queue(redis, key_prefix)
-    async with running_worker(redis_url, key_prefix, tmp_path, window_ms=0):
-        task_id = await submit(queue, f"@mock ttft_ms=0 itl_ms={ITL_MS}\n{SLOW_BODY}")
-        reader = asyncio.create_task(read_as_they_come(queue, task_id))
-        result_key = queue.keys.result(task_id)
-        await eventually(lambda: redis.exists(result_key), 10, "the first token")
-        # the first token is visible, the answer is not finished
-        first = await redis.xrange(result_key, "-", "+")
-        assert first[0][0] == token_entry_id(0).encode()
-        assert first[0][1][b"text"] == b"one "
-        assert await redis.xrange(result_key, TERMINAL_ENTRY_ID, TERMINAL_ENTRY_ID) == []
-        assert await redis.hget(queue.keys.task(task_id), "state") == b"running"
-        arrivals = await reader
+    async with running_worker(redis_url, key_prefix, tmp_path, llm_command=command, window_ms=0):
+        task_id = await submit(queue, "gated")
+        for index, token in enumerate(tokens):
 
-    entries = [a.entry for a in arrivals]
+            async def relayed(index: int = index) -> bool:
+                return bool(await queue.results.after(task_id, index - 1))
+
+            await eventually(relayed, 30, f"token {index} in Redis")
+            # the LLM waits at this token's gate: exactly this token is new, and nothing ends
+            new = await queue.results.after(task_id, index - 1)
+            assert [(e.entry_id, e.text) for e in new] == [(token_entry_id(index), token)]
+            assert await redis.hget(queue.keys.task(task_id), "state") == b"running"
+            await redis.set(f"{gate}:{index}", 1)
+        entries = await wait_result(queue, task_id)
     assert_complete_answer(entries, SLOW_BODY)
-    assert [e.entry_id for e in entries[:-1]] == [token_entry_id(i) for i in range(6)]
-    # each token was relayed on its own, about ITL_MS after the previous one, not at the end
-    token_times = [a.at_s for a in arrivals if a.entry.kind == "token"]
-    gaps = [later - earlier for earlier, later in itertools.pairwise(token_times)]
-    assert min(gaps) > ITL_MS / 1000 / 4, gaps
-    assert token_times[-1] - token_times[0] > 5 * ITL_MS / 1000 * 0.8
 
 
 # An LLM whose tokens carry the wall-clock time at which they were written (ns).

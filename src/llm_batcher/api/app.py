@@ -74,8 +74,10 @@ def create_app(settings: ApiSettings) -> FastAPI:
         refresher = keep_running("queue-metrics", lambda: _refresh_queue_metrics(queue, settings))
         # With a metrics port, /metrics leaves the public port (routes.py answers 404 there).
         metrics_server = None
-        if settings.metrics_port:
-            metrics_server = HealthServer(settings.host, settings.metrics_port, None, API_REGISTRY)
+        if settings.metrics_apart:
+            metrics_server = HealthServer(
+                settings.host, settings.metrics_port, None, API_REGISTRY, settings.metrics_fd
+            )
             await metrics_server.start()
         try:
             yield

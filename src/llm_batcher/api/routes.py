@@ -67,9 +67,9 @@ async def readyz(request: Request) -> JSONResponse:
 
 @router.get("/metrics", tags=["health"], response_class=Response)
 async def prometheus_metrics(request: Request) -> Response:
-    """Prometheus metrics of this API process, queue depth included (on LLMB_METRICS_PORT
-    instead, when it is set)."""
-    if _state(request).settings.metrics_port:
+    """Prometheus metrics of this API process, queue depth included (on LLMB_METRICS_PORT or
+    LLMB_METRICS_FD instead, when one is set)."""
+    if _state(request).settings.metrics_apart:
         return Response("served on the metrics port\n", status_code=404, media_type="text/plain")
     return Response(exposition(API_REGISTRY), media_type=CONTENT_TYPE_LATEST)
 

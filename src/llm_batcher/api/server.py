@@ -24,6 +24,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from llm_batcher.api.app import create_app
 from llm_batcher.api.headers import RAW_SECURITY_HEADERS
 from llm_batcher.api.state import AppState
+from llm_batcher.listeners import inherited
 from llm_batcher.settings import ApiSettings
 
 log = logging.getLogger(__name__)
@@ -317,5 +318,11 @@ def serve(settings: ApiSettings) -> int:
         forwarded_allow_ips=settings.forwarded_allow_ips,
     )
     server = DrainingServer(config, settings.shutdown_grace_s)
-    server.run()
+    if settings.listen_fd is None:
+        server.run()
+        return 0
+    sock = inherited(settings.listen_fd)
+    host, port = sock.getsockname()[:2]
+    log.info("API listening on %s:%d (a socket from the parent process)", host, port)
+    server.run(sockets=[sock])
     return 0

@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import TextIO
 from urllib.parse import urlsplit
 
-from llm_batcher.local.embedded_redis import EmbeddedRedis, free_port
+from llm_batcher.listeners import listener, port_of
+from llm_batcher.local.embedded_redis import EmbeddedRedis
 from llm_batcher.local.supervisor import ChildSpec, Supervised
+from llm_batcher.local.up import worker_spec
 
 READY_TIMEOUT_S = 60.0
 
@@ -102,12 +104,14 @@ class LocalStack:
         self.env.update(config.env)
         specs = []
         for i in range(1, config.apis + 1):
-            port = free_port()
-            self.api_ports.append(port)
-            api_env = dict(self.env, LLMB_HOST="127.0.0.1", LLMB_PORT=str(port))
-            url = f"http://127.0.0.1:{port}/healthz"
+            # A socket bound here and passed down (listeners.py): no other process can take the
+            # port between its choice and the API's start, and a restarted API keeps it.
+            sock = listener()
+            self.api_ports.append(port_of(sock))
+            api_env = dict(self.env, LLMB_LISTEN_FD=str(sock.fileno()))
+            url = f"http://127.0.0.1:{port_of(sock)}/healthz"
             name = "api" if config.apis == 1 else f"api-{i}"
-            specs.append(ChildSpec(name, [*_CLI, "api"], api_env, url))
+            specs.append(ChildSpec(name, [*_CLI, "api"], api_env, url, sockets=(sock,)))
         self.apis = list(await asyncio.gather(*(self._launch(spec) for spec in specs)))
         api = self.apis[0]
         assert api.proc is not None
@@ -117,12 +121,8 @@ class LocalStack:
         return stack
 
     async def start_workers(self, config: StackConfig) -> None:
-        specs = []
-        for i in range(len(self.workers) + 1, config.workers + 1):
-            port = free_port()
-            env = dict(self.env, LLMB_HEALTH_PORT=str(port), LLMB_WORKER_ID=f"worker-{i}")
-            url = f"http://127.0.0.1:{port}/healthz"
-            specs.append(ChildSpec(f"worker-{i}", [*_CLI, "worker"], env, url))
+        numbers = range(len(self.workers) + 1, config.workers + 1)
+        specs = [worker_spec(_CLI, self.env, i) for i in numbers]
         self.workers += await asyncio.gather(*(self._launch(spec) for spec in specs))
 
     async def _launch(self, spec: ChildSpec) -> Supervised:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -29,7 +30,8 @@ MAX_BACKOFF_S = 10.0
 
 @dataclass
 class ChildSpec:
-    """What to run, what to call it, and how to tell it is ready."""
+    """What to run, what to call it, and how to tell it is ready. ``sockets``: listening
+    sockets every start of the child inherits (listeners.py); closed once it stops for good."""
 
     name: str
     argv: list[str]
@@ -37,6 +39,7 @@ class ChildSpec:
     ready_url: str | None = None
     stop_timeout_s: float = 30.0
     stable_s: float = 30.0  # a child that ran this long before it died restarts at the first pace
+    sockets: tuple[socket.socket, ...] = ()
 
 
 @dataclass
@@ -56,22 +59,28 @@ class Supervised:
         """Start the child, restart it whenever it dies, until stopped: after FIRST_BACKOFF_S if
         it had run stable_s, else after a pause that doubles with each quick death in a row."""
         backoff = FIRST_BACKOFF_S
-        while not self._stopping:
-            started = time.monotonic()
-            await self._start()
-            assert self.proc is not None
-            code = await self.proc.wait()
-            if self._stopping:
-                break
-            self.ready.clear()
-            self.restarts += 1
-            if time.monotonic() - started >= self.spec.stable_s:
-                # It had been running well: this death is not the latest of a crash loop, and
-                # must not wait as long as the tenth restart of one would.
-                backoff = FIRST_BACKOFF_S
-            self.say(f"!! {self.spec.name} exited with status {code}; restart in {backoff:.1f} s")
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, MAX_BACKOFF_S)
+        try:
+            while not self._stopping:
+                started = time.monotonic()
+                await self._start()
+                assert self.proc is not None
+                code = await self.proc.wait()
+                if self._stopping:
+                    break
+                self.ready.clear()
+                self.restarts += 1
+                if time.monotonic() - started >= self.spec.stable_s:
+                    # It had been running well: this death is not the latest of a crash loop,
+                    # and must not wait as long as the tenth restart of one would.
+                    backoff = FIRST_BACKOFF_S
+                self.say(
+                    f"!! {self.spec.name} exited with status {code}; restart in {backoff:.1f} s"
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+        finally:
+            for sock in self.spec.sockets:
+                sock.close()
 
     async def _start(self) -> None:
         preexec = die_with_parent if sys.platform.startswith("linux") else None
@@ -83,6 +92,7 @@ class Supervised:
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
             preexec_fn=preexec,
+            pass_fds=[sock.fileno() for sock in self.spec.sockets],
         )
         # Kept in a field: a task nobody references may be garbage-collected mid-run.
         self._helpers = [asyncio.create_task(self._pump(self.proc))]

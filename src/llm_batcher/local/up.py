@@ -14,10 +14,12 @@ import asyncio
 import os
 import secrets
 import signal
+import socket
 import sys
 from pathlib import Path
 
-from llm_batcher.local.embedded_redis import EmbeddedRedis, free_port
+from llm_batcher.listeners import listener, port_of
+from llm_batcher.local.embedded_redis import EmbeddedRedis
 from llm_batcher.local.supervisor import ChildSpec, Supervised
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -26,7 +28,9 @@ _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     env = os.environ.get
     parser.add_argument("--host", default=env("LLMB_HOST", "127.0.0.1"), help="API address")
-    parser.add_argument("--port", type=int, default=int(env("LLMB_PORT", "8000")), help="API port")
+    parser.add_argument(
+        "--port", type=int, default=int(env("LLMB_PORT", "8000")), help="API port (0: any free)"
+    )
     parser.add_argument("--workers", type=int, default=2, help="number of workers (default 2)")
     parser.add_argument("--max-batch", type=int, help="most tasks per batch (LLMB_MAX_BATCH)")
     parser.add_argument("--window-ms", type=int, help="batch window in ms (LLMB_WINDOW_MS)")
@@ -66,32 +70,48 @@ def _child_env(
     return env
 
 
-def _specs(args: argparse.Namespace, redis_url: str, redis_password: str | None) -> list[ChildSpec]:
+def _specs(
+    args: argparse.Namespace, api_sock: socket.socket, redis_url: str, redis_password: str | None
+) -> list[ChildSpec]:
+    """The API, serving on ``api_sock``, and the workers, each with a health socket bound here
+    on a free port (listeners.py: no race for the port, and the same one after a restart)."""
     cli = [sys.executable, "-m", "llm_batcher.cli"]
     env = _child_env(args, redis_url, redis_password)
-    api_env = dict(env, LLMB_HOST=args.host, LLMB_PORT=str(args.port))
+    port = port_of(api_sock)
+    api_env = dict(
+        env, LLMB_HOST=args.host, LLMB_PORT=str(port), LLMB_LISTEN_FD=str(api_sock.fileno())
+    )
     if args.host in _LOOPBACK and "LLMB_TRUSTED_HOSTS" not in os.environ:
         # Only these names reach a loopback API legitimately: a page on another site that
         # rebinds its own name to 127.0.0.1 sends its own name as Host and is refused.
         api_env["LLMB_TRUSTED_HOSTS"] = "localhost,127.0.0.1,[::1]"
     probe_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
-    specs = [ChildSpec("api", [*cli, "api"], api_env, f"http://{probe_host}:{args.port}/healthz")]
-    for i in range(1, args.workers + 1):
-        port = free_port()
-        worker_env = dict(env, LLMB_HEALTH_PORT=str(port), LLMB_WORKER_ID=f"worker-{i}")
-        url = f"http://127.0.0.1:{port}/healthz"
-        specs.append(ChildSpec(f"worker-{i}", [*cli, "worker"], worker_env, url))
+    ready = f"http://{probe_host}:{port}/healthz"
+    specs = [ChildSpec("api", [*cli, "api"], api_env, ready, sockets=(api_sock,))]
+    specs.extend(worker_spec(cli, env, i) for i in range(1, args.workers + 1))
     return specs
 
 
-async def _run(args: argparse.Namespace, redis_url: str, redis_password: str | None) -> int:
+def worker_spec(cli: list[str], env: dict[str, str], number: int) -> ChildSpec:
+    """Worker ``number`` (its id `worker-N`), its health socket bound here on a free port."""
+    health = listener()
+    name = f"worker-{number}"
+    worker_env = dict(env, LLMB_HEALTH_FD=str(health.fileno()), LLMB_WORKER_ID=name)
+    url = f"http://127.0.0.1:{port_of(health)}/healthz"
+    return ChildSpec(name, [*cli, "worker"], worker_env, url, sockets=(health,))
+
+
+async def _run(
+    args: argparse.Namespace, api_sock: socket.socket, redis_url: str, redis_password: str | None
+) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    children = [Supervised(spec, _say) for spec in _specs(args, redis_url, redis_password)]
+    specs = _specs(args, api_sock, redis_url, redis_password)
+    children = [Supervised(spec, _say) for spec in specs]
     runners = [asyncio.create_task(c.run()) for c in children]
-    announce = asyncio.create_task(_announce(children, args))
+    announce = asyncio.create_task(_announce(children, args.host, port_of(api_sock)))
     await stop.wait()
     _say("stopping: API first (streams drain), then workers (batches drain)")
     announce.cancel()
@@ -104,7 +124,7 @@ async def _run(args: argparse.Namespace, redis_url: str, redis_password: str | N
     return 0
 
 
-async def _announce(children: list[Supervised], args: argparse.Namespace) -> None:
+async def _announce(children: list[Supervised], api_host: str, api_port: int) -> None:
     pending = {c.spec.name: c for c in children}
     while pending:
         waits = {asyncio.create_task(c.ready.wait()): name for name, c in pending.items()}
@@ -116,8 +136,8 @@ async def _announce(children: list[Supervised], args: argparse.Namespace) -> Non
             _say(f"{name} ready")
             pending.pop(name)
             if name == "api":
-                host = "localhost" if args.host in ("0.0.0.0", "127.0.0.1", "::") else args.host
-                base = f"http://{host}:{args.port}"
+                host = "localhost" if api_host in ("0.0.0.0", "127.0.0.1", "::") else api_host
+                base = f"http://{host}:{api_port}"
                 _say(f"test page: {base}/   API docs: {base}/docs")
                 _say(f"try: curl -N '{base}/generate?context=Hello%20batching'")
 
@@ -126,6 +146,12 @@ def main(args: argparse.Namespace) -> int:
     """Run everything until Ctrl-C or SIGTERM."""
     if args.workers < 0:
         raise SystemExit("llm-batcher up: --workers must be 0 or more")
+    try:  # before anything starts: a port in use is one clear line, not an API restarting
+        api_sock = listener(args.host, args.port)
+    except OSError as exc:
+        where = f"{args.host}:{args.port}"
+        why = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise SystemExit(f"llm-batcher up: cannot listen on {where}: {why}") from None
     server = None
     redis_url, redis_password = args.redis_url, None
     if not redis_url:
@@ -142,8 +168,9 @@ def main(args: argparse.Namespace) -> int:
     else:
         _say(f"using Redis at {_without_password(redis_url)}")
     try:
-        return asyncio.run(_run(args, redis_url, redis_password))
+        return asyncio.run(_run(args, api_sock, redis_url, redis_password))
     finally:
+        api_sock.close()
         if server is not None:
             server.stop()
             _say("embedded Redis stopped")

@@ -85,15 +85,22 @@ class Worker:
         self.stopping = False
         # With a metrics port, /metrics leaves the health port (SECURITY.md: metrics reach only
         # the monitoring namespace, probes the kubelet).
-        separate = settings.metrics_port != 0
+        separate = settings.metrics_apart
         self.health = HealthServer(
             settings.health_host,
             settings.health_port,
             self._readiness,
             None if separate else WORKER_REGISTRY,
+            settings.health_fd,
         )
         self.metrics_server = (
-            HealthServer(settings.health_host, settings.metrics_port, None, WORKER_REGISTRY)
+            HealthServer(
+                settings.health_host,
+                settings.metrics_port,
+                None,
+                WORKER_REGISTRY,
+                settings.metrics_fd,
+            )
             if separate
             else None
         )

@@ -47,7 +47,13 @@ local function dead_letter(task, task_id, code, ttl)
   local attempts = (tonumber(f[1]) or 0) - (tonumber(f[3]) or 0)
   redis.call('XADD', DEAD_LOG_KEY, 'MAXLEN', '~', DEAD_LETTER_MAXLEN, '*', 'task_id', task_id,
     'attempts', attempts, 'worker', f[2] or '', 'code', code, 'at_ms', now)
-  redis.call('ZADD', DEAD_KEY, now, task_id)
+  -- Scored in ms to the microsecond, and after the newest: dead letters of one millisecond keep
+  -- their order (ties in a sorted set go by member, here a random task id).
+  local t = redis.call('TIME')
+  local score = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+  local newest = redis.call('ZRANGE', DEAD_KEY, -1, -1, 'WITHSCORES')
+  if newest[2] and tonumber(newest[2]) >= score then score = tonumber(newest[2]) + 0.001 end
+  redis.call('ZADD', DEAD_KEY, string.format('%.3f', score), task_id)
   redis.call('ZREMRANGEBYSCORE', DEAD_KEY, '-inf', now - tonumber(ttl))
   local over = redis.call('ZRANGE', DEAD_KEY, 0, -DEAD_LETTER_MAXLEN - 1)
   if #over > 0 then

@@ -101,11 +101,12 @@ async def test_a_gone_worker_s_marks_and_read_turn_go_with_it(
     keys = queue.keys
     await queue.claims.heartbeat("llmb-worker-a", now_ms(), LEASE_MS, LEASE_MS)
     await queue.claims.note_idle("llmb-worker-a", now_ms())
-    assert await queue.claims.take_read_turn("llmb-worker-a", 60_000)
+    assert await queue.claims.take_read_turn("llmb-worker-a", 60_000, silence_ms=1500)
     assert await reconciler.pod_event("DELETED", deleted("llmb-worker-a")) == 0
     assert await queue.redis.zscore(keys.workers, "llmb-worker-a") is None
     assert await queue.redis.zscore(keys.idle, "llmb-worker-a") is None
-    assert await queue.claims.take_read_turn("llmb-worker-b", 60_000)  # no wait for the turn
+    # no wait for the turn
+    assert await queue.claims.take_read_turn("llmb-worker-b", 60_000, silence_ms=1500)
 
 
 async def test_the_sweep_removes_consumers_of_no_pod(

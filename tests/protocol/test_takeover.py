@@ -223,3 +223,45 @@ async def start(queue: TaskQueue, claim: Claim, worker: str) -> StartedTask:
     started = await queue.tasks.start(claim, worker=worker, now_ms=now_ms(), max_attempts=3)
     assert isinstance(started, StartedTask), started
     return started
+
+
+async def test_the_read_turn_of_a_dead_worker_passes_once_its_heartbeat_lapses(
+    queue: TaskQueue,
+) -> None:
+    """A worker that dies holding the read turn holds up reading for a heartbeat timeout, not
+    for the rest of its turn (a minute here)."""
+    async with beating(queue, "rescuer"):
+        await eventually(lambda: beaten_for(queue, "rescuer", SILENCE_MS), 5, "a steady taker")
+        died_at = time.monotonic()  # the victim's last heartbeat: it beats no more
+        await beat(queue, "victim")
+        assert await queue.claims.take_read_turn("victim", 60_000, silence_ms=SILENCE_MS)
+        # not yet: the holder may be alive
+        assert not await queue.claims.take_read_turn("rescuer", 60_000, silence_ms=SILENCE_MS)
+        await eventually(
+            lambda: queue.claims.take_read_turn("rescuer", 60_000, silence_ms=SILENCE_MS),
+            5,
+            "the dead holder's turn to pass",
+        )
+        after_s = time.monotonic() - died_at
+    assert after_s >= SILENCE_MS / 1000  # never before the silence
+    assert await queue.redis.get(queue.keys.reader) == b"rescuer"
+    assert 50_000 < await queue.redis.pttl(queue.keys.reader) <= 60_000  # a turn of its own
+
+
+async def test_a_live_holder_keeps_the_read_turn(queue: TaskQueue) -> None:
+    """A holder that beats keeps its turn, however long it reads; and a taker that has just
+    started beating judges nobody (as for takeovers)."""
+    async with beating(queue, "reader"):
+        assert await queue.claims.take_read_turn("reader", 60_000, silence_ms=SILENCE_MS)
+        await beat(queue, "idle")
+        assert not await queue.claims.take_read_turn("idle", 60_000, silence_ms=SILENCE_MS)
+        async with beating(queue, "idle"):
+            await eventually(
+                lambda: beaten_for(queue, "idle", 3 * SILENCE_MS), 10, "three timeouts of beats"
+            )
+            assert not await queue.claims.take_read_turn("idle", 60_000, silence_ms=SILENCE_MS)
+        assert await queue.redis.get(queue.keys.reader) == b"reader"
+        # the holder itself does not take its own turn again: it ends it first
+        assert not await queue.claims.take_read_turn("reader", 60_000, silence_ms=SILENCE_MS)
+        await queue.claims.end_read_turn("reader")
+        assert await queue.claims.take_read_turn("idle", 60_000, silence_ms=SILENCE_MS)

@@ -67,6 +67,7 @@ class Claims:
         self._keys = keys
         self._renew = scripts[Script.RENEW]
         self._depth = scripts[Script.DEPTH]
+        self._take_turn = scripts[Script.TAKE_TURN]
         self._end_turn = scripts[Script.END_TURN]
         self._ahead_turn = scripts[Script.AHEAD_TURN]
         self._heartbeat = scripts[Script.HEARTBEAT]
@@ -227,9 +228,12 @@ class Claims:
                 justid=True,
             )
 
-    async def take_read_turn(self, worker: str, turn_ms: int) -> bool:
-        """Become the one worker that reads new tasks, for at most turn_ms (keys.reader)."""
-        return bool(await self._redis.set(self._keys.reader, worker, nx=True, px=turn_ms))
+    async def take_read_turn(self, worker: str, turn_ms: int, *, silence_ms: int) -> bool:
+        """Become the one worker that reads new tasks, for at most turn_ms (keys.reader): when
+        the turn is free, or its holder's heartbeat is older than ``silence_ms`` (judged as
+        take_over_dead judges, by a worker that has itself beaten without a break that long)."""
+        args: list[str | int] = [worker, turn_ms, silence_ms]
+        return bool(await self._take_turn(keys=[self._keys.reader, self._keys.beats], args=args))
 
     async def end_read_turn(self, worker: str) -> None:
         """Let the next idle worker read."""

@@ -43,6 +43,7 @@ class Script(StrEnum):
     HAND_BACK = "hand_back"
     RENEW = "renew"
     DEPTH = "depth"
+    TAKE_TURN = "take_turn"
     END_TURN = "end_turn"
     AHEAD_TURN = "ahead_turn"
     LEAD = "lead"
@@ -54,6 +55,10 @@ class Script(StrEnum):
 
 _ENDING = frozenset({Script.START, Script.FINISH, Script.ABORT})
 """Scripts that can end a task, and so need the shared `finish` and `record` (ending.lua)."""
+
+_JUDGING = frozenset({Script.TAKE_OVER, Script.TAKE_TURN})
+"""Scripts that judge a worker dead by its heartbeat, and so need `beat`, `may_judge` and
+`lapsed` (beats.lua)."""
 
 _ALLOW_OOM = frozenset({Script.FINISH, Script.ABORT})
 """Scripts that run even when Redis refuses writes for lack of memory (maxmemory under
@@ -104,6 +109,8 @@ def source(script: Script) -> str:
     parts.append(_constants())
     if script in _ENDING:
         parts.append((lua / "ending.lua").read_text())
+    if script in _JUDGING:
+        parts.append((lua / "beats.lua").read_text())
     parts.append((lua / f"{script.value}.lua").read_text())
     return "\n".join(parts)
 

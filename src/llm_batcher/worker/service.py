@@ -180,7 +180,10 @@ class Worker:
             return ahead  # a full batch: nothing to read
         if not ahead:
             await self._note_idle()
-        if not await self.queue.claims.take_read_turn(self.id, self._turn_ms()):
+        silence_ms = self.settings.heartbeat_timeout_ms
+        if not await self.queue.claims.take_read_turn(
+            self.id, self._turn_ms(), silence_ms=silence_ms
+        ):
             if ahead:
                 return ahead
             with contextlib.suppress(TimeoutError):

@@ -1,26 +1,18 @@
--- TAKE_OVER: take over the tasks of dead workers, and forget each one once it holds none.
+-- TAKE_OVER: take over the tasks of dead workers, and forget each one once it holds none
+-- (beats.lua prepended).
 -- KEYS[1] tasks stream, KEYS[2] heartbeats, KEYS[3] live workers, KEYS[4] idle workers
 -- ARGV[1] taker (a consumer of the group), ARGV[2] most entries to take, ARGV[3] silence_ms,
 -- ARGV[4] idle_ms the taken entries are left with (0: the taker runs them; above the lease: any
 -- worker's next reclaim takes them), ARGV[5..] workers known to be dead (none: the workers whose
 -- heartbeat is older than silence_ms)
 -- Returns {{entry id, task id, ...}, {dead worker, ...}}.
-local function beat(value)
-  local last, since = string.match(value or '', '^(%d+),(%d+)$')
-  return tonumber(last), tonumber(since)
-end
-
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = beats_now_ms()
 local silence = tonumber(ARGV[3])
 local dead = {}
 if #ARGV > 4 then
   for i = 5, #ARGV do dead[#dead + 1] = ARGV[i] end
 else
-  -- Judge only after beating without a break for a whole silence: when Redis itself (or the
-  -- taker) was paused, every other worker's heartbeat looks old until they beat again.
-  local last, since = beat(redis.call('HGET', KEYS[2], ARGV[1]))
-  if not last or now - last > silence or now - since < silence then return {{}, {}} end
+  if not may_judge(KEYS[2], ARGV[1], now, silence) then return {{}, {}} end
   local all = redis.call('HGETALL', KEYS[2])
   for i = 1, #all, 2 do
     local other = beat(all[i + 1])

@@ -47,14 +47,16 @@ async def never_reading(api: Api, context: str) -> AsyncIterator[socket.socket]:
         sock.close()
 
 
-async def read_to_end(sock: socket.socket, timeout_s: float) -> bytes:
-    """What is left on the connection, up to the end (or the reset) the server made of it."""
-    loop = asyncio.get_running_loop()
+def read_buffered(sock: socket.socket) -> bytes:
+    """What the connection holds for the client, once the server's side of it is gone: on
+    loopback the kernel hands data over as it is sent, so nothing more can come. Read without
+    waiting, up to the end or the reset the server made of it, or to an empty buffer (the
+    server's reset is not always taken: a client whose window is closed may answer it with a
+    challenge ACK instead, RFC 5961, and then sees neither end nor reset)."""
     chunks = []
-    with contextlib.suppress(ConnectionResetError):
-        async with asyncio.timeout(timeout_s):
-            while chunk := await loop.sock_recv(sock, 1 << 16):
-                chunks.append(chunk)
+    with contextlib.suppress(BlockingIOError, ConnectionResetError):
+        while chunk := sock.recv(1 << 16):
+            chunks.append(chunk)
     return b"".join(chunks)
 
 
@@ -97,7 +99,7 @@ async def test_a_client_that_reads_nothing_is_cut_off_and_others_are_served(
             lambda: not connections_from(api, port), 30, "the API to drop the connection"
         )
         # What reached the client is the start of the answer, without a terminal event.
-        received = await read_to_end(sock, 30)
+        received = read_buffered(sock)
         assert received.startswith(b"HTTP/1.1 200"), received[:100]
         assert b"event: token" in received and b"event: done" not in received
     assert api.proc.popen.poll() is None

@@ -18,6 +18,7 @@ from llm_batcher.protocol.keys import ARRIVALS_KEPT, WORKER_GROUP
 from llm_batcher.protocol.outcomes import StartOutcome, WriteResult
 from llm_batcher.protocol.queue import TaskQueue
 from llm_batcher.protocol.results import ResultEntry
+from llm_batcher.protocol.scripts import Script, source
 from llm_batcher.protocol.tasks import Refused, StartedTask
 from llm_batcher.worker.window import arrival_ms
 from tests.support.results import answer, make_queue, submit, terminal
@@ -88,6 +89,54 @@ async def test_last_tokens_and_done_are_written_in_one_call(queue: TaskQueue) ->
     assert answer(entries) == "in one go"
     assert terminal(entries).data == {"text": "in one go"}
     assert await queue.redis.hget(queue.keys.task(task_id), "state") == b"done"
+
+
+async def script_exists_calls(redis: Redis) -> int:
+    stats = await redis.info("commandstats")
+    return int(stats.get("cmdstat_script|exists", {}).get("calls", 0))
+
+
+async def test_the_last_tokens_and_done_cost_one_round_trip_without_script_exists(
+    queue: TaskQueue,
+) -> None:
+    # Script objects in a redis-py pipeline ask SCRIPT EXISTS first: a round trip more, on the
+    # path of every answer's last tokens. The scripts go by SHA instead.
+    task_id = await submit(queue, "by sha")
+    task = await start(queue, await claim_one(queue))
+    await queue.tasks.append_and_complete(task, 0, ["by "], now_ms(), {"text": "x", "tokens": 0})
+    before = await script_exists_calls(queue.redis)
+    other = await start(queue, await claim_one_of(queue, await submit(queue, "another")))
+    await queue.tasks.append_and_complete(other, 0, ["another"], now_ms(), {"text": "another"})
+    assert await script_exists_calls(queue.redis) == before
+    assert await queue.redis.hget(queue.keys.task(task_id), "state") == b"done"
+
+
+@pytest.mark.parametrize("loaded", ["none", "finish only"])
+async def test_last_tokens_and_done_survive_a_flushed_script_cache(
+    queue: TaskQueue, loaded: str
+) -> None:
+    # After a restart (or SCRIPT FLUSH) the scripts are loaded again and the call repeated. With
+    # FINISH cached but not APPEND (another process loaded it first), FINISH must not write a
+    # `done` over missing tokens: it refuses (`incomplete`), and the repeat writes both.
+    task_id = await submit(queue, "flushed cache")
+    task = await start(queue, await claim_one(queue))
+    await queue.redis.script_flush()
+    if loaded == "finish only":
+        await queue.redis.script_load(source(Script.FINISH))
+    appended, finished = await queue.tasks.append_and_complete(
+        task, 0, ["flushed ", "cache"], now_ms(), {"text": "flushed cache", "tokens": 2}
+    )
+    assert (appended.result, appended.tokens, finished) == (WriteResult.OK, 2, WriteResult.OK)
+    entries = await queue.results.after(task_id, -1)
+    assert answer(entries) == "flushed cache"
+    assert [e.entry_id for e in entries] == ["0-1", "0-2", "1-0"]
+    assert terminal(entries).kind == "done"
+
+
+async def claim_one_of(queue: TaskQueue, task_id: str) -> Claim:
+    claim = await claim_one(queue)
+    assert claim.task_id == task_id
+    return claim
 
 
 async def test_a_fenced_worker_writes_neither_the_tokens_nor_the_done(queue: TaskQueue) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 from llm_batcher.protocol.claims import Claim, Claims
 from llm_batcher.protocol.connection import reply_text
@@ -276,15 +277,42 @@ class Tasks:
         announced together, and its client gets them in one write."""
         keys, args = self._append_call(task, first_index, tokens, now_ms)
         data = json.dumps(summary, ensure_ascii=False)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            await self._scripts[Script.APPEND](keys=keys, args=args, client=pipe)
-            await self._scripts[Script.FINISH](
-                keys=self._ending_keys(task.task_id),
-                args=self._finish_args(task, TaskState.DONE, "", data),
-                client=pipe,
-            )
-            appended, finished = await pipe.execute()
+        calls = [
+            (self._scripts[Script.APPEND], keys, args),
+            (
+                self._scripts[Script.FINISH],
+                self._ending_keys(task.task_id),
+                self._finish_args(task, TaskState.DONE, "", data),
+            ),
+        ]
+        appended, finished = await self._pipelined(calls)
         return _appended(appended), WriteResult(reply_text(finished[0]))
+
+    async def _pipelined(
+        self, calls: list[tuple[AsyncScript, list[str], list[str | int]]]
+    ) -> list[Any]:
+        """Scripts run in order in one round trip, by SHA.
+
+        A pipeline of redis-py Script objects first asks SCRIPT EXISTS, a round trip of its own,
+        every time. Here a script missing from the cache (Redis restarted or flushed it) is
+        loaded and the whole call made again: every script here is safe to repeat, and a FINISH
+        whose APPEND was refused for NOSCRIPT refuses to write a `done` (`incomplete`)."""
+        for attempt in range(2):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for script, keys, args in calls:
+                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+                replies = await pipe.execute(raise_on_error=False)
+            missing = [c[0] for c, r in zip(calls, replies, strict=True) if _no_script(r)]
+            if not missing:
+                break
+            if attempt:
+                raise NoScriptError(f"scripts missing after loading them: {missing}")
+            for script in missing:
+                await self._redis.script_load(script.script)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return list(replies)
 
     def _append_call(
         self, task: StartedTask, first_index: int, tokens: list[str], now_ms: int
@@ -321,3 +349,7 @@ class Tasks:
 def _appended(reply: Any) -> Appended:
     result = WriteResult(reply_text(reply[0]))
     return Appended(result, int(reply[1]) if result is WriteResult.OK else 0)
+
+
+def _no_script(reply: object) -> bool:
+    return isinstance(reply, NoScriptError)

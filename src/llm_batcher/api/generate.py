@@ -133,9 +133,6 @@ async def queue_task(
     if state.draining:
         raise ApiError(ErrorCode.SHUTTING_DOWN, "this API replica is shutting down")
     task_id = str(uuid.uuid4())
-    # Queued before its stream subscribes (stream.py reads back what came before): subscribing
-    # first saved a round trip per request, but with 10,000 streams opening at 1,000 a second
-    # the waits for subscription confirmations made 29% of them fail with redis_unavailable.
     now = now_ms()
     deadline = now + int(settings.task_timeout_s * 1000)
     if once is not None:  # its client retries rather than cancels: nothing to cancel on failure
@@ -144,10 +141,16 @@ async def queue_task(
             max_tokens=max_tokens, stop=stop,
         )  # fmt: skip
     tasks = state.queue.tasks
+    # Subscribed before the task exists, so that its stream needs no first read of its results
+    # (submit_subscribed, docs/protocol.md). Only the send is awaited, not Redis's confirmation:
+    # waiting for confirmations before submitting made 29% of 10,000 streams opening at 1,000
+    # a second fail with redis_unavailable.
+    sub = await state.hub.open_ahead(task_id, settings.redis_timeout_s)
+    submit = tasks.submit if sub is None else tasks.submit_subscribed
     try:
-        queued = await redis_call(
+        reply = await redis_call(
             state,
-            tasks.submit(
+            submit(
                 task_id,
                 context,
                 now_ms=now,
@@ -159,16 +162,24 @@ async def queue_task(
             ),
         )
     except BaseException:
+        if sub is not None:
+            state.hub.close(sub)
         # The submit may have reached Redis although this request gave up on it (a slow Redis,
         # or the client hung up meanwhile): cancel it, so that no worker runs a task nobody reads.
         spawn(tasks.cancel(task_id), f"cancel of unanswered task {task_id}")
         raise
+    queued, announced = reply if isinstance(reply, tuple) else (reply, False)
     if not queued:
+        if sub is not None:
+            state.hub.close(sub)
         raise ApiError(ErrorCode.QUEUE_FULL, f"{settings.max_queue} tasks are waiting; retry later")
     # One INFO line per request, when it ends (stream.py): a second one here cost 4% of the API's
     # CPU under load, for a fact the ending line and the worker's lines carry too.
     log.debug("task %s queued (%d bytes)", task_id, size, extra={"task_id": task_id})
-    return StreamState(task_id, next_index=0, deadline_ms=deadline, created_here=True)
+    return StreamState(
+        task_id, next_index=0, deadline_ms=deadline, created_here=True, sub=sub,
+        announced_from_start=announced,
+    )  # fmt: skip
 
 
 async def resume(state: AppState, last_event_id: str, owner: str = "") -> SseResponse:

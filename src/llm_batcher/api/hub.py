@@ -3,8 +3,10 @@
 Each task's result stream is announced on a channel of the same name (scripts.py). The hub holds
 one pub/sub connection for the whole process, whatever the number of open streams; a stream
 subscribes to its task's channel, then reads what was written before from the result stream
-(backfill), so nothing falls between the two. Pub/sub loses what is published while the
-connection is down: after every reconnect the hub tells each stream to backfill again (RESYNC).
+(backfill), so nothing falls between the two; a new task's stream subscribes before the task is
+queued, and needs no backfill when Redis took the subscription first (open_ahead). Pub/sub loses
+what is published while the connection is down: after every reconnect the hub tells each stream
+to backfill again (RESYNC).
 
 A task can also vanish without an announcement: its hash expired, or Redis restarted without its
 data. Rather than every stream checking its own task when it has been silent for a while (with
@@ -237,6 +239,35 @@ class ResultHub:
             self.close(sub)
             raise
         return sub
+
+    async def open_ahead(self, task_id: str, timeout_s: float) -> Subscription | None:
+        """Subscribe to the entries of a task about to be queued: returns once the subscription
+        is sent, without waiting for Redis to confirm it; None (nothing subscribed) if it could
+        not be sent within timeout_s. Tasks.submit_subscribed then says whether Redis took it
+        before the task: if so the stream needs neither the confirmation nor a first read of
+        the result stream (a round trip each); if not, confirmed() and a read, as after open().
+        Close it with close()."""
+        sub = Subscription(task_id)
+        channel = self.keys.result(task_id)
+        self._subs.setdefault(task_id, set()).add(sub)
+        self._idle.clear()
+        self._confirmed.setdefault(channel, asyncio.Event())
+        try:
+            async with asyncio.timeout(timeout_s):
+                await asyncio.shield(self._queue_command(_SUBSCRIBE, channel))
+        except REDIS_UNAVAILABLE as exc:  # TimeoutError included
+            log.info("subscribing ahead of task %s failed (%r): after it, then", task_id, exc)
+            self.close(sub)
+            return None
+        except BaseException:
+            self.close(sub)
+            raise
+        self._wake.set()
+        return sub
+
+    async def confirmed(self, sub: Subscription, timeout_s: float) -> None:
+        """Wait until Redis confirmed the subscription of ``sub`` (opened by open_ahead)."""
+        await self._wait_confirmed(self.keys.result(sub.task_id), timeout_s)
 
     def close(self, sub: Subscription) -> None:
         """End a subscription (again: nothing); the last one of a task unsubscribes."""

@@ -46,6 +46,8 @@ class StreamState:
     terminal_sent: bool = False
     created_here: bool = False  # this request submitted the task (so may cancel it)
     keyed: bool = False  # submitted with an Idempotency-Key: its client will retry, not cancel
+    sub: Subscription | None = None  # subscribed before the task was queued (ResultHub.open_ahead)
+    announced_from_start: bool = False  # ...and Redis held that subscription when it queued it
 
     @property
     def cancels_on_hangup(self) -> bool:
@@ -96,7 +98,7 @@ class TaskStream:
         self.hub = hub
         self.settings = settings
         self.state = state
-        self.sub: Subscription | None = None
+        self.sub: Subscription | None = state.sub
         self._started = False  # events() has begun (and its own cleanup will run)
         self.encoder = encoder
         self.endpoint = endpoint
@@ -115,9 +117,7 @@ class TaskStream:
             yield encode(
                 [contract.task_event(state.task_id, state.next_index - 1, self.settings.retry_ms)]
             )
-            sub = self.sub = await self.hub.open(state.task_id, self.settings.redis_timeout_s * 5)
-            # A task this request has just queued cannot have expired: no existence check.
-            events = self._emit(await self._backfill(known_to_exist=state.created_here))
+            sub, events = await self._subscribe()
             while not state.terminal_sent:
                 if events:
                     yield encode(events)
@@ -169,6 +169,19 @@ class TaskStream:
         spawn(self.queue.tasks.cancel(task_id), f"cancel {task_id}")
 
     # --- phases -----------------------------------------------------------------------------
+
+    async def _subscribe(self) -> tuple[Subscription, list[contract.Event]]:
+        """The task's subscription, confirmed by Redis, and what was written before it."""
+        state, timeout_s = self.state, self.settings.redis_timeout_s * 5
+        if state.sub is None:
+            sub = self.sub = await self.hub.open(state.task_id, timeout_s)
+        elif state.announced_from_start:
+            return state.sub, []  # every entry of the task will be announced to it
+        else:
+            sub = state.sub
+            await self.hub.confirmed(sub, timeout_s)
+        # A task this request has just queued cannot have expired: no existence check.
+        return sub, self._emit(await self._backfill(known_to_exist=state.created_here))
 
     async def _next(self, item: ResultEntry | str | None) -> list[ResultEntry]:
         """Turn what the subscription gave into entries to emit (reading Redis when needed)."""

@@ -132,6 +132,29 @@ class Tasks:
         args += self._limit_args(max_tokens, stop)
         return bool(await self._scripts[Script.SUBMIT](keys=keys, args=args))
 
+    async def submit_subscribed(
+        self,
+        task_id: str,
+        context: str,
+        *,
+        now_ms: int,
+        deadline_ms: int,
+        max_queue: int,
+        owner: str = "",
+        max_tokens: int | None = None,
+        stop: Sequence[str] = (),
+    ) -> tuple[bool, bool]:
+        """submit, for a client that subscribed to the task's result channel before this call:
+        whether the task was queued, and whether Redis already held a subscription to its
+        channel when it queued it. If it did, every announcement of the task reaches that
+        subscriber, and nothing was written before it that it must read from the stream."""
+        keys, args = self._submit_call(task_id, context, now_ms, deadline_ms, max_queue, owner)
+        args += [*self._limit_args(max_tokens, stop), "", self._keys.result(task_id)]
+        reply = await self._scripts[Script.SUBMIT](keys=keys, args=args)
+        if not reply:
+            return False, False
+        return True, int(reply[1]) > 0
+
     async def submit_once(
         self,
         once: Once,

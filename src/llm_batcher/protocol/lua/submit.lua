@@ -6,8 +6,11 @@
 -- ARGV[8] owner (hash of the API key that submitted it; '' when keys are off),
 -- ARGV[9] max_tokens (the request's cap on the answer; '' for none),
 -- ARGV[10] stop (JSON list of stop sequences; '' for none),
--- ARGV[11] (with KEYS[4]) the request's fingerprint
--- Returns the stream entry id, or false when max_queue tasks are queued or running.
+-- ARGV[11] (with KEYS[4]) the request's fingerprint, ARGV[12] (optional, without KEYS[4]) the
+-- task's result channel, which its client subscribed to before this call
+-- Returns the stream entry id, or false when max_queue tasks are queued or running; with
+-- ARGV[12], {entry id, subscribers of the channel now}: 1 says that the client's subscription
+-- was in place before the task existed, so every announcement of the task reaches it.
 -- With an idempotency key, returns {SUBMIT_QUEUED, entry id} or {SUBMIT_QUEUE_FULL}, unless the
 -- key already names a task Redis still knows: then {SUBMIT_EXISTING, its id, its deadline_ms}
 -- for the same fingerprint, {SUBMIT_CONFLICT, its id} for another, and nothing is queued. Two
@@ -44,5 +47,8 @@ redis.call('LTRIM', KEYS[3], 0, ARRIVALS_KEPT - 1)
 if keyed then
   redis.call('SET', KEYS[4], ARGV[1] .. ' ' .. ARGV[11], 'PX', ARGV[6])
   return {SUBMIT_QUEUED, entry}
+end
+if ARGV[12] and ARGV[12] ~= '' then
+  return {entry, redis.call('PUBSUB', 'NUMSUB', ARGV[12])[2]}
 end
 return entry

@@ -60,7 +60,9 @@ class Row:
     events_per_cpu_s: float | None
     cpu_ms_per_request: float | None
     checks: list[Check] = field(default_factory=list)
-    all_busy_share: float | None = None  # of the answered requests, see all_busy_share()
+    all_busy_share: float | None = None  # of the answered requests, see sent_while_all_busy()
+    # added TTFT p50, p99 of the requests sent while a worker was free (not all_busy)
+    free_worker_ttft_ms: tuple[float | None, float | None] = (None, None)
 
     @property
     def met(self) -> bool | None:
@@ -128,18 +130,18 @@ def batch_sizes(records: Sequence[Mapping[str, object]]) -> dict[int, int]:
     return dict(sorted(Counter(int(str(s)) for s in sizes.values() if s is not None).items()))
 
 
-def all_busy_share(
+def sent_while_all_busy(
     records: Sequence[Mapping[str, object]], ttft_s: float, workers: int
-) -> float | None:
-    """The share of answered requests sent while every worker was running a batch: those wait
-    for one to end, whatever the window. A batch runs from its model's start (its first token's
-    stamp, ``relay_us[0]`` before the client read it, less the model's time to first token) to
-    its last answer's end; its set-up before the model starts is not counted, so this is a lower
-    bound. None without stamped tokens."""
+) -> list[bool] | None:
+    """For each answered request with a batch, whether it was sent while every worker was
+    running a batch: those wait for one to end, whatever the window. A batch runs from its
+    model's start (its first token's stamp, ``relay_us[0]`` before the client read it, less the
+    model's time to first token) to its last answer's end; its set-up before the model starts
+    is not counted, so the busy ones are a lower bound. None without stamped tokens."""
+    answered = [r for r in records if r["ok"] and r.get("batch_id") and _ints(r["relay_us"])]
     batches: defaultdict[object, list[Mapping[str, object]]] = defaultdict(list)
-    for r in records:
-        if r["ok"] and r.get("batch_id") and _ints(r["relay_us"]):
-            batches[r["batch_id"]].append(r)
+    for r in answered:
+        batches[r["batch_id"]].append(r)
     if not batches:
         return None
     starts, ends = [], []
@@ -148,9 +150,37 @@ def all_busy_share(
         ends.append(max(_f(r["end_s"]) for r in members))
     starts = sorted(t - ttft_s for t in starts)
     ends.sort()
-    sent = [_f(r["sent_s"]) for members in batches.values() for r in members]
-    busy = sum(1 for t in sent if bisect_right(starts, t) - bisect_right(ends, t) >= workers)
-    return busy / len(sent)
+    return [
+        bisect_right(starts, t) - bisect_right(ends, t) >= workers
+        for t in (_f(r["sent_s"]) for r in answered)
+    ]
+
+
+def all_busy_share(
+    records: Sequence[Mapping[str, object]], ttft_s: float, workers: int
+) -> float | None:
+    """The share of answered requests sent while every worker was running a batch
+    (sent_while_all_busy); None without stamped tokens."""
+    busy = sent_while_all_busy(records, ttft_s, workers)
+    return None if busy is None else sum(busy) / len(busy)
+
+
+def free_worker_ttft(
+    records: Sequence[Mapping[str, object]], ttft_s: float, workers: int
+) -> tuple[float | None, float | None]:
+    """Added time to first token (p50, p99, ms) of the answered requests sent while some worker
+    was not running a batch (sent_while_all_busy): what the gateway adds when the model has
+    room, without the wait for a busy worker."""
+    busy = sent_while_all_busy(records, ttft_s, workers)
+    if busy is None:
+        return None, None
+    answered = [r for r in records if r["ok"] and r.get("batch_id") and _ints(r["relay_us"])]
+    added = [
+        (_f(r["first_s"]) - _f(r["sent_s"]) - ttft_s) * 1000
+        for r, all_busy in zip(answered, busy, strict=True)
+        if not all_busy
+    ]
+    return percentile(added, 50), percentile(added, 99)
 
 
 def summarise(
@@ -192,6 +222,7 @@ def summarise(
         events_per_cpu_s=events / cpu if cpu else None,
         cpu_ms_per_request=cpu * 1000 / len(records) if cpu and records else None,
         all_busy_share=all_busy_share(ok, ttft_s, config.workers),
+        free_worker_ttft_ms=free_worker_ttft(ok, ttft_s, config.workers),
     )
     return row, Samples(added, relay)
 

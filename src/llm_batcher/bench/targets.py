@@ -77,12 +77,17 @@ def added_ttft(row: Row, limits_ms: tuple[float, float]) -> list[Check]:
 
 
 def light_checks(row: Row) -> list[Check]:
-    """Every answer and the added time; beside them, not a target, how many requests found
-    every worker busy, which the added time's tail comes from (docs/benchmarks.md)."""
+    """Every answer and the added time; beside them, not targets, how many requests found
+    every worker busy, which the added time's tail comes from, and the added time of the
+    others: what the gateway adds while the model has room (docs/benchmarks.md)."""
     share = row.all_busy_share
     busy = Check(f"{row.scenario}: sent while every worker ran a batch", "-",
                  "n/a" if share is None else f"{share:.0%}", None)  # fmt: skip
-    return [answers(row), *added_ttft(row, LIGHT_ADDED_TTFT_MS), busy]
+    p50, p99 = row.free_worker_ttft_ms
+    free = Check(f"{row.scenario}: added TTFT p50/p99 of the others", "-",
+                 "n/a" if p50 is None or p99 is None else f"{p50:.1f} / {p99:.1f} ms",
+                 None)  # fmt: skip
+    return [answers(row), *added_ttft(row, LIGHT_ADDED_TTFT_MS), busy, free]
 
 
 def capacity_checks(row: Row) -> list[Check]:

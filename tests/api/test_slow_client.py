@@ -91,6 +91,10 @@ async def test_a_client_that_reads_nothing_is_cut_off_and_others_are_served(
         log = api.proc.log()
         served = log.index(f"task {other.task_id} ended: done")
         assert served < log.index(CUT_OFF), "the other client was served only after the cut"
+        # One WARNING line naming the stream's task, not an application error with a traceback.
+        (cut_line,) = [line for line in log.splitlines() if CUT_OFF in line]
+        assert " WARNING " in cut_line and "task_id=" in cut_line, cut_line
+        assert "Exception in ASGI application" not in log and "Traceback" not in log
         await eventually(
             lambda: exports(metrics_url, llm_batcher_open_streams=0), 10, "no open stream"
         )

@@ -5,12 +5,14 @@ frames iterator is closed either way."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncGenerator
 from typing import Any
 
 import pytest
 
-from llm_batcher.api.sse import SseResponse
+from llm_batcher.api.server import SendTimeoutLine
+from llm_batcher.api.sse import SendTimeout, SseResponse
 
 
 class Frames:
@@ -44,11 +46,30 @@ async def test_a_client_that_takes_no_data_fails_the_response_after_the_send_tim
             stuck.set()
             await asyncio.Event().wait()  # the socket buffer is full, the client reads nothing
 
-    response = SseResponse(source.frames(), send_timeout_s=0.2)
-    with pytest.raises(TimeoutError, match="took no data"):
+    response = SseResponse(source.frames(), send_timeout_s=0.2, task_id="t-1")
+    with pytest.raises(SendTimeout, match="took no data") as raised:
         await asyncio.wait_for(response({}, never_disconnects, send), 10)
+    assert raised.value.task_id == "t-1"
     assert stuck.is_set()
     assert source.closed.is_set()
+
+
+def test_a_send_timeout_is_logged_as_one_warning_line_with_its_task() -> None:
+    # uvicorn logs what ends a response as "Exception in ASGI application", ERROR, traceback.
+    def uvicorn_record(error: BaseException) -> logging.LogRecord:
+        return logging.LogRecord(
+            "uvicorn.error", logging.ERROR, __file__, 1, "Exception in ASGI application\n", None,
+            (type(error), error, None),
+        )  # fmt: skip
+
+    record = uvicorn_record(SendTimeout("the client took no data for 5 s", "t-1"))
+    assert SendTimeoutLine().filter(record)
+    assert (record.levelno, record.levelname) == (logging.WARNING, "WARNING")
+    assert record.getMessage() == "stream cut: the client took no data for 5 s"
+    assert record.exc_info is None and record.__dict__["task_id"] == "t-1"
+    other = uvicorn_record(RuntimeError("a bug"))
+    assert SendTimeoutLine().filter(other)
+    assert other.levelno == logging.ERROR and other.exc_info is not None
 
 
 async def test_a_client_that_hangs_up_ends_the_response_without_an_error() -> None:

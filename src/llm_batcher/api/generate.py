@@ -214,4 +214,5 @@ def respond(state: AppState, stream: StreamState) -> SseResponse:
         headers=SSE_HEADERS,
         send_timeout_s=state.settings.send_timeout_s,
         on_close=task_stream.close,
+        task_id=stream.task_id,
     )

@@ -109,6 +109,7 @@ async def _answer(request: Request, parse: Callable[[bytes], CompletionRequest])
             headers=generate.SSE_HEADERS,
             send_timeout_s=state.settings.send_timeout_s,
             on_close=task_stream.close,
+            task_id=stream.task_id,
         )
     collector = Collector(answer)
     task_stream = TaskStream(
@@ -119,6 +120,7 @@ async def _answer(request: Request, parse: Callable[[bytes], CompletionRequest])
         collector.result,
         send_timeout_s=state.settings.send_timeout_s,
         on_close=task_stream.close,
+        task_id=stream.task_id,
     )
 
 

@@ -23,6 +23,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from llm_batcher.api.app import create_app
 from llm_batcher.api.headers import RAW_SECURITY_HEADERS
+from llm_batcher.api.sse import SendTimeout
 from llm_batcher.api.state import AppState
 from llm_batcher.listeners import inherited
 from llm_batcher.settings import ApiSettings
@@ -294,8 +295,26 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
+class SendTimeoutLine(logging.Filter):
+    """uvicorn logs an exception that ends a response as ERROR, with its traceback. A send
+    timeout (sse.SendTimeout) is a client's doing: one WARNING line, with the stream's task."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, SendTimeout):
+            record.levelno, record.levelname = (
+                logging.WARNING,
+                logging.getLevelName(logging.WARNING),
+            )
+            record.msg, record.args = "stream cut: %s", (error,)
+            record.exc_info = record.exc_text = None
+            record.task_id = error.task_id
+        return True
+
+
 def serve(settings: ApiSettings) -> int:
     """Serve the API until a signal; returns the exit status."""
+    logging.getLogger("uvicorn.error").addFilter(SendTimeoutLine())
     # a percent-encoded context fits, with room for the other parameters and the headers
     head_limit = settings.max_context_bytes * 3 + 16384
     protocol = functools.partial(

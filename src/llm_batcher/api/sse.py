@@ -5,7 +5,7 @@ pings); this class sends them as they come, one write per chunk. One task per re
 for the client hanging up and, when it does, cancels the response's own task: the iterator
 then ends through its `finally` (a task queued by this request is cancelled there) and the
 response returns normally. A send that a client does not take within the send timeout fails
-the response, as any error does, and the connection is closed: a watchdog timer per response
+the response (SendTimeout) and the connection is closed: a watchdog timer per response
 checks the send in progress every half timeout (a timeout around every send cost 4% of the
 API's CPU in timer handles).
 """
@@ -22,6 +22,16 @@ _CANCELS = 10  # cancellations of a response whose client hung up, at most
 _CANCEL_AGAIN_S = 0.5  # between them
 
 
+class SendTimeout(TimeoutError):
+    """A client took no data for the send timeout: its response is cut, its connection closed.
+    The client's doing, and expected now and then: the API logs it as one WARNING line
+    (server.py), not as an application error with its traceback."""
+
+    def __init__(self, message: str, task_id: str | None) -> None:
+        super().__init__(message)
+        self.task_id = task_id
+
+
 class SseResponse(Response):
     """A `text/event-stream` response whose body is an async iterator of SSE frames."""
 
@@ -35,10 +45,13 @@ class SseResponse(Response):
         *,
         send_timeout_s: float,
         on_close: Callable[[], None] | None = None,
+        task_id: str | None = None,
     ) -> None:
         """``on_close`` runs when the response ends, even one that never started its frames
-        (whose iterator's own cleanup then never runs)."""
+        (whose iterator's own cleanup then never runs); ``task_id`` names the stream's task in
+        the log line of a send timeout."""
         self.frames = frames
+        self.task_id = task_id
         self.on_close = on_close
         self.status_code = status_code
         self.background = None
@@ -73,8 +86,8 @@ class SseResponse(Response):
         except asyncio.CancelledError:
             if timed_out:
                 task.uncancel()
-                raise TimeoutError(
-                    f"the client took no data for {self.send_timeout_s:g} s"
+                raise SendTimeout(
+                    f"the client took no data for {self.send_timeout_s:g} s", self.task_id
                 ) from None
             if not self._hung_up:
                 raise
@@ -138,8 +151,9 @@ class CollectedResponse(SseResponse):
         *,
         send_timeout_s: float,
         on_close: Callable[[], None] | None = None,
+        task_id: str | None = None,
     ) -> None:
-        super().__init__(frames, send_timeout_s=send_timeout_s, on_close=on_close)
+        super().__init__(frames, send_timeout_s=send_timeout_s, on_close=on_close, task_id=task_id)
         self.result = result
 
     async def send_frames(self, frames: AsyncGenerator[bytes, None], send: Send) -> None:

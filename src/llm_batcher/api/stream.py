@@ -171,7 +171,7 @@ class TaskStream:
     # --- phases -----------------------------------------------------------------------------
 
     async def _subscribe(self) -> tuple[Subscription, list[contract.Event]]:
-        """The task's subscription, confirmed by Redis, and what was written before it."""
+        """The task's subscription, in place in Redis, and the entries written before it."""
         state, timeout_s = self.state, self.settings.redis_timeout_s * 5
         if state.sub is None:
             sub = self.sub = await self.hub.open(state.task_id, timeout_s)

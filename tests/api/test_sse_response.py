@@ -5,13 +5,15 @@ frames iterator is closed either way."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import weakref
 from collections.abc import AsyncGenerator
 from typing import Any
 
 import pytest
 
-from llm_batcher.api.server import SendTimeoutLine
+from llm_batcher.api.server import GC_YOUNG_THRESHOLD, SendTimeoutLine, tune_gc
 from llm_batcher.api.sse import SendTimeout, SseResponse
 
 
@@ -91,3 +93,37 @@ async def test_a_client_that_hangs_up_ends_the_response_without_an_error() -> No
     await asyncio.wait_for(response({}, receive, send), 10)  # returns normally
     assert sent[0]["type"] == "http.response.start"
     assert source.closed.is_set()
+
+
+async def test_a_finished_response_is_freed_at_once_without_the_garbage_collector() -> None:
+    # A response in a reference cycle lives, with its connection's objects, until a full
+    # collection: after 10,000 streams that one took 0.6 s, during which the API stood still.
+    async def three_frames() -> AsyncGenerator[bytes, None]:
+        for _ in range(3):
+            yield b"event: token\r\ndata: {}\r\n\r\n"
+
+    async def send(message: dict[str, Any]) -> None:
+        return None
+
+    gc.disable()
+    try:
+        response = SseResponse(three_frames(), send_timeout_s=5)
+        freed = weakref.ref(response)
+        await response({}, never_disconnects, send)
+        del response
+        for _ in range(3):  # the hang-up watcher, cancelled, ends on the next turns
+            await asyncio.sleep(0)
+        assert freed() is None
+    finally:
+        gc.enable()
+
+
+def test_the_api_collects_garbage_less_often_and_not_what_start_up_made() -> None:
+    before = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, before[1], before[2])
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)

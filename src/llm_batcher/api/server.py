@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import logging
 from collections.abc import Iterable
 from types import FrameType
@@ -312,6 +313,26 @@ class SendTimeoutLine(logging.Filter):
         return True
 
 
+GC_YOUNG_THRESHOLD = 10_000
+"""Allocations between two collections of the youngest generation (Python's default: 700)."""
+
+
+def tune_gc() -> None:
+    """Fewer garbage collections for a process that holds many streams.
+
+    Each open stream keeps about a hundred objects that the collector tracks: with 10,000 open,
+    a full collection walks a million objects (0.65 s here), and with Python's default
+    thresholds the collections while 10,000 streams opened took 4 s of CPU, nearly all of them
+    full ones that found nothing to free. Starting the young generation's collections 14 times
+    less often (the older ones follow from it) cut that to 0.9 s, with no change per request.
+    What start-up made (modules, classes, the app) is moved out of the collector's sight too
+    (gc.freeze): it lives as long as the process."""
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
+
+
 def serve(settings: ApiSettings) -> int:
     """Serve the API until a signal; returns the exit status."""
     logging.getLogger("uvicorn.error").addFilter(SendTimeoutLine())
@@ -337,6 +358,7 @@ def serve(settings: ApiSettings) -> int:
         forwarded_allow_ips=settings.forwarded_allow_ips,
     )
     server = DrainingServer(config, settings.shutdown_grace_s)
+    tune_gc()
     if settings.listen_fd is None:
         server.run()
         return 0

@@ -65,26 +65,13 @@ class SseResponse(Response):
         frames = self.frames
         task = asyncio.current_task()
         assert task is not None
-        loop = asyncio.get_running_loop()
         self._streaming = True
-        timed_out = False
-        timer: asyncio.TimerHandle | None = None
-
-        def watchdog() -> None:
-            nonlocal timer, timed_out
-            started = self._send_started
-            if started is not None and loop.time() - started >= self.send_timeout_s:
-                timed_out = True
-                task.cancel()
-                return
-            timer = loop.call_later(self.send_timeout_s / 2, watchdog)
-
-        timer = loop.call_later(self.send_timeout_s / 2, watchdog)
+        watchdog = _Watchdog(self, task)
         watcher = asyncio.create_task(self._watch_disconnect(receive, task))
         try:
             await self.send_frames(frames, send)
         except asyncio.CancelledError:
-            if timed_out:
+            if watchdog.timed_out:
                 task.uncancel()
                 raise SendTimeout(
                     f"the client took no data for {self.send_timeout_s:g} s", self.task_id
@@ -95,8 +82,7 @@ class SseResponse(Response):
                 task.uncancel()
         finally:
             self._streaming = False
-            if timer is not None:
-                timer.cancel()
+            watchdog.stop()
             watcher.cancel()
             await frames.aclose()  # when a send failed, the iterator is suspended at a yield
             if self.on_close is not None:
@@ -136,6 +122,35 @@ class SseResponse(Response):
             self._hung_up = True
             task.cancel()
             await asyncio.sleep(_CANCEL_AGAIN_S)
+
+
+class _Watchdog:
+    """Cancels a response's task once a send of it has waited for the send timeout, checking
+    every half timeout.
+
+    Not a closure: a closure that schedules itself refers to itself through its own cell, and
+    that cycle kept every response's objects, and its connection's, until a full garbage
+    collection (after 10,000 streams, one of 0.6 s that stopped the API)."""
+
+    def __init__(self, response: SseResponse, task: asyncio.Task[None]) -> None:
+        self.response = response
+        self.task = task
+        self.timed_out = False
+        self._loop = asyncio.get_running_loop()
+        self._timer = self._loop.call_later(response.send_timeout_s / 2, self._check)
+
+    def _check(self) -> None:
+        response = self.response
+        started = response._send_started
+        if started is not None and self._loop.time() - started >= response.send_timeout_s:
+            self.timed_out = True
+            self.task.cancel()
+            return
+        self._timer = self._loop.call_later(response.send_timeout_s / 2, self._check)
+
+    def stop(self) -> None:
+        """No more checks; cancelling the timer also drops its reference to this watchdog."""
+        self._timer.cancel()
 
 
 class CollectedResponse(SseResponse):

@@ -12,9 +12,15 @@ from typing import TypeVar
 import pytest
 from redis.asyncio import Redis, SSLConnection
 from redis.asyncio.client import PubSub
+from redis.asyncio.connection import parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from llm_batcher.protocol.connection import REDIS_UNAVAILABLE, SentinelBlockingPool, make_redis
+from llm_batcher.protocol.connection import (
+    REDIS_UNAVAILABLE,
+    SentinelBlockingPool,
+    _MasterConnection,
+    make_redis,
+)
 from llm_batcher.protocol.scripts import Script, source
 from llm_batcher.settings import CommonSettings
 from tests.support.results import make_queue, submit
@@ -178,3 +184,28 @@ async def test_when_the_old_master_lives_on_every_connection_leaves_it(
     with sentinel_set.primary.client(DATA_PASSWORD) as old_master:
         assert old_master.info("replication")["role"] == "master"  # not demoted yet
         assert not old_master.exists(queue.keys.task(task_id))
+
+
+class _PoolOfNoSentinel:
+    """What a master connection asks of its pool when it connects to a given address."""
+
+    check_connection = False
+
+
+async def test_a_send_cut_by_the_pools_disconnect_is_a_dropped_connection(redis_url: str) -> None:
+    # When the Sentinels name a new master, the pool disconnects every connection, those in use
+    # too. One doing so at the await before its write (here: the health check) used to fail its
+    # caller with AttributeError ('NoneType' object has no attribute 'writelines'), which no
+    # caller retries; seen in CI in the failover test above, on a connection's own handshake.
+    class CutWhileChecking(_MasterConnection):
+        async def check_health(self) -> None:
+            self._writer = None  # what disconnect(), run by the pool's master check, leaves
+
+    url = parse_url(redis_url)
+    connection = CutWhileChecking(connection_pool=_PoolOfNoSentinel(), password=url.get("password"))
+    try:
+        await connection.connect_to((url.get("host", "127.0.0.1"), url.get("port", 6379)))
+        with pytest.raises(RedisConnectionError, match="new master"):
+            await connection.send_command("PING")
+    finally:
+        await connection.disconnect()

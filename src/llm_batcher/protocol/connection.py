@@ -55,7 +55,16 @@ class _MasterConnection(SentinelManagedConnection):
     ) -> None:
         if not self.is_connected:
             await self.connect()  # type: ignore[no-untyped-call]
-        await super().send_packed_command(command, check_health)
+        try:
+            await super().send_packed_command(command, check_health)
+        except AttributeError as exc:
+            # When the Sentinels name a new master, the pool disconnects every connection, those
+            # in use included (SentinelBlockingPool._check_master); a send under way on one of
+            # them, a connection's own handshake among them, then finds its writer gone. That
+            # is a dropped connection, which callers retry, not a bug of theirs.
+            if self._writer is not None:
+                raise
+            raise RedisConnectionError("the connection was closed for a new master") from exc
 
 
 class _MasterTlsConnection(_MasterConnection, SSLConnection):

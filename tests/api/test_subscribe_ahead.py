@@ -1,4 +1,4 @@
-"""Subscribing before the task is queued (ResultHub.open_ahead, Tasks.submit_subscribed).
+"""Subscribing before the task is queued (ResultHub.open_ahead, Tasks.submit(subscribed=True)).
 
 A stream whose subscription Redis held when it queued the task gets every entry by pub/sub and
 never reads the result stream; one whose subscription Redis took later reads what it missed;
@@ -50,11 +50,13 @@ async def subscribers(redis: Redis, channel: str) -> int:
 
 
 async def submit(queue: TaskQueue, task_id: str, max_queue: int = 100) -> tuple[bool, bool]:
+    """Whether the task was queued, and whether Redis held the subscription first."""
     now = now_ms()
-    return await queue.tasks.submit_subscribed(
+    queued = await queue.tasks.submit(
         task_id, f"context of {task_id}", now_ms=now, deadline_ms=now + DEADLINE_MS,
-        max_queue=max_queue,
+        max_queue=max_queue, subscribed=True,
     )  # fmt: skip
+    return queued is not None, queued is not None and queued.subscribed_first
 
 
 class CountedReads:
@@ -129,7 +131,7 @@ async def test_a_stream_subscribed_before_its_task_never_reads_the_result_stream
 async def test_a_stream_whose_subscription_came_late_reads_what_it_missed(
     queue: TaskQueue, hub: ResultHub
 ) -> None:
-    # Redis queued the task before it took the subscription (submit_subscribed said so), and the
+    # Redis queued the task before it took the subscription (its submit said so), and the
     # whole answer was announced in between, to no one: the stream reads it from the results.
     task_id = str(uuid.uuid4())
     assert await submit(queue, task_id) == (True, False)

@@ -142,15 +142,14 @@ async def queue_task(
         )  # fmt: skip
     tasks = state.queue.tasks
     # Subscribed before the task exists, so that its stream needs no first read of its results
-    # (submit_subscribed, docs/protocol.md). Only the send is awaited, not Redis's confirmation:
+    # (Tasks.submit, docs/protocol.md). Only the send is awaited, not Redis's confirmation:
     # waiting for confirmations before submitting made 29% of 10,000 streams opening at 1,000
     # a second fail with redis_unavailable.
     sub = await state.hub.open_ahead(task_id, settings.redis_timeout_s)
-    submit = tasks.submit if sub is None else tasks.submit_subscribed
     try:
-        reply = await redis_call(
+        queued = await redis_call(
             state,
-            submit(
+            tasks.submit(
                 task_id,
                 context,
                 now_ms=now,
@@ -159,6 +158,7 @@ async def queue_task(
                 owner=owner,
                 max_tokens=max_tokens,
                 stop=stop,
+                subscribed=sub is not None,
             ),
         )
     except BaseException:
@@ -168,8 +168,7 @@ async def queue_task(
         # or the client hung up meanwhile): cancel it, so that no worker runs a task nobody reads.
         spawn(tasks.cancel(task_id), f"cancel of unanswered task {task_id}")
         raise
-    queued, announced = reply if isinstance(reply, tuple) else (reply, False)
-    if not queued:
+    if queued is None:
         if sub is not None:
             state.hub.close(sub)
         raise ApiError(ErrorCode.QUEUE_FULL, f"{settings.max_queue} tasks are waiting; retry later")
@@ -178,7 +177,7 @@ async def queue_task(
     log.debug("task %s queued (%d bytes)", task_id, size, extra={"task_id": task_id})
     return StreamState(
         task_id, next_index=0, deadline_ms=deadline, created_here=True, sub=sub,
-        announced_from_start=announced,
+        announced_from_start=queued.subscribed_first,
     )  # fmt: skip
 
 

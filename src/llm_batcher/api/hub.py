@@ -219,22 +219,11 @@ class ResultHub:
     async def open(self, task_id: str, timeout_s: float) -> Subscription:
         """Subscribe to a task's entries; returns once Redis confirmed the subscription, so
         every entry added from then on reaches it. Close it with close()."""
-        sub = Subscription(task_id)
-        channel = self.keys.result(task_id)
-        first = task_id not in self._subs
-        self._subs.setdefault(task_id, set()).add(sub)
-        self._idle.clear()
+        sub, first = self._add(task_id)
         try:
             if first:
-                confirmed = self._confirmed[channel] = asyncio.Event()
-                # shielded: the send is shared with other streams, which this one's
-                # cancellation must not fail
-                await asyncio.shield(self._queue_command(_SUBSCRIBE, channel))
-                self._wake.set()
-                async with asyncio.timeout(timeout_s):
-                    await confirmed.wait()
-            else:
-                await self._wait_confirmed(channel, timeout_s)
+                await self._send_subscribe(task_id)
+            await self._wait_confirmed(self.keys.result(task_id), timeout_s)
         except BaseException:
             self.close(sub)
             raise
@@ -243,18 +232,15 @@ class ResultHub:
     async def open_ahead(self, task_id: str, timeout_s: float) -> Subscription | None:
         """Subscribe to the entries of a task about to be queued: returns once the subscription
         is sent, without waiting for Redis to confirm it; None (nothing subscribed) if it could
-        not be sent within timeout_s. Tasks.submit_subscribed then says whether Redis took it
-        before the task: if so the stream needs neither the confirmation nor a first read of
-        the result stream (a round trip each); if not, confirmed() and a read, as after open().
-        Close it with close()."""
-        sub = Subscription(task_id)
-        channel = self.keys.result(task_id)
-        self._subs.setdefault(task_id, set()).add(sub)
-        self._idle.clear()
-        self._confirmed.setdefault(channel, asyncio.Event())
+        not be sent within timeout_s. Tasks.submit then says whether Redis took it before the
+        task: if so the stream needs neither the confirmation nor a first read of the result
+        stream (a round trip each); if not, confirmed() and a read, as after open(). Close it
+        with close()."""
+        sub, first = self._add(task_id)
         try:
-            async with asyncio.timeout(timeout_s):
-                await asyncio.shield(self._queue_command(_SUBSCRIBE, channel))
+            if first:
+                async with asyncio.timeout(timeout_s):
+                    await self._send_subscribe(task_id)
         except REDIS_UNAVAILABLE as exc:  # TimeoutError included
             log.info("subscribing ahead of task %s failed (%r): after it, then", task_id, exc)
             self.close(sub)
@@ -262,8 +248,24 @@ class ResultHub:
         except BaseException:
             self.close(sub)
             raise
-        self._wake.set()
         return sub
+
+    def _add(self, task_id: str) -> tuple[Subscription, bool]:
+        """A new subscription to a task's entries, and whether it is the task's first here (the
+        one to send to Redis, whose confirmation every other one waits for)."""
+        sub = Subscription(task_id)
+        first = task_id not in self._subs
+        self._subs.setdefault(task_id, set()).add(sub)
+        self._idle.clear()
+        if first:
+            self._confirmed[self.keys.result(task_id)] = asyncio.Event()
+        return sub, first
+
+    async def _send_subscribe(self, task_id: str) -> None:
+        # shielded: the send is shared with other streams, which this one's cancellation
+        # must not fail
+        await asyncio.shield(self._queue_command(_SUBSCRIBE, self.keys.result(task_id)))
+        self._wake.set()
 
     async def confirmed(self, sub: Subscription, timeout_s: float) -> None:
         """Wait until Redis confirmed the subscription of ``sub`` (opened by open_ahead)."""

@@ -51,6 +51,16 @@ class Once:
 
 
 @dataclass(frozen=True, slots=True)
+class Queued:
+    """A submit that queued its task. ``subscribed_first``: Redis held the client's subscription
+    to the task's result channel when it queued the task, so every announcement of the task
+    reaches that subscriber, and nothing was written before it that it must read from the
+    stream."""
+
+    subscribed_first: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Submitted:
     """What submit_once did: the task the request gets (a new one, or the key's), its deadline."""
 
@@ -124,36 +134,21 @@ class Tasks:
         owner: str = "",
         max_tokens: int | None = None,
         stop: Sequence[str] = (),
-    ) -> bool:
-        """Queue a task; False (and nothing queued) when max_queue tasks are queued or running.
+        subscribed: bool = False,
+    ) -> Queued | None:
+        """Queue a task; None (and nothing queued) when max_queue tasks are queued or running.
         ``owner``: the hash of the API key that submitted it, if keys are on; ``max_tokens`` and
-        ``stop``: limits of this answer, which the worker enforces."""
+        ``stop``: limits of this answer, which the worker enforces; ``subscribed``: the caller
+        subscribed to the task's result channel before this call, and learns whether Redis
+        already held that subscription (Queued.subscribed_first)."""
         keys, args = self._submit_call(task_id, context, now_ms, deadline_ms, max_queue, owner)
         args += self._limit_args(max_tokens, stop)
-        return bool(await self._scripts[Script.SUBMIT](keys=keys, args=args))
-
-    async def submit_subscribed(
-        self,
-        task_id: str,
-        context: str,
-        *,
-        now_ms: int,
-        deadline_ms: int,
-        max_queue: int,
-        owner: str = "",
-        max_tokens: int | None = None,
-        stop: Sequence[str] = (),
-    ) -> tuple[bool, bool]:
-        """submit, for a client that subscribed to the task's result channel before this call:
-        whether the task was queued, and whether Redis already held a subscription to its
-        channel when it queued it. If it did, every announcement of the task reaches that
-        subscriber, and nothing was written before it that it must read from the stream."""
-        keys, args = self._submit_call(task_id, context, now_ms, deadline_ms, max_queue, owner)
-        args += [*self._limit_args(max_tokens, stop), "", self._keys.result(task_id)]
+        if subscribed:
+            args += ["", self._keys.result(task_id)]  # no fingerprint: not a keyed submit
         reply = await self._scripts[Script.SUBMIT](keys=keys, args=args)
         if not reply:
-            return False, False
-        return True, int(reply[1]) > 0
+            return None
+        return Queued(subscribed_first=subscribed and int(reply[1]) > 0)
 
     async def submit_once(
         self,

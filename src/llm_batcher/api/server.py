@@ -349,8 +349,11 @@ def serve(settings: ApiSettings) -> int:
 
 
 def uvicorn_config(settings: ApiSettings) -> uvicorn.Config:
-    """How uvicorn serves the app: httptools with the API's bounds, on uvloop (asyncio's loop in
-    C: less CPU per event, docs/benchmarks.md)."""
+    """How uvicorn serves the app: httptools with the API's bounds, on asyncio's own loop.
+
+    Named, since uvicorn picks uvloop whenever it is installed: uvloop fails a write to a
+    transport it has closed with a RuntimeError, where asyncio reports a lost connection, which
+    redis-py and the hub handle (tests/api/test_event_loop.py, docs/benchmarks.md)."""
     # a percent-encoded context fits, with room for the other parameters and the headers
     head_limit = settings.max_context_bytes * 3 + 16384
     protocol = functools.partial(
@@ -363,7 +366,7 @@ def uvicorn_config(settings: ApiSettings) -> uvicorn.Config:
         create_app(settings),
         host=settings.host,
         port=settings.port,
-        loop="uvloop",
+        loop="asyncio",
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=5,

@@ -3,11 +3,15 @@ the next one, but never while another worker is idle and could start those tasks
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.client import Monitor
 
+from llm_batcher.local.embedded_redis import EmbeddedRedis
 from llm_batcher.protocol.keys import TERMINAL_ENTRY_ID, WORKER_GROUP, Keys
 from llm_batcher.protocol.queue import TaskQueue
 from tests.support.processes import running_worker
@@ -133,3 +137,51 @@ async def test_the_ahead_turn_is_refused_while_another_worker_is_idle(
     await claims.note_idle("leaving", now)
     await claims.leave("leaving")
     assert await redis.zscore(keys.idle, "leaving") is None
+
+
+async def test_a_worker_is_idle_before_its_batch_s_answers_are(
+    own_redis: EmbeddedRedis, key_prefix: str, tmp_path: Path
+) -> None:
+    """A worker whose batch ends marks itself idle before the batch's last writes, not after:
+    the next requests of the batch's clients, sent as their answers end, are left to it rather
+    than read ahead by a busy worker, which then started one of them alone (docs/benchmarks.md,
+    "A batch of one at c8"). Redis's MONITOR gives the order in which Redis took the commands."""
+    redis = Redis.from_url(own_redis.url)
+    queue = make_queue(redis, key_prefix)
+    await queue.claims.ensure_group()
+    idle_key = queue.keys.idle
+    commands: list[str] = []
+
+    async def record(monitor: Monitor) -> None:
+        async for command in monitor.listen():
+            commands.append(command["command"])
+
+    def first(after: int, match: Callable[[str], bool]) -> int | None:
+        return next((i for i in range(after, len(commands)) if match(commands[i])), None)
+
+    def marked(verb: str) -> Callable[[str], bool]:
+        return lambda c: c.startswith(f"{verb} {idle_key} ") and c.endswith(" w")
+
+    try:
+        async with running_worker(own_redis.url, key_prefix, tmp_path, worker_id="w"):
+            await eventually(lambda: redis.zscore(idle_key, "w"), 10, "the worker to be idle")
+            async with Redis.from_url(own_redis.url).monitor() as monitor:
+                recording = asyncio.create_task(record(monitor))
+                await eventually(lambda: bool(commands), 10, "MONITOR to record")
+                task_id = await submit(queue, "@mock ttft_ms=0 itl_ms=0\nits answer")
+                assert_complete_answer(await wait_result(queue, task_id), "its answer")
+
+                def order() -> tuple[int, int, int] | None:
+                    busy = first(0, marked("ZREM"))  # as its batch started
+                    if busy is None:
+                        return None
+                    done = first(busy, lambda c: task_id in c and "finish_reason" in c)
+                    idle = first(busy, marked("ZADD"))
+                    return None if done is None or idle is None else (busy, idle, done)
+
+                await eventually(order, 10, "the worker's marks and the done to be recorded")
+                recording.cancel()
+    finally:
+        await redis.aclose()
+    busy, idle, done = order() or (0, 0, 0)
+    assert busy < idle < done, commands[busy : max(idle, done) + 1]

@@ -92,8 +92,9 @@ class Keys:
 
     @property
     def idle(self) -> str:
-        """Sorted set: worker id -> ms when it was last seen idle (waiting for tasks). A busy
-        worker reads its next batch ahead only while no other worker is idle."""
+        """Sorted set: worker id -> ms when it was last seen idle (waiting for tasks, or writing
+        its batch's last answers). A busy worker reads its next batch ahead only while no other
+        worker is idle."""
         return f"{self.prefix}:idle"
 
     @property

@@ -6,8 +6,9 @@ rest follow soon), or LEAD_S before the batch's predicted end (a moving average 
 durations), whichever comes first.
 
 Tasks read ahead wait for this batch to end, which is right only if no other worker could start
-them now. So a busy worker reads ahead only while no other worker is idle (keys.idle: idle
-workers mark themselves there while they wait for tasks, and leave it when they start a batch),
+them now. So a busy worker reads ahead only while no other worker is idle (keys.idle: workers
+mark themselves there while they wait for tasks, and from the moment their batch's last answers
+begin to be written, before those clients can send more; they leave it when they start a batch),
 and the check and the taking of the read turn are one step (the AHEAD_TURN script). It holds the
 turn for one read that does not block, so an idle worker that appears meanwhile gets the turn
 back at once; and it stops reading when the batch ends or the worker stops.

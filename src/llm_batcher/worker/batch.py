@@ -126,11 +126,17 @@ class BatchRunner:
         await self.launcher.close()
 
     async def run(
-        self, tasks: list[StartedTask], batch_id: str, tail: asyncio.Event | None = None
+        self,
+        tasks: list[StartedTask],
+        batch_id: str,
+        tail: asyncio.Event | None = None,
+        ending: Callable[[], None] | None = None,
     ) -> list[StartedTask]:
         """Run one batch to its end; returns the tasks to retry, each in a batch of its own.
 
-        ``tail`` is set when the first task of the batch is complete."""
+        ``tail`` is set when the first task of the batch is complete; ``ending`` is called once
+        the child has finished every task, before their last writes (nothing is retried then:
+        the batch ends as soon as they are written)."""
         runs = [TaskRun.of(t, self.settings.max_tokens) for t in tasks]
         log.info(
             "batch %s: running %d task(s): %s",
@@ -153,6 +159,8 @@ class BatchRunner:
                     _apply(runs, lines)
                     if tail is not None and any(r.finished for r in runs):
                         tail.set()
+                    if ending is not None and all(r.finished or r.closed for r in runs):
+                        ending()  # the loop ends after this flush: called once
                     await self._flush(runs, batch_id)
                     if all(r.closed for r in runs):
                         # Every answer is written, or every task left was taken from this worker

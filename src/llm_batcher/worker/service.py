@@ -74,6 +74,7 @@ class Worker:
         )
         self.runner = BatchRunner(self.queue, settings)
         self._idle_noted_at = 0.0
+        self._ending_note: asyncio.Future[None] | None = None  # the idle mark of _ending()
         self.held: dict[str, str] = {}  # entry id -> task id, for lease renewal and hand-back
         # entry id -> attempt, of the held tasks this worker started and that did not fail: the
         # attempts to refund if the worker stops in order before they end
@@ -141,6 +142,7 @@ class Worker:
                 await renewal
             await self._hand_back(refund=orderly)
             await self.heartbeat.stop()  # before leaving: a later beat would mark it alive again
+            await self._ending_noted()
             with contextlib.suppress(*REDIS_UNAVAILABLE):
                 await self.queue.claims.leave(self.id)
             await self.queue.claims.close()
@@ -300,7 +302,7 @@ class Worker:
         try:
             started = await self._start_all(claims)
             batch_id = uuid.uuid4().hex[:12]
-            retry = await self.runner.run(started, batch_id, tail) if started else []
+            retry = await self.runner.run(started, batch_id, tail, self._ending) if started else []
             self.ahead.batch_ended(time.monotonic() - began)
             for task in retry:
                 self.running.pop(task.entry_id, None)  # a failed attempt: it counts
@@ -328,6 +330,7 @@ class Worker:
         self._forget(claims)
 
     async def _note_busy(self) -> None:
+        await self._ending_noted()
         with contextlib.suppress(RedisError, OSError):
             await self.queue.claims.note_busy(self.id)
 
@@ -336,6 +339,29 @@ class Worker:
         if time.monotonic() - self._idle_noted_at >= _IDLE_NOTE_S:
             await self.queue.claims.note_idle(self.id, now_ms())
             self._idle_noted_at = time.monotonic()
+
+    def _ending(self) -> None:
+        """The child has finished every task of the running batch, whose last writes go next:
+        this worker is idle from now on, for the read-ahead of the others (worker/ahead.py).
+        Marked after the batch instead, it was too late now and then: the requests that the
+        batch's clients sent as their answers ended could be read ahead by a busy worker,
+        which started one of them alone at its own batch's end while this one waited its window
+        for the other three (docs/benchmarks.md, "A batch of one at c8")."""
+        self._idle_noted_at = time.monotonic()
+        self._ending_note = asyncio.ensure_future(self._mark_idle_quietly())
+
+    async def _mark_idle_quietly(self) -> None:
+        try:
+            await self.queue.claims.note_idle(self.id, now_ms())
+        except (RedisError, OSError):
+            self._idle_noted_at = 0.0  # the next _note_idle tries again
+
+    async def _ending_noted(self) -> None:
+        """Wait for the idle mark of _ending(), if one is on its way: Redis must not take it
+        after a later busy mark, or after this worker left."""
+        if self._ending_note is not None:
+            await asyncio.wait({self._ending_note})
+            self._ending_note = None
 
     async def _start_all(self, claims: list[Claim]) -> list[StartedTask]:
         """Start the claimed tasks (concurrently: one round trip, not one per task), in order."""

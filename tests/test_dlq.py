@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import subprocess
 
@@ -20,6 +21,7 @@ LETTER = DeadLetter(
     code="llm_crashed",
     message="the LLM exited with status 3; see the worker log of batch b1 (after 2 tokens)",
     attempts=2,
+    handed_back=0,
     worker="w1",
     tokens=2,
     preview='a "quoted"\ncontext',
@@ -86,6 +88,8 @@ def test_the_tables_show_error_attempts_and_a_one_line_preview() -> None:
     assert format_table([]) == "no dead letters"
     shown = format_one(LETTER)
     assert "message:         the LLM exited with status 3" in shown
-    assert "attempts:        2" in shown and "context:         19 bytes" in shown
+    assert "attempts:        2\n" in shown and "context:         19 bytes" in shown
+    handed = format_one(dataclasses.replace(LETTER, handed_back=1))
+    assert "attempts:        2 (and 1 handed back by workers that stopped, not counted)" in handed
     requeued = format_requeued([Requeued(LETTER.task_id, RequeueOutcome.OK, 1)])
     assert f"Last-Event-ID: {LETTER.task_id}:-1" in requeued

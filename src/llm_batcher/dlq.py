@@ -161,7 +161,7 @@ def format_one(d: DeadLetter) -> str:
         ("created at", _utc(d.created_ms)),
         ("error", d.code),
         ("message", d.message),
-        ("attempts", str(d.attempts)),
+        ("attempts", _attempts(d)),
         ("last worker", d.worker or "-"),
         ("tokens", f"{d.tokens} (deleted by a requeue)"),
         ("requeued before", str(d.requeues)),
@@ -169,6 +169,12 @@ def format_one(d: DeadLetter) -> str:
         ("context", f"{d.context_bytes} bytes: {_one_line(d.preview, 200)}"),
     ]
     return "\n".join(f"{name + ':':<17}{value}" for name, value in rows)
+
+
+def _attempts(d: DeadLetter) -> str:
+    if not d.handed_back:
+        return str(d.attempts)
+    return f"{d.attempts} (and {d.handed_back} handed back by workers that stopped, not counted)"
 
 
 def format_requeued(done: list[Requeued]) -> str:

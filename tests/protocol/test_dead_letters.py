@@ -10,9 +10,9 @@ from redis.asyncio import Redis
 
 from llm_batcher.clock import now_ms
 from llm_batcher.protocol.keys import DEAD_LETTER_MAXLEN
-from llm_batcher.protocol.outcomes import RequeueOutcome, SubmitOutcome
+from llm_batcher.protocol.outcomes import ErrorCode, RequeueOutcome, StartOutcome, SubmitOutcome
 from llm_batcher.protocol.queue import TaskQueue
-from llm_batcher.protocol.tasks import Once
+from llm_batcher.protocol.tasks import Once, Refused, StartedTask
 from tests.support.results import dead_letter, make_queue, start_next, submit, terminal
 
 RESULT_TTL_S = 600
@@ -80,6 +80,53 @@ async def test_a_requeued_task_runs_afresh_under_its_id(queue: TaskQueue) -> Non
     assert [e.text for e in entries[:-1]] == ["new ", "answer"]
     assert terminal(entries).kind == "done"
     assert await queue.redis.hget(queue.keys.task(task_id), "requeues") == b"1"
+
+
+async def handed_back_then_failed(queue: TaskQueue, context: str) -> str:
+    """A task whose first attempt was handed back (a worker's orderly stop) and whose second
+    failed; returns its id."""
+    task_id = await submit(queue, context)
+    (claim,) = await queue.claims.read_new("w1", 1, None)
+    first = await queue.tasks.start(claim, worker="w1", now_ms=now_ms(), max_attempts=2)
+    assert isinstance(first, StartedTask)
+    assert await queue.tasks.hand_back(task_id, first.attempt)
+    second = await queue.tasks.start(claim, worker="w1", now_ms=now_ms(), max_attempts=2)
+    assert isinstance(second, StartedTask) and second.attempt == 2
+    await queue.tasks.fail(second, ErrorCode.LLM_CRASHED, "the LLM failed")
+    return task_id
+
+
+async def test_a_dead_letter_counts_its_attempts_as_max_attempts_does(queue: TaskQueue) -> None:
+    """An attempt handed back does not count against max_attempts, nor in the dead letter's
+    attempts (`llm-batcher dlq` counted it, where the dead-letter stream did not)."""
+    task_id = await handed_back_then_failed(queue, "handed back once")
+    [dead] = await queue.dead_letters.entries()
+    assert (dead.task_id, dead.attempts, dead.handed_back) == (task_id, 1, 1)
+    [(_, fields)] = await queue.redis.xrange(queue.keys.dead)
+    assert fields[b"attempts"] == b"1"
+
+
+async def test_a_requeued_task_gets_max_attempts_afresh_whatever_was_handed_back(
+    queue: TaskQueue,
+) -> None:
+    """The first run's hand-backs are not the new run's: they neither add to its attempts (with
+    max_attempts=1, its failed first attempt is its last) nor fence out its own hand-back."""
+    task_id = await handed_back_then_failed(queue, "again")
+    requeued = await queue.dead_letters.requeue(task_id, now_ms=now_ms(), max_queue=10)
+    assert requeued.outcome is RequeueOutcome.OK
+    (claim,) = await queue.claims.read_new("w1", 1, None)
+    first = await queue.tasks.start(claim, worker="w1", now_ms=now_ms(), max_attempts=1)
+    assert isinstance(first, StartedTask) and first.attempt == 1
+    assert await queue.tasks.hand_back(task_id, 1)  # refunded: an orderly stop
+    second = await queue.tasks.start(claim, worker="w1", now_ms=now_ms(), max_attempts=1)
+    assert isinstance(second, StartedTask) and second.attempt == 2
+    # its batch failed: the retry is a third attempt, the second that counts
+    third = await queue.tasks.start(claim, worker="w1", now_ms=now_ms(), max_attempts=1)
+    assert isinstance(third, Refused) and third.outcome is StartOutcome.DEAD
+    [dead] = await queue.dead_letters.entries()
+    assert (dead.task_id, dead.code, dead.attempts, dead.handed_back) == (
+        task_id, "dead_letter", 1, 1,
+    )  # fmt: skip
 
 
 async def test_only_a_dead_letter_can_be_requeued_and_only_once(queue: TaskQueue) -> None:

@@ -19,7 +19,10 @@ from llm_batcher.protocol.scripts import Script
 PURGE_BATCH = 100
 """Dead letters one PURGE call deletes: a purge of thousands holds Redis a little at a time."""
 
-_FIELDS = ("code", "attempt", "worker", "tokens", "preview", "created_ms", "owner", "requeues")
+_FIELDS = (
+    "code", "attempt", "handed_back", "worker", "tokens", "preview", "created_ms", "owner",
+    "requeues",
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +33,8 @@ class DeadLetter:
     dead_ms: int  # when it became a dead letter (ms since the epoch, Redis's clock)
     code: str
     message: str
-    attempts: int
+    attempts: int  # as max_attempts counts them: those handed back (HAND_BACK) left out
+    handed_back: int  # attempts given up by workers that stopped in order, refunded
     worker: str  # the worker of its last attempt ("" if none started it)
     tokens: int  # tokens its failed run wrote (a requeue deletes them)
     preview: str
@@ -46,6 +50,7 @@ class DeadLetter:
             "code": self.code,
             "message": self.message,
             "attempts": self.attempts,
+            "handed_back": self.handed_back,
             "worker": self.worker or None,
             "tokens": self.tokens,
             "context_preview": self.preview,
@@ -107,7 +112,7 @@ class DeadLetters:
             fields, context_bytes, terminal = replies[3 * i : 3 * i + 3]
             if fields[0] is None:  # expired, or ended otherwise since: not a dead letter
                 continue
-            code, attempt, worker, tokens, preview, created, owner, requeues = (
+            code, attempt, handed_back, worker, tokens, preview, created, owner, requeues = (
                 reply_text(f) if f is not None else "" for f in fields
             )
             found.append(
@@ -116,7 +121,8 @@ class DeadLetters:
                     dead_ms=dead_ms,
                     code=code,
                     message=_message(terminal),
-                    attempts=int(attempt or 0),
+                    attempts=int(attempt or 0) - int(handed_back or 0),
+                    handed_back=int(handed_back or 0),
                     worker=worker,
                     tokens=int(tokens or 0),
                     preview=preview,

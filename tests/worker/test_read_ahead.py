@@ -147,6 +147,7 @@ async def test_a_worker_is_idle_before_its_batch_s_answers_are(
     than read ahead by a busy worker, which then started one of them alone (docs/benchmarks.md,
     "A batch of one at c8"). Redis's MONITOR gives the order in which Redis took the commands."""
     redis = Redis.from_url(own_redis.url)
+    watcher = Redis.from_url(own_redis.url)  # MONITOR holds a connection of its own
     queue = make_queue(redis, key_prefix)
     await queue.claims.ensure_group()
     idle_key = queue.keys.idle
@@ -165,7 +166,7 @@ async def test_a_worker_is_idle_before_its_batch_s_answers_are(
     try:
         async with running_worker(own_redis.url, key_prefix, tmp_path, worker_id="w"):
             await eventually(lambda: redis.zscore(idle_key, "w"), 10, "the worker to be idle")
-            async with Redis.from_url(own_redis.url).monitor() as monitor:
+            async with watcher.monitor() as monitor:
                 recording = asyncio.create_task(record(monitor))
                 await eventually(lambda: bool(commands), 10, "MONITOR to record")
                 task_id = await submit(queue, "@mock ttft_ms=0 itl_ms=0\nits answer")
@@ -182,6 +183,7 @@ async def test_a_worker_is_idle_before_its_batch_s_answers_are(
                 await eventually(order, 10, "the worker's marks and the done to be recorded")
                 recording.cancel()
     finally:
+        await watcher.aclose()
         await redis.aclose()
     busy, idle, done = order() or (0, 0, 0)
     assert busy < idle < done, commands[busy : max(idle, done) + 1]

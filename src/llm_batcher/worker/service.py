@@ -336,9 +336,14 @@ class Worker:
 
     async def _note_idle(self) -> None:
         """Mark this worker idle in Redis (keys.idle), at most every _IDLE_NOTE_S."""
-        if time.monotonic() - self._idle_noted_at >= _IDLE_NOTE_S:
+        if time.monotonic() - self._idle_noted_at < _IDLE_NOTE_S:
+            return
+        self._idle_noted_at = time.monotonic()  # one mark at a time, even while it is sent
+        try:
             await self.queue.claims.note_idle(self.id, now_ms())
-            self._idle_noted_at = time.monotonic()
+        except BaseException:
+            self._idle_noted_at = 0.0  # the next call tries again
+            raise
 
     def _ending(self) -> None:
         """The child has finished every task of the running batch, whose last writes go next:
@@ -347,21 +352,18 @@ class Worker:
         batch's clients sent as their answers ended could be read ahead by a busy worker,
         which started one of them alone at its own batch's end while this one waited its window
         for the other three (docs/benchmarks.md, "A batch of one at c8")."""
-        self._idle_noted_at = time.monotonic()
-        self._ending_note = asyncio.ensure_future(self._mark_idle_quietly())
-
-    async def _mark_idle_quietly(self) -> None:
-        try:
-            await self.queue.claims.note_idle(self.id, now_ms())
-        except (RedisError, OSError):
-            self._idle_noted_at = 0.0  # the next _note_idle tries again
+        self._ending_note = asyncio.ensure_future(self._note_idle())
 
     async def _ending_noted(self) -> None:
         """Wait for the idle mark of _ending(), if one is on its way: Redis must not take it
-        after a later busy mark, or after this worker left."""
-        if self._ending_note is not None:
-            await asyncio.wait({self._ending_note})
-            self._ending_note = None
+        after a later busy mark, or after this worker left. Its failure is not this caller's:
+        the next _note_idle tries again."""
+        note, self._ending_note = self._ending_note, None
+        if note is not None:
+            await asyncio.wait({note})  # not cancelled with this caller
+            if not note.cancelled():
+                with contextlib.suppress(RedisError, OSError):
+                    note.result()
 
     async def _start_all(self, claims: list[Claim]) -> list[StartedTask]:
         """Start the claimed tasks (concurrently: one round trip, not one per task), in order."""
